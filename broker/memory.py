@@ -1,0 +1,171 @@
+"""The in-process bus: asyncio queues with RabbitMQ's routing, for ``skybus up`` and fast tests.
+
+It encodes every message with the same codec as the AMQP adapter and routes with the same topic
+matching (:mod:`broker.routing`), so code that works here behaves the same on RabbitMQ. It cannot
+reach other processes: a fleet on the in-process bus is this one machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from broker import codec
+from broker.envelope import Envelope
+from broker.port import (
+    BusUnavailable,
+    DeadLetter,
+    Drop,
+    Handler,
+    NoRoute,
+    PoisonMessage,
+    QueueSpec,
+    RequestTimeout,
+)
+from broker.routing import topic_matches
+from broker.topology import Topology
+from schemas.base import MessageTypes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Delivery:
+    body: bytes
+    exchange: str
+    routing_key: str
+    reply: asyncio.Future[bytes] | None = None
+    attempts: int = 0
+
+
+@dataclass
+class _Queue:
+    spec: QueueSpec
+    items: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
+
+
+class _MemorySubscription:
+    def __init__(self, bus: MemoryBus, queue: _Queue, handler: Handler) -> None:
+        self._bus = bus
+        self._queue = queue
+        self._handler = handler
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._workers = [asyncio.create_task(self._work()) for _ in range(max(1, queue.spec.prefetch))]
+
+    async def cancel(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        if self in self._bus._subscriptions:
+            self._bus._subscriptions.remove(self)
+
+    async def _work(self) -> None:
+        while True:
+            delivery = await self._queue.items.get()
+            # Once taken, a delivery is finished even if cancel() arrives: a consumer that is
+            # stopping completes its in-flight handlers before it lets go.
+            await asyncio.shield(self._handle(delivery))
+
+    async def _handle(self, delivery: _Delivery) -> None:
+        delivery.attempts += 1
+        try:
+            envelope = codec.decode(delivery.body, self._bus.types)
+        except codec.UndecodableMessage as error:
+            self._bus._dead_letter(delivery, self._queue.spec.name, f"undecodable: {error}")
+            return
+        try:
+            reply = await self._handler(envelope)
+        except Drop as outcome:
+            log.info("dropped %s %s: %s", envelope.type, envelope.message_id, outcome)
+        except PoisonMessage as error:
+            self._bus._dead_letter(delivery, self._queue.spec.name, f"poison: {error}")
+        except Exception as error:
+            if delivery.attempts >= self._queue.spec.delivery_limit:
+                log.error("giving up on %s after %d deliveries: %r", envelope.type, delivery.attempts, error)
+                self._bus._dead_letter(
+                    delivery, self._queue.spec.name, f"delivery limit {delivery.attempts} reached: {error!r}"
+                )
+            else:
+                log.warning("handler failed on %s (attempt %d): %r", envelope.type, delivery.attempts, error)
+                self._queue.items.put_nowait(delivery)
+        else:
+            if delivery.reply is not None and not delivery.reply.done() and reply is not None:
+                answer = envelope.caused(reply, sender=envelope.sender)
+                delivery.reply.set_result(codec.encode(answer))
+
+
+class MemoryBus:
+    """Implements :class:`broker.port.MessageBus` inside one event loop."""
+
+    def __init__(self, types: MessageTypes, topology: Topology | None = None) -> None:
+        self.types = types
+        self.topology = topology or Topology()
+        self._queues: dict[str, _Queue] = {}
+        self._subscriptions: list[_MemorySubscription] = []
+        self._dead: list[DeadLetter] = []
+        self._open = False
+
+    async def start(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
+        self._open = False
+
+    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+        self._route(exchange, routing_key or envelope.type, codec.encode(envelope), reply=None)
+
+    async def subscribe(self, queue: QueueSpec, handler: Handler) -> _MemorySubscription:
+        declared = self._declare(queue)
+        subscription = _MemorySubscription(self, declared, handler)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def request(
+        self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
+    ) -> Envelope:
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        key = routing_key or envelope.type
+        if not self._route(exchange, key, codec.encode(envelope), reply=reply):
+            raise NoRoute(f"no queue takes {key!r} on {exchange!r}")
+        try:
+            body = await asyncio.wait_for(reply, timeout)
+        except TimeoutError:
+            raise RequestTimeout(f"no reply to {key!r} within {timeout}s") from None
+        return codec.decode(body, self.types)
+
+    async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
+        taken, self._dead = self._dead[:max_count], self._dead[max_count:]
+        return taken
+
+    def _declare(self, spec: QueueSpec) -> _Queue:
+        queue = self._queues.get(spec.name)
+        if queue is None:
+            queue = self._queues[spec.name] = _Queue(spec)
+        else:
+            queue.spec = spec
+        return queue
+
+    def _route(self, exchange: str, routing_key: str, body: bytes, reply: asyncio.Future[bytes] | None) -> bool:
+        if not self._open:
+            raise BusUnavailable("the in-process bus is closed")
+        routed = False
+        for queue in self._queues.values():
+            if any(b.exchange == exchange and topic_matches(b.pattern, routing_key) for b in queue.spec.bindings):
+                queue.items.put_nowait(_Delivery(body, exchange, routing_key, reply))
+                routed = True
+        return routed
+
+    def _dead_letter(self, delivery: _Delivery, queue: str, reason: str) -> None:
+        envelope = None
+        with contextlib.suppress(codec.UndecodableMessage):
+            envelope = codec.decode(delivery.body, self.types)
+        self._dead.append(DeadLetter(delivery.body, reason, queue, delivery.exchange, delivery.routing_key, envelope))
+        if delivery.reply is not None and not delivery.reply.done():
+            delivery.reply.set_exception(RequestTimeout(f"request was dead-lettered: {reason}"))

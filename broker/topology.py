@@ -1,0 +1,92 @@
+"""Every exchange, queue and routing key of skybus, in one place.
+
+Five topic exchanges per namespace:
+
+* ``commands``       commands to managers, routing key ``<domain>.<verb>`` (``resource.register``)
+* ``agent-commands`` commands to agents, routing key ``<resource_id>.<domain>.<verb>``; each agent's
+                     queue binds only ``<its id>.#``, so agents never see each other's commands
+* ``events``         trusted events, ``<domain>.<past-tense verb>`` (``host.heartbeat``)
+* ``agent-events``   what agents say, signed; only the resource manager reads it
+* ``dead``           the dead-letter exchange, bound to the one dead-letter queue
+
+A namespace is a prefix on every name, so several fleets (or test runs) share a broker safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.port import Binding, QueueSpec
+
+# Routing keys of commands to managers.
+RESOURCE_REGISTER = "resource.register"
+RESOURCE_DELETE = "resource.delete"
+
+# Routing keys of events.
+HOST_HEARTBEAT = "host.heartbeat"
+HOST_RESPONDING = "host.responding"
+HOST_UNRESPONSIVE = "host.unresponsive"
+HOST_DELETED = "host.deleted"
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = "skybus"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.namespace}.commands"
+
+    @property
+    def agent_commands(self) -> str:
+        return f"{self.namespace}.agent-commands"
+
+    @property
+    def events(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def agent_events(self) -> str:
+        return f"{self.namespace}.agent-events"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.namespace}.dead"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.namespace}.dead-letters"
+
+    @property
+    def exchanges(self) -> tuple[str, ...]:
+        return (self.commands, self.agent_commands, self.events, self.agent_events, self.dead)
+
+    def queue_name(self, consumer: str, purpose: str) -> str:
+        """Queues are named mechanically from who consumes them and what for."""
+        return f"{self.namespace}.{consumer}.{purpose}"
+
+    # The queues of each service.
+
+    def resource_manager_commands(self) -> QueueSpec:
+        return QueueSpec(
+            self.queue_name("resource-manager", "commands"),
+            (Binding(self.commands, "resource.*"),),
+        )
+
+    def resource_manager_agent_events(self) -> QueueSpec:
+        return QueueSpec(
+            self.queue_name("resource-manager", "agent-events"),
+            (Binding(self.agent_events, "#"),),
+            prefetch=64,
+        )
+
+    def agent_queue(self, resource_id: str) -> QueueSpec:
+        return QueueSpec(
+            self.queue_name("agent", resource_id),
+            (Binding(self.agent_commands, f"{resource_id}.#"),),
+            prefetch=16,
+        )
+
+    @staticmethod
+    def agent_routing_key(resource_id: str, message_type: str) -> str:
+        return f"{resource_id}.{message_type}"

@@ -1,0 +1,42 @@
+"""One settings object per process, read from ``SKYBUS_`` environment variables.
+
+No URL set means the embedded default: the in-process bus and the SQLite store under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SKYBUS_", extra="ignore")
+
+    amqp_url: str | None = None
+    mongo_url: str | None = None
+    mongo_database: str = "skybus"
+    data_dir: Path = Path("./data")
+    namespace: str = Field(default="skybus", description="prefix of every exchange and queue name")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = Field(default=None, description="how agents reach the gateway; default http://host:port")
+
+    request_timeout: float = 10.0
+    heartbeat_interval: float = 5.0
+    responding_timeout: float = 15.0
+    max_upload_bytes: int = 8 * 1024**3
+
+    # The agent's own identity (``skybus agent``).
+    resource_id: str | None = None
+    token: str | None = None
+
+    @property
+    def embedded_bus(self) -> bool:
+        return not self.amqp_url
+
+    @property
+    def gateway_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
