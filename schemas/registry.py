@@ -1,0 +1,10 @@
+"""Every wire model skybus knows, for the codec."""
+
+from __future__ import annotations
+
+from schemas.base import Accepted, MessageTypes, Rejected
+from schemas.resources import RESOURCE_MESSAGES
+
+
+def all_message_types() -> MessageTypes:
+    return MessageTypes(Accepted, Rejected, *RESOURCE_MESSAGES)

@@ -1,0 +1,130 @@
+"""Resources (hosts) of seed 000: REST bodies, commands to the resource manager, host events."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from schemas.base import WireModel
+
+Hostname = Annotated[StrictStr, Field(min_length=1, max_length=253)]
+
+
+# REST bodies (seed 000).
+
+
+class CreateResourceBody(BaseModel):
+    """``POST /api/resources``: ``hostname`` and ``user`` are required strings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hostname: Hostname
+    user: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+
+    @field_validator("hostname")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("hostname must not be blank")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("hostname must not contain control characters")
+        return value
+
+
+class ResourceCreated(BaseModel):
+    id: str
+    token: str
+
+
+class ResourceId(BaseModel):
+    id: str
+
+
+class HostInfo(BaseModel):
+    hostname: str | None = None
+    os_family: str | None = None
+    arch: str | None = None
+    os_info: str | None = None
+
+
+class ResourceView(BaseModel):
+    """``GET /api/resources/{id}``."""
+
+    id: str
+    hostname: str
+    user: str
+    state: str
+    authorized: bool
+    responding: bool
+    last_response_time: str | None
+    created_at: str
+    info: HostInfo
+
+
+# Commands to the resource manager.
+
+
+class RegisterResource(WireModel):
+    """Register a host. The gateway made the token; only its hash and verify key travel."""
+
+    message_type: ClassVar[str] = "resource.register"
+
+    resource_id: str
+    hostname: str
+    user: str
+    token_hash: str
+    verify_key: str
+
+
+class DeleteResource(WireModel):
+    message_type: ClassVar[str] = "resource.delete"
+
+    resource_id: str
+
+
+# What agents say (untrusted until the resource manager checked the signature) and host events.
+
+
+class HostFacts(WireModel):
+    """Nested in :class:`Heartbeat`; not a message of its own."""
+
+    hostname: str
+    os_family: str
+    arch: str
+    os_info: str
+
+
+class Heartbeat(WireModel):
+    message_type: ClassVar[str] = "host.heartbeat"
+
+    facts: HostFacts
+
+
+class HostResponding(WireModel):
+    message_type: ClassVar[str] = "host.responding"
+
+    resource_id: str
+
+
+class HostUnresponsive(WireModel):
+    message_type: ClassVar[str] = "host.unresponsive"
+
+    resource_id: str
+    last_response_time: float | None
+
+
+class HostDeleted(WireModel):
+    message_type: ClassVar[str] = "host.deleted"
+
+    resource_id: str
+
+
+RESOURCE_MESSAGES: tuple[type[WireModel], ...] = (
+    RegisterResource,
+    DeleteResource,
+    Heartbeat,
+    HostResponding,
+    HostUnresponsive,
+    HostDeleted,
+)

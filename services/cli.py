@@ -1,0 +1,184 @@
+"""The ``skybus`` command: ``skybus up`` for a fleet of one, or one service per process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from broker.port import MessageBus
+from services.agent.agent import Agent
+from services.gateway.app import GatewayService
+from services.local_host import LocalAgentService
+from services.resource_manager.service import ResourceManagerService
+from services.runner import Service, run_until_signalled
+from services.settings import Settings
+from services.store.factory import open_document_store
+from services.store.port import DocumentStore
+from services.tokens import create_token, has_admin_token, tokens_collection
+from services.wiring import make_bus, make_topology
+
+log = logging.getLogger("skybus")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment first, then the options given on the command line."""
+    settings = Settings()
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return settings.model_copy(update=given) if given else settings
+
+
+def echo(line: str = "") -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, envvar="SKYBUS_LOG_LEVEL")
+def main(log_level: str) -> None:
+    """skybus: run commands, roles and content on a fleet of Linux hosts."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def listen_options(command: Any) -> Any:
+    command = click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")(command)
+    command = click.option("--port", type=int, help="[SKYBUS_PORT] 0 picks a free port")(command)
+    command = click.option("--host", help="[SKYBUS_HOST]")(command)
+    return command
+
+
+async def _run(settings: Settings, sender: str, build: Any, *, on_ready: Any = None) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_document_store(settings)
+    bus = make_bus(settings, sender=sender)
+    try:
+        await bus.start()
+        services: Sequence[Service] = build(settings, bus, store)
+        await run_until_signalled(services, on_ready=(lambda: on_ready(services, store)) if on_ready else None)
+    finally:
+        await bus.close()
+        await store.close()
+
+
+@main.command()
+@listen_options
+def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run the gateway, every manager and a local agent in one process."""
+    settings = load_settings(host=host, port=port, data_dir=data_dir)
+
+    def build(settings: Settings, bus: MessageBus, store: DocumentStore) -> list[Service]:
+        topology = make_topology(settings)
+        return [
+            ResourceManagerService(settings, bus, store, topology),
+            GatewayService(settings, bus, store, topology),
+            LocalAgentService(settings, bus, store, topology),
+        ]
+
+    async def ready(services: Sequence[Any], store: DocumentStore) -> None:
+        gateway = next(s for s in services if isinstance(s, GatewayService))
+        local = next(s for s in services if isinstance(s, LocalAgentService))
+        tokens = await tokens_collection(store)
+        url = f"http://{settings.host}:{gateway.port}"
+        echo(f"skybus is up at {url}  (data in {settings.data_dir.resolve()})")
+        bus_kind = "RabbitMQ" if settings.amqp_url else "in-process (this machine only)"
+        echo(f"bus: {bus_kind}; this host is resource {local.resource_id}")
+        if not await has_admin_token(tokens):
+            token = await create_token(tokens, user="admin", admin=True)
+            echo("Admin token (shown once, stored hashed):")
+            echo(f"SKYBUS_TOKEN={token}")
+        else:
+            echo("An admin token was printed at first start. To make another:")
+            echo(f"  skybus token create --user admin --admin --data-dir {settings.data_dir}")
+        echo("Try:")
+        echo(f'  curl -H "Authorization: Bearer $SKYBUS_TOKEN" {url}/api/resources/{local.resource_id}')
+
+    asyncio.run(_run(settings, "skybus-up", build, on_ready=ready))
+
+
+@main.command()
+@listen_options
+def gateway(host: str | None, port: int | None, data_dir: Path | None) -> None:
+    """Run the REST gateway."""
+    settings = load_settings(host=host, port=port, data_dir=data_dir)
+    asyncio.run(_run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
+
+
+@main.command("resource-manager")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def resource_manager(data_dir: Path | None) -> None:
+    """Run the resource manager."""
+    settings = load_settings(data_dir=data_dir)
+    asyncio.run(
+        _run(
+            settings,
+            "resource-manager",
+            lambda s, bus, store: [ResourceManagerService(s, bus, store, make_topology(s))],
+        )
+    )
+
+
+@main.command()
+@click.option("--resource-id", help="[SKYBUS_RESOURCE_ID] the id POST /api/resources returned")
+@click.option("--token", help="[SKYBUS_TOKEN] the token POST /api/resources returned")
+def agent(resource_id: str | None, token: str | None) -> None:
+    """Run the agent of this host."""
+    settings = load_settings(resource_id=resource_id, token=token)
+    if not settings.amqp_url:
+        raise click.UsageError(
+            "skybus agent needs RabbitMQ (SKYBUS_AMQP_URL): the in-process bus of `skybus up` reaches only "
+            "its own process, whose fleet is this one machine and which already runs an agent for it."
+        )
+    if not settings.resource_id or not settings.token:
+        raise click.UsageError("give --resource-id and --token (or SKYBUS_RESOURCE_ID and SKYBUS_TOKEN)")
+
+    async def run() -> None:
+        bus = make_bus(settings, sender=f"agent:{settings.resource_id}")
+        await bus.start()
+        try:
+            the_agent = Agent(
+                bus,
+                make_topology(settings),
+                resource_id=settings.resource_id,
+                token=settings.token,
+                heartbeat_interval=settings.heartbeat_interval,
+            )
+            await run_until_signalled([the_agent])
+        finally:
+            await bus.close()
+
+    asyncio.run(run())
+
+
+@main.group()
+def token() -> None:
+    """Manage API tokens."""
+
+
+@token.command("create")
+@click.option("--user", required=True)
+@click.option("--admin", is_flag=True, default=False)
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def token_create(user: str, admin: bool, data_dir: Path | None) -> None:
+    """Create a token for USER and print it once (it is stored hashed)."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def create() -> str:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = await open_document_store(settings)
+        try:
+            return await create_token(await tokens_collection(store), user=user, admin=admin)
+        finally:
+            await store.close()
+
+    echo(f"SKYBUS_TOKEN={asyncio.run(create())}")
+
+
+if __name__ == "__main__":
+    main()

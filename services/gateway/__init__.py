@@ -1,0 +1,1 @@
+"""The REST gateway: stateless; writes become bus commands, reads come from the store."""

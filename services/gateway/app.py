@@ -1,0 +1,73 @@
+"""The gateway's app factory and its lifetime as a service."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from broker.port import MessageBus
+from broker.topology import Topology
+from services.gateway import resources_api
+from services.gateway.auth import auth_middleware
+from services.gateway.context import BUS, SETTINGS, STORE, TOKENS, TOPOLOGY
+from services.gateway.errors import error_middleware
+from services.gateway.openapi import build_openapi, documented
+from services.settings import Settings
+from services.store.port import DocumentStore
+from services.tokens import tokens_collection
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+meta_routes = web.RouteTableDef()
+
+
+@meta_routes.get("/health")
+@documented(summary="Liveness of this gateway", public=True)
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@meta_routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(request.app, title="skybus", version=VERSION))
+
+
+async def create_app(settings: Settings, bus: MessageBus, store: DocumentStore, topology: Topology) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
+    app[SETTINGS] = settings
+    app[BUS] = bus
+    app[STORE] = store
+    app[TOPOLOGY] = topology
+    app[TOKENS] = await tokens_collection(store)
+    app.add_routes(meta_routes)
+    app.add_routes(resources_api.routes)
+    return app
+
+
+class GatewayService:
+    name = "gateway"
+
+    def __init__(self, settings: Settings, bus: MessageBus, store: DocumentStore, topology: Topology) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._store = store
+        self._topology = topology
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        app = await create_app(self._settings, self._bus, self._store, self._topology)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._settings.port
+        log.info("gateway listening on http://%s:%s", self._settings.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()

@@ -1,0 +1,65 @@
+"""Errors in each seed's own shape, and the middleware that never lets a traceback out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from broker.port import BusUnavailable, NoRoute, RequestTimeout
+from services.store.port import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the client should see, with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+ErrorShape = Callable[[web.Request, int, str], Any]
+
+
+def simple_error(request: web.Request, status: int, message: str) -> Any:
+    """``{"error": "..."}``: seeds 000, 001, 002 and 003."""
+    return {"error": message}
+
+
+# Path prefix → the error body of the API served there; the first match wins.
+ERROR_SHAPES: list[tuple[str, ErrorShape]] = []
+
+
+def error_response(request: web.Request, status: int, message: str) -> web.Response:
+    shape = next((fn for prefix, fn in ERROR_SHAPES if request.path.startswith(prefix)), simple_error)
+    return web.json_response(shape(request, status, message), status=status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(request, error.status, error.message)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        message = error.text if error.text and not error.text.startswith(str(error.status)) else error.reason
+        return error_response(request, error.status, message)
+    except (BusUnavailable, NoRoute, StoreUnavailable) as error:
+        log.warning("%s %s: service unavailable: %s", request.method, request.path, error)
+        return error_response(request, 503, f"service unavailable, try again shortly: {error}")
+    except RequestTimeout as error:
+        log.warning("%s %s: %s", request.method, request.path, error)
+        return error_response(request, 504, f"no answer in time: {error}")
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(request, 500, "internal error")

@@ -1,0 +1,113 @@
+"""Seed 000: the resource registry under ``/api/resources``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from schemas.resources import (
+    CreateResourceBody,
+    DeleteResource,
+    HostInfo,
+    RegisterResource,
+    ResourceCreated,
+    ResourceId,
+    ResourceView,
+)
+from services.gateway.bodies import parse_body
+from services.gateway.context import STORE, caller, require_owner, send_command
+from services.gateway.errors import ApiError
+from services.gateway.openapi import documented
+from services.resource_manager.repository import RESOURCES
+from services.security import new_agent_credentials
+
+routes = web.RouteTableDef()
+
+
+def parse_uuid(text: str, what: str = "id") -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise ApiError(400, f"malformed {what} {text!r}: expected a UUID") from None
+
+
+def iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def resource_view(document: dict[str, Any]) -> ResourceView:
+    return ResourceView(
+        id=document["id"],
+        hostname=document["hostname"],
+        user=document["user"],
+        state=document["state"],
+        authorized=document["authorized"],
+        responding=document["responding"],
+        last_response_time=iso(document["last_response_time"]),
+        created_at=iso(document["created_at"]) or "",
+        info=HostInfo(**document.get("facts", {})),
+    )
+
+
+async def load_resource(request: web.Request, resource_id: str) -> dict[str, Any]:
+    document = await request.app[STORE].collection(RESOURCES).get(resource_id)
+    if document is None:
+        raise ApiError(404, f"resource {resource_id} not found")
+    require_owner(request, document["user"], "this resource")
+    return document
+
+
+@routes.post("/api/resources")
+@routes.post("/api/resources/")
+@documented(body=CreateResourceBody, response=ResourceCreated, summary="Register a resource (host)")
+async def create_resource(request: web.Request) -> web.Response:
+    body = await parse_body(request, CreateResourceBody)
+    require_owner(request, body.user, "a resource for this user")
+    token, token_hash, verify_key = new_agent_credentials()
+    resource_id = str(uuid.uuid4())
+    await send_command(
+        request,
+        RegisterResource(
+            resource_id=resource_id,
+            hostname=body.hostname,
+            user=body.user,
+            token_hash=token_hash,
+            verify_key=verify_key,
+        ),
+    )
+    return web.json_response(ResourceCreated(id=resource_id, token=token).model_dump())
+
+
+@routes.get("/api/resources")
+@routes.get("/api/resources/")
+@documented(response=ResourceId, summary="Find a resource by hostname (?hostname=)")
+async def find_resource(request: web.Request) -> web.Response:
+    hostname = request.query.get("hostname")
+    if hostname is None:
+        raise ApiError(400, "query parameter 'hostname' is required")
+    resources = request.app[STORE].collection(RESOURCES)
+    document = await resources.find_one({"hostname": hostname})
+    principal = caller(request)
+    if document is None or (not principal.admin and document["user"] != principal.user):
+        raise ApiError(404, f"no resource with hostname {hostname!r}")
+    return web.json_response(ResourceId(id=document["id"]).model_dump())
+
+
+@routes.get("/api/resources/{resource_id}")
+@documented(response=ResourceView, summary="Information about a resource")
+async def get_resource(request: web.Request) -> web.Response:
+    resource_id = parse_uuid(request.match_info["resource_id"], "resource id")
+    document = await load_resource(request, resource_id)
+    return web.json_response(resource_view(document).model_dump())
+
+
+@routes.delete("/api/resources/{resource_id}")
+@documented(response=ResourceId, summary="Delete a resource")
+async def delete_resource(request: web.Request) -> web.Response:
+    resource_id = parse_uuid(request.match_info["resource_id"], "resource id")
+    await load_resource(request, resource_id)
+    await send_command(request, DeleteResource(resource_id=resource_id))
+    return web.json_response(ResourceId(id=resource_id).model_dump())

@@ -1,0 +1,95 @@
+"""The agent that ``skybus up`` runs for this machine, registered through the same command as REST.
+
+Its token is kept in ``<data dir>/local-agent.json`` (mode 0600), as an agent on any host keeps
+its own credentials; the store holds only the token's hash and verify key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from broker.envelope import Envelope
+from broker.port import MessageBus
+from broker.topology import Topology
+from schemas.base import Accepted
+from schemas.resources import DeleteResource, RegisterResource
+from services.agent.agent import Agent
+from services.resource_manager.repository import RESOURCES
+from services.security import new_agent_credentials
+from services.settings import Settings
+from services.store.port import DocumentStore
+
+log = logging.getLogger(__name__)
+
+LOCAL_USER = "admin"
+
+
+class LocalAgentService:
+    name = "local-agent"
+
+    def __init__(self, settings: Settings, bus: MessageBus, store: DocumentStore, topology: Topology) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._store = store
+        self._topology = topology
+        self._agent: Agent | None = None
+        self.resource_id: str | None = None
+
+    @property
+    def _credentials_file(self) -> Path:
+        return self._settings.data_dir / "local-agent.json"
+
+    async def start(self) -> None:
+        resource_id, token = await self._credentials()
+        self.resource_id = resource_id
+        self._agent = Agent(
+            self._bus,
+            self._topology,
+            resource_id=resource_id,
+            token=token,
+            heartbeat_interval=self._settings.heartbeat_interval,
+        )
+        await self._agent.start()
+
+    async def stop(self) -> None:
+        if self._agent:
+            await self._agent.stop()
+
+    async def _credentials(self) -> tuple[str, str]:
+        resources = self._store.collection(RESOURCES)
+        if self._credentials_file.exists():
+            saved = json.loads(self._credentials_file.read_text())
+            if await resources.get(saved["resource_id"]) is not None:
+                return saved["resource_id"], saved["token"]
+        hostname = socket.gethostname()
+        stale = await resources.find_one({"hostname": hostname})
+        if stale is not None:
+            log.warning("this host was registered as %s without saved credentials: registering anew", stale["id"])
+            await self._command(DeleteResource(resource_id=stale["id"]))
+        token, token_hash, verify_key = new_agent_credentials()
+        resource_id = str(uuid.uuid4())
+        await self._command(
+            RegisterResource(
+                resource_id=resource_id,
+                hostname=hostname,
+                user=LOCAL_USER,
+                token_hash=token_hash,
+                verify_key=verify_key,
+            )
+        )
+        self._credentials_file.write_text(json.dumps({"resource_id": resource_id, "token": token}))
+        os.chmod(self._credentials_file, 0o600)
+        log.info("registered this host (%s) as resource %s", hostname, resource_id)
+        return resource_id, token
+
+    async def _command(self, command: RegisterResource | DeleteResource) -> None:
+        reply = await self._bus.request(
+            self._topology.commands, Envelope(command, sender="skybus-up"), timeout=self._settings.request_timeout
+        )
+        if not isinstance(reply.payload, Accepted):
+            raise RuntimeError(f"{command.message_type} refused: {reply.payload}")

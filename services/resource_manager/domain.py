@@ -1,0 +1,42 @@
+"""Pure rules of the resource registry: what a new host looks like, when a host stops responding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INACTIVE = "inactive"
+
+
+def new_resource(
+    *, resource_id: str, hostname: str, user: str, token_hash: str, verify_key: str, now: float
+) -> dict[str, Any]:
+    return {
+        "id": resource_id,
+        "hostname": hostname,
+        "user": user,
+        "state": INACTIVE,
+        "authorized": True,
+        "token_hash": token_hash,
+        "verify_key": verify_key,
+        "created_at": now,
+        "responding": False,
+        "last_response_time": None,
+        "last_heartbeat_sent_at": None,
+        "facts": {},
+    }
+
+
+def is_same_registration(stored: dict[str, Any], *, hostname: str, token_hash: str) -> bool:
+    """A redelivered register command finds its own earlier write: that is success, not a clash."""
+    return stored["hostname"] == hostname and stored["token_hash"] == token_hash
+
+
+def is_fresh_heartbeat(stored: dict[str, Any], sent_at: float) -> bool:
+    """Only a heartbeat newer than the last one counts, so a replayed capture cannot fake liveness."""
+    last = stored.get("last_heartbeat_sent_at")
+    return last is None or sent_at > last
+
+
+def has_gone_silent(stored: dict[str, Any], now: float, timeout: float) -> bool:
+    last = stored.get("last_response_time")
+    return bool(stored.get("responding")) and (last is None or now - last > timeout)

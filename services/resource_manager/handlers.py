@@ -1,0 +1,159 @@
+"""Handlers of the resource manager: one plain async function per command or event.
+
+Delivery: at least once. Each handler stores its change before it returns (and so before the
+message is acked) and is safe to run twice: a redelivered registration finds its own record, a
+redelivered delete finds nothing left, and a replayed heartbeat is older than the stored one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from broker import codec
+from broker.envelope import Envelope
+from broker.port import Drop, MessageBus
+from broker.router import Router
+from broker.topology import Topology
+from schemas.base import Accepted, Rejected, WireModel
+from schemas.resources import (
+    DeleteResource,
+    Heartbeat,
+    HostDeleted,
+    HostResponding,
+    HostUnresponsive,
+    RegisterResource,
+)
+from services.resource_manager import domain
+from services.resource_manager.repository import silent_candidates
+from services.security import signature_is_valid
+from services.store.port import Collection, DuplicateKey, VersionConflict
+
+log = logging.getLogger(__name__)
+
+SENDER = "resource-manager"
+
+
+@dataclass
+class ResourceManager:
+    bus: MessageBus
+    topology: Topology
+    resources: Collection
+    responding_timeout: float
+    clock: Callable[[], float] = time.time
+    rejected_events: Counter[str] = field(default_factory=Counter)
+
+    def router(self) -> Router:
+        router = Router()
+        router.add(RegisterResource, self.register_resource)
+        router.add(DeleteResource, self.delete_resource)
+        return router
+
+    # Commands.
+
+    async def register_resource(self, envelope: Envelope) -> WireModel:
+        command = envelope.payload
+        assert isinstance(command, RegisterResource)
+        document = domain.new_resource(
+            resource_id=command.resource_id,
+            hostname=command.hostname,
+            user=command.user,
+            token_hash=command.token_hash,
+            verify_key=command.verify_key,
+            now=self.clock(),
+        )
+        try:
+            await self.resources.insert(document)
+        except DuplicateKey:
+            stored = await self.resources.get(command.resource_id)
+            if stored and domain.is_same_registration(stored, hostname=command.hostname, token_hash=command.token_hash):
+                return Accepted(id=command.resource_id)
+            return Rejected(status=400, error=f"hostname {command.hostname!r} is already registered")
+        log.info("registered resource %s (%s) for %s", command.resource_id, command.hostname, command.user)
+        return Accepted(id=command.resource_id)
+
+    async def delete_resource(self, envelope: Envelope) -> WireModel:
+        command = envelope.payload
+        assert isinstance(command, DeleteResource)
+        if not await self.resources.delete(command.resource_id):
+            return Rejected(status=404, error=f"resource {command.resource_id} not found")
+        await self.bus.publish(
+            self.topology.events, envelope.caused(HostDeleted(resource_id=command.resource_id), sender=SENDER)
+        )
+        log.info("deleted resource %s", command.resource_id)
+        return Accepted(id=command.resource_id)
+
+    # Agent events: check the signature, then act and republish as trusted.
+
+    async def agent_event(self, envelope: Envelope) -> None:
+        """The handler of the untrusted agent-events queue: verify, keep host state, republish."""
+        resource = await self._verified_sender(envelope)
+        if isinstance(envelope.payload, Heartbeat):
+            await self.heartbeat(envelope, resource)
+        await self.bus.publish(self.topology.events, replace(envelope, signature=None))
+
+    async def _verified_sender(self, envelope: Envelope) -> dict:
+        if not envelope.resource_id or not envelope.signature:
+            self.rejected_events["unsigned"] += 1
+            raise Drop(f"unsigned agent event {envelope.type} {envelope.message_id}")
+        resource = await self.resources.get(envelope.resource_id)
+        if resource is None:
+            self.rejected_events["unknown resource"] += 1
+            raise Drop(f"agent event from unknown resource {envelope.resource_id}")
+        if not signature_is_valid(resource["verify_key"], codec.signed_bytes(envelope), envelope.signature):
+            self.rejected_events["bad signature"] += 1
+            log.warning("forged agent event %s claiming resource %s", envelope.type, envelope.resource_id)
+            raise Drop(f"bad signature on {envelope.type} from {envelope.resource_id}")
+        return resource
+
+    async def heartbeat(self, envelope: Envelope, resource: dict) -> None:
+        beat = envelope.payload
+        assert isinstance(beat, Heartbeat)
+        sent_at = envelope.time.timestamp()
+        if not domain.is_fresh_heartbeat(resource, sent_at):
+            raise Drop(f"stale heartbeat from {resource['id']}")
+        was_responding = resource["responding"]
+        # A concurrent write raises VersionConflict: the heartbeat is redelivered and read again.
+        await self.resources.update(
+            resource["id"],
+            {
+                "responding": True,
+                "last_response_time": self.clock(),
+                "last_heartbeat_sent_at": sent_at,
+                "facts": beat.facts.model_dump(),
+            },
+            expected_version=resource["version"],
+        )
+        if not was_responding:
+            await self.bus.publish(
+                self.topology.events,
+                envelope.caused(HostResponding(resource_id=resource["id"]), sender=SENDER),
+            )
+
+    # Periodic.
+
+    async def sweep_silent_hosts(self) -> int:
+        """Mark hosts whose heartbeats stopped as not responding; return how many."""
+        now = self.clock()
+        marked = 0
+        for resource in await silent_candidates(self.resources, now - self.responding_timeout):
+            if not domain.has_gone_silent(resource, now, self.responding_timeout):
+                continue
+            try:
+                await self.resources.update(resource["id"], {"responding": False}, expected_version=resource["version"])
+            except VersionConflict:
+                continue  # a heartbeat arrived meanwhile
+            marked += 1
+            await self.bus.publish(
+                self.topology.events,
+                Envelope(
+                    HostUnresponsive(resource_id=resource["id"], last_response_time=resource["last_response_time"]),
+                    sender=SENDER,
+                    resource_id=resource["id"],
+                ),
+            )
+            log.info("resource %s stopped responding", resource["id"])
+        return marked

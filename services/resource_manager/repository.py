@@ -1,0 +1,30 @@
+"""The resource manager's store access: the ``resources`` collection, which only it writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.store.port import Collection, DocumentStore
+
+RESOURCES = "resources"
+
+
+async def resources_collection(store: DocumentStore) -> Collection:
+    collection = store.collection(RESOURCES)
+    await collection.create_index(["hostname"], unique=True)
+    await collection.create_index(["responding", "last_response_time"])
+    return collection
+
+
+async def silent_candidates(resources: Collection, older_than: float) -> list[dict[str, Any]]:
+    """Responding hosts whose last heartbeat is older than ``older_than``."""
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await resources.find(
+            {"responding": True, "last_response_time": {"$lt": older_than}}, limit=500, cursor=cursor
+        )
+        found.extend(page.items)
+        if page.next_cursor is None:
+            return found
+        cursor = page.next_cursor

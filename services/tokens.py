@@ -1,0 +1,44 @@
+"""User API tokens: stored by SHA-256 hash only, looked up by that hash.
+
+Written by ``skybus token create`` and by ``skybus up`` at first start; read by the gateway.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from services.security import hash_token, new_token
+from services.store.port import Collection, DocumentStore
+
+TOKENS = "tokens"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user: str
+    admin: bool
+
+
+async def tokens_collection(store: DocumentStore) -> Collection:
+    collection = store.collection(TOKENS)
+    await collection.create_index(["admin"])
+    return collection
+
+
+async def create_token(tokens: Collection, *, user: str, admin: bool) -> str:
+    """Store a new token for ``user`` and return it: the only time it is seen in clear."""
+    token = new_token()
+    await tokens.insert({"id": hash_token(token), "user": user, "admin": admin, "created_at": time.time()})
+    return token
+
+
+async def principal_for(tokens: Collection, token: str) -> Principal | None:
+    stored = await tokens.get(hash_token(token))
+    if stored is None:
+        return None
+    return Principal(user=stored["user"], admin=bool(stored["admin"]))
+
+
+async def has_admin_token(tokens: Collection) -> bool:
+    return (await tokens.count({"admin": True})) > 0
