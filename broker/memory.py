@@ -61,6 +61,8 @@ class _MemorySubscription:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        # A cancelled worker stops waiting at once, but the handler it shielded is still running.
+        await self._idle.wait()
         if self in self._bus._subscriptions:
             self._bus._subscriptions.remove(self)
 
@@ -69,7 +71,17 @@ class _MemorySubscription:
             delivery = await self._queue.items.get()
             # Once taken, a delivery is finished even if cancel() arrives: a consumer that is
             # stopping completes its in-flight handlers before it lets go.
-            await asyncio.shield(self._handle(delivery))
+            self._in_flight += 1
+            self._idle.clear()
+            await asyncio.shield(self._finish(delivery))
+
+    async def _finish(self, delivery: _Delivery) -> None:
+        try:
+            await self._handle(delivery)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     async def _handle(self, delivery: _Delivery) -> None:
         delivery.attempts += 1

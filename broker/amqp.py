@@ -1,0 +1,525 @@
+"""The AMQP adapter: aio-pika against RabbitMQ.
+
+What it puts on the broker (names from :class:`broker.topology.Topology`):
+
+* every exchange of the topology is a durable topic exchange; ``dead`` is bound with ``#`` to the
+  one durable quorum dead-letter queue;
+* a subscribed queue is a durable quorum queue whose ``x-dead-letter-exchange`` is ``dead``.
+
+The adapter dead-letters by itself, so the reason travels with the message: it republishes the
+original body, confirmed, to ``dead`` with ``x-skybus-*`` headers, then acks the original. The
+queue's ``x-delivery-limit`` sits a little above the spec's and is only a safety net for a handler
+that kills its process before the adapter can count; what the broker dead-letters that way carries
+``x-death`` instead, and :meth:`AmqpBus.dead_letters` reads the reason from there.
+
+Two robust connections, one that publishes (a confirm channel; requests and their direct reply-to
+consumer on a second one) and one that consumes (a channel per subscription, prefetch from the
+spec), so flow control on a busy publisher never holds back acks. Both reconnect by themselves and
+restore their exchanges, queues, bindings and consumers. A publish caught by a connection loss is
+retried on the new connection until ``publish_timeout``: a lost confirm may mean the broker got the
+message, so a retry can duplicate it, as at-least-once allows. A handler runs in a task of its own,
+so a connection loss does not cut it in half: its ack fails and the broker redelivers the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    ChannelAccessRefused,
+    ChannelClosed,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
+from yarl import URL
+
+from broker import codec
+from broker.envelope import Envelope
+from broker.port import (
+    BusUnavailable,
+    DeadLetter,
+    Drop,
+    Handler,
+    NoRoute,
+    PoisonMessage,
+    QueueSpec,
+    RequestTimeout,
+)
+from broker.topology import Topology
+from schemas.base import MessageTypes, WireModel
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/msgpack"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+REASON = "x-skybus-reason"
+QUEUE = "x-skybus-queue"
+EXCHANGE = "x-skybus-exchange"
+ROUTING_KEY = "x-skybus-routing-key"
+
+# The broker's own delivery limit lets a message crash its consumer this many more times than the
+# adapter lets a handler fail before it is dead-lettered without a reason of ours.
+CRASH_ALLOWANCE = 2
+# Seconds between reconnection attempts, unless the URL says otherwise (``?reconnect_interval=``).
+RECONNECT_INTERVAL = 1.0
+# Seconds a stopping subscription waits for the broker to confirm its basic.cancel.
+CANCEL_TIMEOUT = 5.0
+_PERSISTENT = aio_pika.DeliveryMode.PERSISTENT.value
+_TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT.value
+_MAX_PAUSE = 1.0
+
+# What a connection or channel loss looks like from a publish or an ack: worth a retry once the
+# robust connection is back. Channel errors that would recur (a missing exchange, a refused
+# permission, an inequivalent declaration) are not in it.
+_LOST = (AMQPConnectionError, ConnectionError, OSError, ChannelInvalidStateError)
+_PERMANENT = (ChannelNotFoundEntity, ChannelAccessRefused, ChannelPreconditionFailed)
+
+
+def _is_lost(error: BaseException) -> bool:
+    if isinstance(error, _PERMANENT):
+        return False
+    if isinstance(error, PublishError):
+        return False
+    return isinstance(error, (*_LOST, ChannelClosed, DeliveryError))
+
+
+class AmqpBus:
+    """Implements :class:`broker.port.MessageBus` over RabbitMQ (quorum queues, publisher confirms)."""
+
+    def __init__(
+        self,
+        url: str,
+        types: MessageTypes,
+        topology: Topology | None = None,
+        *,
+        publish_timeout: float = 15.0,
+        sender: str = "",
+    ) -> None:
+        self.url = url
+        self.types = types
+        self.topology = topology or Topology()
+        self.publish_timeout = publish_timeout
+        self.sender = sender
+        self._publisher: AbstractRobustConnection | None = None
+        self._consumer: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._dead_queue: AbstractRobustQueue | None = None
+        self._rpc_channel: AbstractRobustChannel | None = None
+        self._rpc_lock = asyncio.Lock()
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._exchanges: set[str] = set()
+        self._subscriptions: set[AmqpSubscription] = set()
+        self._closed = False
+
+    # Lifetime.
+
+    async def start(self) -> None:
+        self._closed = False
+        try:
+            self._publisher = await self._connect("publish")
+            self._consumer = await self._connect("consume")
+        except (TimeoutError, *_LOST) as error:
+            await self._disconnect()
+            raise BusUnavailable(f"cannot reach RabbitMQ: {error!r}") from error
+        self._channel = await self._publisher.channel(publisher_confirms=True)
+        for exchange in self.topology.exchanges:
+            await self._declare_exchange(exchange)
+        self._dead_queue = await self._channel.declare_queue(
+            self.topology.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await self._dead_queue.bind(self.topology.dead, "#")
+
+    async def close(self) -> None:
+        # Handlers still running may publish (replies, dead letters, follow-up events): the
+        # connections stay up until every subscription has drained.
+        await asyncio.gather(*(subscription.cancel() for subscription in list(self._subscriptions)))
+        self._closed = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BusUnavailable("the bus is closing"))
+        await self._disconnect()
+
+    async def _connect(self, purpose: str) -> AbstractRobustConnection:
+        options: dict[str, Any] = {}
+        if "reconnect_interval" not in URL(self.url).query:
+            options["reconnect_interval"] = RECONNECT_INTERVAL
+        name = f"{self.sender or 'skybus'} {purpose}"
+        return await aio_pika.connect_robust(
+            self.url, timeout=self.publish_timeout, client_properties={"connection_name": name}, **options
+        )
+
+    async def _disconnect(self) -> None:
+        connections = [c for c in (self._consumer, self._publisher) if c is not None]
+        self._publisher = self._consumer = None
+        self._channel = self._rpc_channel = None
+        self._dead_queue = None
+        self._exchanges.clear()
+        for connection in connections:
+            with contextlib.suppress(*_LOST, ChannelClosed):
+                await connection.close()
+
+    async def _declare_exchange(self, name: str) -> None:
+        if name not in self._exchanges:
+            await self._open_channel().declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+            self._exchanges.add(name)
+
+    def _open_channel(self) -> AbstractRobustChannel:
+        if self._channel is None or self._closed:
+            raise BusUnavailable("the bus is not started or already closed")
+        return self._channel
+
+    # Publishing.
+
+    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+        properties = self._properties(envelope, correlation_id=envelope.correlation_id)
+        await self._send(
+            self._open_channel(), exchange, routing_key or envelope.type, codec.encode(envelope), properties
+        )
+
+    async def request(
+        self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
+    ) -> Envelope:
+        channel = await self._rpc()
+        key = routing_key or envelope.type
+        # The AMQP correlation id of a request is its message id: the reply carries it back.
+        properties = self._properties(envelope, correlation_id=envelope.message_id, reply_to=DIRECT_REPLY_TO)
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[envelope.message_id] = reply
+        try:
+            await self._send(channel, exchange, key, codec.encode(envelope), properties, mandatory=True)
+            try:
+                body = await asyncio.wait_for(reply, timeout)
+            except TimeoutError:
+                raise RequestTimeout(f"no reply to {key!r} within {timeout}s") from None
+        finally:
+            self._pending.pop(envelope.message_id, None)
+        return codec.decode(body, self.types)
+
+    async def _rpc(self) -> AbstractRobustChannel:
+        """The channel that publishes requests and consumes their replies (direct reply-to needs both
+        on one channel). Opened on the first request; the robust channel re-consumes after a reconnect."""
+        if self._rpc_channel is not None:
+            return self._rpc_channel
+        async with self._rpc_lock:
+            if self._rpc_channel is None:
+                if self._publisher is None or self._closed:
+                    raise BusUnavailable("the bus is not started or already closed")
+                channel = await self._publisher.channel(publisher_confirms=True)
+                replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
+                await replies.consume(self._on_reply, no_ack=True)
+                self._rpc_channel = channel
+        return self._rpc_channel
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        reply = self._pending.get(message.correlation_id or "")
+        if reply is not None and not reply.done():
+            reply.set_result(message.body)
+
+    def _properties(
+        self, envelope: Envelope, *, correlation_id: str | None, reply_to: str | None = None, persistent: bool = True
+    ) -> aiormq.spec.Basic.Properties:
+        return aiormq.spec.Basic.Properties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=_PERSISTENT if persistent else _TRANSIENT,
+            message_id=envelope.message_id,
+            message_type=envelope.type,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            app_id=self.sender or None,
+        )
+
+    async def _send(
+        self,
+        channel: AbstractRobustChannel,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+        *,
+        mandatory: bool = False,
+    ) -> None:
+        """Publish and wait for the broker's confirm, across reconnections, until ``publish_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        pause = 0.05
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    # Ready means reconnected and restored (for requests: consuming replies again).
+                    await channel.ready()
+                    underlay = await channel.get_underlay_channel()
+                    result = await underlay.basic_publish(
+                        body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory
+                    )
+            except TimeoutError:
+                raise BusUnavailable(
+                    f"RabbitMQ did not confirm {routing_key!r} on {exchange!r} within {self.publish_timeout}s"
+                ) from None
+            except asyncio.CancelledError:
+                # aiormq cancels a pending confirm when its channel dies; only a cancellation of
+                # this task itself ends the publish.
+                task = asyncio.current_task()
+                if self._closed or (task is not None and task.cancelling()):
+                    raise
+                error: BaseException = ConnectionError("confirm cancelled with its channel")
+            except ChannelNotFoundEntity as failure:
+                # The channel died of a missing exchange: ours, or that of another publish on it.
+                if f"'{exchange}'" in str(failure):
+                    raise NoRoute(f"exchange {exchange!r} does not exist") from failure
+                error = failure
+            except Exception as failure:
+                if self._closed or not _is_lost(failure):
+                    raise
+                error = failure
+            else:
+                if isinstance(result, DeliveredMessage):
+                    raise NoRoute(f"no queue takes {routing_key!r} on {exchange!r}")
+                return
+            if self._closed:
+                raise BusUnavailable("the bus is closed") from error
+            log.warning("publish of %r to %r failed (%r), retrying", routing_key, exchange, error)
+            await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+            pause = min(pause * 2, _MAX_PAUSE)
+
+    # Consuming.
+
+    async def subscribe(self, queue: QueueSpec, handler: Handler) -> AmqpSubscription:
+        if self._consumer is None or self._closed:
+            raise BusUnavailable("the bus is not started or already closed")
+        for binding in queue.bindings:
+            await self._declare_exchange(binding.exchange)
+        channel = await self._consumer.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=queue.prefetch)
+        declared = await channel.declare_queue(
+            queue.name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": self.topology.dead,
+                "x-delivery-limit": queue.delivery_limit + CRASH_ALLOWANCE,
+            },
+        )
+        for binding in queue.bindings:
+            await declared.bind(binding.exchange, binding.pattern)
+        subscription = AmqpSubscription(self, queue, handler, channel, declared)
+        await subscription.start()
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def _reply(self, request: AbstractIncomingMessage, envelope: Envelope, payload: WireModel) -> None:
+        answer = envelope.caused(payload, sender=self.sender)
+        properties = self._properties(answer, correlation_id=request.correlation_id, persistent=False)
+        # mandatory=False: RabbitMQ 3.10 returns a mandatory message to amq.rabbitmq.reply-to even
+        # though it delivered it.
+        await self._send(self._open_channel(), "", request.reply_to or "", codec.encode(answer), properties)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
+        """Republish ``message`` to the dead-letter exchange with why, confirmed; the caller acks it."""
+        log.error(
+            "dead-lettering %s %s from %s: %s", message.type, message.message_id, queue, reason, extra={"queue": queue}
+        )
+        properties = aiormq.spec.Basic.Properties(
+            content_type=message.content_type,
+            delivery_mode=_PERSISTENT,
+            message_id=message.message_id,
+            message_type=message.type,
+            correlation_id=message.correlation_id,
+            app_id=message.app_id,
+            headers={
+                REASON: reason,
+                QUEUE: queue,
+                EXCHANGE: message.exchange or "",
+                ROUTING_KEY: message.routing_key or "",
+            },
+        )
+        await self._send(self._open_channel(), self.topology.dead, message.routing_key or "", message.body, properties)
+
+    async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
+        queue = self._dead_queue
+        if queue is None or self._closed:
+            raise BusUnavailable("the bus is not started or already closed")
+        taken: list[DeadLetter] = []
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                while len(taken) < max_count:
+                    message = await queue.get(no_ack=False, fail=False)
+                    if message is None:
+                        break
+                    taken.append(self._read_dead_letter(message))
+                    await message.ack()
+        except Exception as error:
+            if not isinstance(error, TimeoutError) and not _is_lost(error):
+                raise
+            # What was taken but not acked stays in the queue for the next call.
+            if not taken:
+                raise BusUnavailable(f"cannot read the dead-letter queue: {error!r}") from error
+        return taken
+
+    def _read_dead_letter(self, message: AbstractIncomingMessage) -> DeadLetter:
+        headers: Mapping[str, Any] = message.headers or {}
+        envelope = None
+        with contextlib.suppress(codec.UndecodableMessage):
+            envelope = codec.decode(message.body, self.types)
+        if REASON in headers:
+            return DeadLetter(
+                message.body,
+                _text(headers[REASON]),
+                _text(headers.get(QUEUE)),
+                _text(headers.get(EXCHANGE)),
+                _text(headers.get(ROUTING_KEY)),
+                envelope,
+            )
+        # Dead-lettered by the broker itself (the safety-net delivery limit): read ``x-death``.
+        deaths = headers.get("x-death") or [{}]
+        death: Mapping[str, Any] = deaths[0]
+        keys = death.get("routing-keys") or [message.routing_key or ""]
+        return DeadLetter(
+            message.body,
+            f"dead-lettered by RabbitMQ: {_text(death.get('reason')) or 'unknown reason'}",
+            _text(death.get("queue")),
+            _text(death.get("exchange")),
+            _text(keys[0]),
+            envelope,
+        )
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class AmqpSubscription:
+    """One consumer of a quorum queue, on a channel of its own; a task per delivery, up to prefetch."""
+
+    def __init__(
+        self,
+        bus: AmqpBus,
+        spec: QueueSpec,
+        handler: Handler,
+        channel: AbstractRobustChannel,
+        queue: AbstractRobustQueue,
+    ) -> None:
+        self._bus = bus
+        self._spec = spec
+        self._handler = handler
+        self._channel = channel
+        self._queue = queue
+        self._consumer_tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def cancel(self) -> None:
+        self._stopping = True
+        tag, self._consumer_tag = self._consumer_tag, None
+        if tag is not None:
+            try:
+                # The robust queue forgets the consumer first, so it is not restored even if the
+                # broker is unreachable now and the cancel itself cannot get through.
+                await asyncio.wait_for(self._queue.cancel(tag), CANCEL_TIMEOUT)
+            except Exception as error:
+                if not isinstance(error, TimeoutError) and not _is_lost(error):
+                    raise
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Anything delivered after the cancel and never started goes back to the queue.
+        with contextlib.suppress(*_LOST, ChannelClosed):
+            await self._channel.close()
+        self._bus._subscriptions.discard(self)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:
+            return
+        # A task of our own: aiormq cancels its delivery tasks when the channel dies, and a
+        # handler must not be cut in half by a connection loss.
+        task = asyncio.create_task(self._process(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self._consume(message)
+        except Exception:
+            # A bug or a broker refusal in the adapter itself, not in the handler: requeue, and let
+            # the queue's own delivery limit end a loop.
+            log.exception("could not process %s %s", message.type, message.message_id)
+            await self._settle(message.nack(requeue=True), message)
+
+    async def _consume(self, message: AbstractIncomingMessage) -> None:
+        bus, spec = self._bus, self._spec
+        try:
+            envelope = codec.decode(message.body, bus.types)
+        except codec.UndecodableMessage as error:
+            await self._give_up(message, f"undecodable: {error}")
+            return
+        try:
+            reply = await self._handler(envelope)
+        except Drop as outcome:
+            log.info("dropped %s %s: %s", envelope.type, envelope.message_id, outcome)
+        except PoisonMessage as error:
+            await self._give_up(message, f"poison: {error}")
+            return
+        except Exception as error:
+            attempts = _delivery_count(message) + 1
+            if attempts >= spec.delivery_limit:
+                log.error(
+                    "giving up on %s %s after %d deliveries: %r", envelope.type, envelope.message_id, attempts, error
+                )
+                await self._give_up(message, f"delivery limit {attempts} reached: {error!r}")
+            else:
+                log.warning(
+                    "handler failed on %s %s (attempt %d): %r", envelope.type, envelope.message_id, attempts, error
+                )
+                await self._settle(message.nack(requeue=True), message)
+            return
+        else:
+            if reply is not None and message.reply_to:
+                try:
+                    await bus._reply(message, envelope, reply)
+                except BusUnavailable as error:
+                    # Not acked: the request comes back and is answered again.
+                    log.warning("could not reply to %s %s: %s", envelope.type, envelope.message_id, error)
+                    return
+        await self._settle(message.ack(), message)
+
+    async def _give_up(self, message: AbstractIncomingMessage, reason: str) -> None:
+        try:
+            await self._bus._dead_letter(message, self._spec.name, reason)
+        except BusUnavailable as error:
+            log.warning("could not dead-letter %s: %s; it will be redelivered", message.message_id, error)
+            return
+        await self._settle(message.ack(), message)
+
+    @staticmethod
+    async def _settle(outcome: Any, message: AbstractIncomingMessage) -> None:
+        """Ack or nack; if the channel died meanwhile, the broker redelivers the message anyway."""
+        try:
+            await outcome
+        except Exception as error:
+            if not _is_lost(error):
+                raise
+            log.warning("could not settle %s (%r); the broker will redeliver it", message.message_id, error)
+
+
+def _delivery_count(message: AbstractIncomingMessage) -> int:
+    """How many times a quorum queue delivered this message before (``x-delivery-count``)."""
+    count = (message.headers or {}).get("x-delivery-count")
+    return count if isinstance(count, int) else 0

@@ -1,0 +1,431 @@
+"""The bus contract: one suite that every adapter of :class:`broker.port.MessageBus` passes.
+
+:class:`BusContract` holds the tests. A concrete class per adapter provides two fixtures: ``bus``
+(started, in the test's own topology) and ``inject`` (puts raw bytes on an exchange, past the
+codec). The AMQP class adds what only a real broker can show: connections that drop and come back,
+messages that outlive their consumer, dead letters that RabbitMQ made by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import ClassVar
+
+import aio_pika
+import pytest
+
+from broker import codec
+from broker.amqp import AmqpBus
+from broker.envelope import Envelope
+from broker.memory import MemoryBus
+from broker.port import (
+    Binding,
+    BusUnavailable,
+    DeadLetter,
+    Drop,
+    MessageBus,
+    NoRoute,
+    PoisonMessage,
+    QueueSpec,
+    RequestTimeout,
+)
+from broker.topology import Topology
+from schemas.base import MessageTypes, WireModel
+from tests.rabbit import Vhost, unique_namespace
+
+
+class Ping(WireModel):
+    message_type: ClassVar[str] = "contract.ping"
+
+    n: int
+
+
+class Pong(WireModel):
+    message_type: ClassVar[str] = "contract.pong"
+
+    n: int
+
+
+class Stranger(WireModel):
+    """A well-formed message of a type the bus under test does not know."""
+
+    message_type: ClassVar[str] = "contract.stranger"
+
+    n: int
+
+
+TYPES = MessageTypes(Ping, Pong)
+
+Inject = Callable[[str, str, bytes], Awaitable[None]]
+
+
+def ping(n: int) -> Envelope:
+    return Envelope(Ping(n=n), sender="contract")
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def take_dead_letters(bus: MessageBus, count: int, timeout: float = 5.0) -> list[DeadLetter]:
+    """Poll the dead-letter queue until ``count`` letters were taken."""
+    taken: list[DeadLetter] = []
+
+    async def poll() -> None:
+        while len(taken) < count:
+            taken.extend(await bus.dead_letters())
+            if len(taken) < count:
+                await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"expected {count} dead letters within {timeout}s, got {taken}") from None
+    return taken
+
+
+class Recorder:
+    """A handler that records every delivery, then does what ``then`` says (if anything)."""
+
+    def __init__(self, then: Callable[[Envelope], Awaitable[WireModel | None]] | None = None) -> None:
+        self.seen: list[Envelope] = []
+        self.then = then
+
+    async def __call__(self, envelope: Envelope) -> WireModel | None:
+        self.seen.append(envelope)
+        if self.then is not None:
+            return await self.then(envelope)
+        return None
+
+    def numbers(self) -> list[int]:
+        return [envelope.payload.n for envelope in self.seen]
+
+    def ids(self) -> set[str]:
+        return {envelope.message_id for envelope in self.seen}
+
+
+class BusContract:
+    """Every adapter of the bus port passes these. Concrete classes provide ``bus`` and ``inject``."""
+
+    @pytest.fixture
+    def topology(self) -> Topology:
+        return Topology(namespace=unique_namespace("contract"))
+
+    def spec(self, topology: Topology, purpose: str, *bindings: Binding, **options: int) -> QueueSpec:
+        return QueueSpec(topology.queue_name("contract", purpose), bindings, **options)
+
+    async def test_topic_patterns_route_like_rabbitmq(self, bus: MessageBus, topology: Topology) -> None:
+        one_word, any_words = Recorder(), Recorder()
+        await bus.subscribe(self.spec(topology, "star", Binding(topology.commands, "job.*"), prefetch=1), one_word)
+        await bus.subscribe(self.spec(topology, "hash", Binding(topology.events, "host.#"), prefetch=1), any_words)
+
+        sent = [
+            (topology.commands, "job.run"),  # 0: job.*
+            (topology.commands, "job.run.now"),  # 1: * is exactly one word
+            (topology.commands, "job"),  # 2: * is not zero words
+            (topology.events, "host"),  # 3: # may be zero words
+            (topology.events, "host.heartbeat.cpu"),  # 4: # may be several words
+            (topology.events, "hosts.heartbeat"),  # 5: no match
+            (topology.commands, "host.heartbeat"),  # 6: right key, wrong exchange
+        ]
+        for n, (exchange, key) in enumerate(sent):
+            await bus.publish(exchange, ping(n), key)
+        # Markers behind everything else: once they are in, anything routed wrongly would be too.
+        await bus.publish(topology.commands, ping(99), "job.marker")
+        await bus.publish(topology.events, ping(99), "host.marker")
+        await eventually(lambda: 99 in one_word.numbers() and 99 in any_words.numbers(), "the markers")
+
+        assert one_word.numbers() == [0, 99]
+        assert any_words.numbers() == [3, 4, 99]
+
+    async def test_fan_out_to_every_bound_queue(self, bus: MessageBus, topology: Topology) -> None:
+        recorders = [Recorder() for _ in range(3)]
+        for i, recorder in enumerate(recorders):
+            await bus.subscribe(self.spec(topology, f"fan{i}", Binding(topology.events, "job.completed")), recorder)
+
+        sent = ping(1)
+        await bus.publish(topology.events, sent, "job.completed")
+        await eventually(lambda: all(recorder.seen for recorder in recorders), "every queue")
+
+        for recorder in recorders:
+            assert [envelope.message_id for envelope in recorder.seen] == [sent.message_id]
+            assert recorder.seen[0].payload == Ping(n=1)
+            assert recorder.seen[0].sender == "contract"
+
+    async def test_competing_consumers_share_one_queue(self, bus: MessageBus, topology: Topology) -> None:
+        async def work(envelope: Envelope) -> None:
+            await asyncio.sleep(0.005)
+
+        first, second = Recorder(work), Recorder(work)
+        spec = self.spec(topology, "shared", Binding(topology.commands, "contract.ping"), prefetch=1)
+        await bus.subscribe(spec, first)
+        await bus.subscribe(spec, second)
+
+        for n in range(20):
+            await bus.publish(topology.commands, ping(n))
+        await eventually(lambda: len(first.seen) + len(second.seen) >= 20, "all 20 messages")
+
+        assert first.seen and second.seen, (first.numbers(), second.numbers())
+        assert sorted(first.numbers() + second.numbers()) == list(range(20))
+
+    async def test_failure_is_retried_then_dead_lettered_with_the_reason(
+        self, bus: MessageBus, topology: Topology
+    ) -> None:
+        attempts: collections.Counter[int] = collections.Counter()
+
+        async def flaky(envelope: Envelope) -> None:
+            n = envelope.payload.n
+            attempts[n] += 1
+            if n == 1 and attempts[n] < 2:
+                raise RuntimeError("flaky once")
+            if n == 2:
+                raise RuntimeError("always broken")
+
+        spec = self.spec(topology, "retry", Binding(topology.commands, "contract.ping"), prefetch=1, delivery_limit=3)
+        await bus.subscribe(spec, flaky)
+        broken = ping(2)
+        await bus.publish(topology.commands, ping(1))
+        await bus.publish(topology.commands, broken)
+
+        (letter,) = await take_dead_letters(bus, 1)
+        await eventually(lambda: attempts[1] == 2, "the flaky message to succeed")
+        assert attempts == {1: 2, 2: 3}
+        assert "always broken" in letter.reason
+        assert letter.queue == spec.name
+        assert letter.exchange == topology.commands
+        assert letter.routing_key == "contract.ping"
+        assert letter.envelope is not None
+        assert letter.envelope.message_id == broken.message_id
+        assert letter.envelope.payload == Ping(n=2)
+        assert codec.decode(letter.body, TYPES).message_id == broken.message_id
+        assert await bus.dead_letters() == []
+
+    async def test_poison_message_is_dead_lettered_at_once(self, bus: MessageBus, topology: Topology) -> None:
+        async def refuse(envelope: Envelope) -> None:
+            raise PoisonMessage("job id is not a UUID")
+
+        handler = Recorder(refuse)
+        spec = self.spec(topology, "poison", Binding(topology.commands, "contract.ping"), delivery_limit=5)
+        await bus.subscribe(spec, handler)
+        sent = ping(3)
+        await bus.publish(topology.commands, sent)
+
+        (letter,) = await take_dead_letters(bus, 1)
+        assert handler.numbers() == [3]
+        assert "job id is not a UUID" in letter.reason
+        assert letter.queue == spec.name
+        assert letter.envelope is not None and letter.envelope.message_id == sent.message_id
+
+    async def test_drop_acks_without_redelivery(self, bus: MessageBus, topology: Topology) -> None:
+        async def drop_first(envelope: Envelope) -> None:
+            if envelope.payload.n == 1:
+                raise Drop("already done")
+
+        handler = Recorder(drop_first)
+        spec = self.spec(topology, "drop", Binding(topology.commands, "contract.ping"), prefetch=1)
+        await bus.subscribe(spec, handler)
+        await bus.publish(topology.commands, ping(1))
+        await bus.publish(topology.commands, ping(2))
+        await eventually(lambda: 2 in handler.numbers(), "the second message")
+        # A redelivery of the dropped message would be queued before this one.
+        await bus.publish(topology.commands, ping(3))
+        await eventually(lambda: 3 in handler.numbers(), "the third message")
+
+        assert handler.numbers() == [1, 2, 3]
+        assert await bus.dead_letters() == []
+
+    async def test_undecodable_and_unknown_messages_are_dead_lettered_and_consuming_goes_on(
+        self, bus: MessageBus, topology: Topology, inject: Inject
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "garbage", Binding(topology.commands, "contract.#"), prefetch=1)
+        await bus.subscribe(spec, handler)
+
+        await inject(topology.commands, "contract.garbage", b"\x93not an envelope")
+        await bus.publish(topology.commands, Envelope(Stranger(n=5)))
+        await bus.publish(topology.commands, ping(7))
+        await eventually(lambda: handler.seen, "the good message after the bad ones")
+
+        letters = {letter.routing_key: letter for letter in await take_dead_letters(bus, 2)}
+        assert handler.numbers() == [7]
+        garbage, stranger = letters["contract.garbage"], letters["contract.stranger"]
+        assert "undecodable" in garbage.reason
+        assert garbage.body == b"\x93not an envelope"
+        assert garbage.envelope is None
+        assert "unknown message type 'contract.stranger'" in stranger.reason
+        assert stranger.envelope is None
+        assert {garbage.queue, stranger.queue} == {spec.name}
+
+    async def test_request_gets_the_handlers_reply(self, bus: MessageBus, topology: Topology) -> None:
+        async def double(envelope: Envelope) -> Pong:
+            await asyncio.sleep(0.001 * (envelope.payload.n % 3))
+            return Pong(n=envelope.payload.n * 2)
+
+        await bus.subscribe(self.spec(topology, "rpc", Binding(topology.commands, "contract.*")), double)
+
+        request = ping(21)
+        reply = await bus.request(topology.commands, request, timeout=5)
+        assert reply.payload == Pong(n=42)
+        assert reply.causation_id == request.message_id
+        assert reply.correlation_id == request.message_id
+
+        replies = await asyncio.gather(*(bus.request(topology.commands, ping(n), timeout=5) for n in range(20)))
+        assert [reply.payload.n for reply in replies] == [2 * n for n in range(20)]
+
+    async def test_request_without_reply_times_out(self, bus: MessageBus, topology: Topology) -> None:
+        handler = Recorder()  # returns None: nothing to answer
+        await bus.subscribe(self.spec(topology, "silent", Binding(topology.commands, "contract.ping")), handler)
+
+        with pytest.raises(RequestTimeout):
+            await bus.request(topology.commands, ping(1), timeout=0.2)
+        assert handler.numbers() == [1]
+
+    async def test_request_to_nowhere_raises_no_route(self, bus: MessageBus, topology: Topology) -> None:
+        await bus.subscribe(self.spec(topology, "elsewhere", Binding(topology.commands, "job.*")), Recorder())
+
+        with pytest.raises(NoRoute):
+            await bus.request(topology.commands, ping(1), routing_key="nobody.home", timeout=5)
+
+    async def test_close_lets_the_running_handler_finish(self, bus: MessageBus, topology: Topology) -> None:
+        started, finished = asyncio.Event(), []
+
+        async def slow(envelope: Envelope) -> None:
+            started.set()
+            await asyncio.sleep(0.2)
+            finished.append(envelope.payload.n)
+
+        await bus.subscribe(self.spec(topology, "slow", Binding(topology.commands, "contract.ping")), slow)
+        await bus.publish(topology.commands, ping(1))
+        await asyncio.wait_for(started.wait(), 5)
+        await bus.close()
+
+        assert finished == [1]
+
+    async def test_publish_after_close_raises_bus_unavailable(self, bus: MessageBus, topology: Topology) -> None:
+        await bus.close()
+
+        with pytest.raises(BusUnavailable):
+            await bus.publish(topology.events, ping(1))
+
+
+class TestMemoryBus(BusContract):
+    @pytest.fixture
+    async def bus(self, topology: Topology) -> AsyncIterator[MemoryBus]:
+        bus = MemoryBus(TYPES, topology)
+        await bus.start()
+        yield bus
+        await bus.close()
+
+    @pytest.fixture
+    def inject(self, bus: MemoryBus) -> Inject:
+        async def inject(exchange: str, routing_key: str, body: bytes) -> None:
+            bus._route(exchange, routing_key, body, reply=None)
+
+        return inject
+
+
+class TestAmqpBus(BusContract):
+    @pytest.fixture
+    async def bus(self, amqp_url: str, topology: Topology) -> AsyncIterator[AmqpBus]:
+        bus = AmqpBus(amqp_url, TYPES, topology, publish_timeout=10, sender="contract-test")
+        await bus.start()
+        yield bus
+        await bus.close()
+
+    @pytest.fixture
+    async def inject(self, amqp_url: str) -> AsyncIterator[Inject]:
+        connections: list[aio_pika.abc.AbstractConnection] = []
+
+        async def inject(exchange: str, routing_key: str, body: bytes) -> None:
+            if not connections:
+                connections.append(await aio_pika.connect(amqp_url))
+            async with connections[0].channel() as channel:
+                target = await channel.get_exchange(exchange, ensure=False)
+                message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+                await target.publish(message, routing_key)
+
+        yield inject
+        for connection in connections:
+            await connection.close()
+
+    async def test_dropped_connections_recover_and_lose_no_confirmed_message(
+        self, bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        async def echo(envelope: Envelope) -> Pong:
+            return Pong(n=envelope.payload.n)
+
+        handler = Recorder()
+        await bus.subscribe(self.spec(topology, "drop", Binding(topology.events, "contract.#"), prefetch=20), handler)
+        await bus.subscribe(self.spec(topology, "echo", Binding(topology.commands, "contract.ping")), echo)
+        assert (await bus.request(topology.commands, ping(1), timeout=5)).payload == Pong(n=1)
+        confirmed: list[str] = []
+
+        async def publish(n: int) -> None:
+            envelope = ping(n)
+            await bus.publish(topology.events, envelope)
+            confirmed.append(envelope.message_id)
+
+        await asyncio.gather(*(publish(n) for n in range(100)))
+        await eventually(lambda: len(handler.seen) >= 50, "consuming to be under way")
+
+        dropping = asyncio.create_task(asyncio.to_thread(amqp_vhost.close_all_connections, "test"))
+        n = 100
+        while not dropping.done():  # publishing while the broker drops us
+            await asyncio.gather(*(publish(n + i) for i in range(10)))
+            n += 10
+        assert await dropping >= 2, "the publisher's and the consumer's connections were both dropped"
+        await asyncio.gather(*(publish(n + i) for i in range(100)))  # and after
+
+        await eventually(lambda: set(confirmed) <= handler.ids(), "every confirmed message", timeout=20)
+        assert len(confirmed) == n + 100
+        assert (await bus.request(topology.commands, ping(2), timeout=5)).payload == Pong(n=2)
+
+    async def test_messages_wait_in_the_queue_for_a_restarted_consumer(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        spec = self.spec(topology, "durable", Binding(topology.commands, "contract.ping"))
+        subscription = await bus.subscribe(spec, Recorder())
+        await subscription.cancel()
+        sent = [ping(n) for n in range(5)]
+        for envelope in sent:
+            await bus.publish(topology.commands, envelope)
+        await bus.close()
+
+        restarted = AmqpBus(amqp_url, TYPES, topology, sender="contract-test")
+        await restarted.start()
+        try:
+            handler = Recorder()
+            await restarted.subscribe(spec, handler)
+            await eventually(lambda: len(handler.seen) >= 5, "the messages published while nobody consumed")
+            assert handler.ids() == {envelope.message_id for envelope in sent}
+        finally:
+            await restarted.close()
+
+    async def test_dead_letters_made_by_rabbitmq_carry_its_reason(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        """What the broker dead-letters by itself (the crash safety net) is read from ``x-death``."""
+        name = topology.queue_name("contract", "expiring")
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(
+                name, arguments={"x-message-ttl": 0, "x-dead-letter-exchange": topology.dead}, auto_delete=True
+            )
+            await queue.bind(topology.commands, "contract.ping")
+            sent = ping(4)
+            await bus.publish(topology.commands, sent)
+            (letter,) = await take_dead_letters(bus, 1)
+
+        assert letter.reason == "dead-lettered by RabbitMQ: expired"
+        assert letter.queue == name
+        assert letter.exchange == topology.commands
+        assert letter.routing_key == "contract.ping"
+        assert letter.envelope is not None and letter.envelope.message_id == sent.message_id
