@@ -18,7 +18,7 @@ BUS = web.AppKey("bus", MessageBus)
 STORE = web.AppKey("store", DocumentStore)
 TOPOLOGY = web.AppKey("topology", Topology)
 TOKENS = web.AppKey("tokens", Collection)
-PRINCIPAL = "skybus.principal"  # request-scoped; set by the auth middleware
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware
 
 SENDER = "gateway"
 

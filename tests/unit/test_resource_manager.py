@@ -1,0 +1,170 @@
+"""The resource manager's handlers, called directly: a real SQLite store, a bus that records."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from services.store.sqlite import SqliteDocumentStore
+
+from broker import codec
+from broker.envelope import Envelope
+from broker.port import Drop
+from broker.topology import Topology
+from schemas.base import Accepted, Rejected
+from schemas.resources import (
+    DeleteResource,
+    Heartbeat,
+    HostDeleted,
+    HostFacts,
+    HostResponding,
+    HostUnresponsive,
+    RegisterResource,
+)
+from services.resource_manager.handlers import ResourceManager
+from services.resource_manager.repository import resources_collection
+from services.security import new_agent_credentials, signing_key
+
+FACTS = HostFacts(hostname="web-1", os_family="linux", arch="x86_64", os_info="Debian 12")
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Envelope]] = []
+
+    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+        self.published.append((exchange, envelope))
+
+    def payloads(self, kind: type) -> list:
+        return [e.payload for _, e in self.published if isinstance(e.payload, kind)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def manager(tmp_path):
+    store = await SqliteDocumentStore.open(tmp_path / "rm.db")
+    manager = ResourceManager(
+        bus=RecordingBus(),  # type: ignore[arg-type]
+        topology=Topology("t"),
+        resources=await resources_collection(store),
+        responding_timeout=15.0,
+        clock=Clock(),
+    )
+    yield manager
+    await store.close()
+
+
+def registration(hostname: str = "web-1") -> tuple[RegisterResource, str]:
+    token, token_hash, verify_key = new_agent_credentials()
+    command = RegisterResource(
+        resource_id=f"id-{hostname}", hostname=hostname, user="steve", token_hash=token_hash, verify_key=verify_key
+    )
+    return command, token
+
+
+def signed(envelope: Envelope, token: str) -> Envelope:
+    return envelope.with_signature(signing_key(token).sign(codec.signed_bytes(envelope)))
+
+
+async def registered(manager: ResourceManager, hostname: str = "web-1") -> tuple[str, str]:
+    command, token = registration(hostname)
+    assert await manager.register_resource(Envelope(command)) == Accepted(id=command.resource_id)
+    return command.resource_id, token
+
+
+async def test_register_stores_only_hashes(manager: ResourceManager) -> None:
+    resource_id, token = await registered(manager)
+    stored = await manager.resources.get(resource_id)
+    assert stored["hostname"] == "web-1" and stored["user"] == "steve"
+    assert stored["state"] == "inactive" and stored["responding"] is False
+    assert token not in str(stored)
+
+
+async def test_redelivered_register_is_accepted_once(manager: ResourceManager) -> None:
+    command, _ = registration()
+    envelope = Envelope(command)
+    assert await manager.register_resource(envelope) == Accepted(id=command.resource_id)
+    assert await manager.register_resource(envelope) == Accepted(id=command.resource_id)
+    assert await manager.resources.count() == 1
+
+
+async def test_hostname_taken_is_rejected(manager: ResourceManager) -> None:
+    await registered(manager)
+    other, _ = registration()
+    other = other.model_copy(update={"resource_id": "another"})
+    reply = await manager.register_resource(Envelope(other))
+    assert isinstance(reply, Rejected) and reply.status == 400 and "already registered" in reply.error
+
+
+async def test_delete_then_again_is_404_and_publishes_once(manager: ResourceManager) -> None:
+    resource_id, _ = await registered(manager)
+    assert await manager.delete_resource(Envelope(DeleteResource(resource_id=resource_id))) == Accepted(id=resource_id)
+    again = await manager.delete_resource(Envelope(DeleteResource(resource_id=resource_id)))
+    assert isinstance(again, Rejected) and again.status == 404
+    assert manager.bus.payloads(HostDeleted) == [HostDeleted(resource_id=resource_id)]
+
+
+async def test_signed_heartbeat_marks_responding_and_is_republished(manager: ResourceManager) -> None:
+    resource_id, token = await registered(manager)
+    beat = signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token)
+    await manager.agent_event(codec.decode(codec.encode(beat), manager_types()))
+    stored = await manager.resources.get(resource_id)
+    assert stored["responding"] is True and stored["last_response_time"] == manager.clock()
+    assert stored["facts"]["os_family"] == "linux"
+    trusted = [e for x, e in manager.bus.published if x == "t.events" and isinstance(e.payload, Heartbeat)]
+    assert len(trusted) == 1 and trusted[0].signature is None and trusted[0].message_id == beat.message_id
+    assert manager.bus.payloads(HostResponding) == [HostResponding(resource_id=resource_id)]
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "wrong token", "other host", "unknown host"])
+async def test_forged_events_are_dropped_and_counted(manager: ResourceManager, forgery: str) -> None:
+    resource_id, token = await registered(manager)
+    victim_id, _ = await registered(manager, "web-2")
+    beat = Envelope(Heartbeat(facts=FACTS), resource_id=resource_id)
+    if forgery == "unsigned":
+        event = beat
+    elif forgery == "wrong token":
+        event = signed(beat, "not-the-token")
+    elif forgery == "other host":
+        event = replace(signed(beat, token), resource_id=victim_id)
+    else:
+        event = signed(replace(beat, resource_id="no-such-host"), token)
+    with pytest.raises(Drop):
+        await manager.agent_event(event)
+    assert sum(manager.rejected_events.values()) == 1
+    for rid in (resource_id, victim_id):
+        assert (await manager.resources.get(rid))["responding"] is False
+    assert manager.bus.published == []
+
+
+async def test_replayed_heartbeat_is_dropped(manager: ResourceManager) -> None:
+    resource_id, token = await registered(manager)
+    beat = signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token)
+    await manager.agent_event(beat)
+    with pytest.raises(Drop, match="stale"):
+        await manager.agent_event(beat)
+
+
+async def test_sweep_marks_silent_hosts_once(manager: ResourceManager) -> None:
+    resource_id, token = await registered(manager)
+    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    manager.clock.now += 10
+    assert await manager.sweep_silent_hosts() == 0
+    manager.clock.now += 10
+    assert await manager.sweep_silent_hosts() == 1
+    assert await manager.sweep_silent_hosts() == 0
+    assert (await manager.resources.get(resource_id))["responding"] is False
+    assert [p.resource_id for p in manager.bus.payloads(HostUnresponsive)] == [resource_id]
+
+
+def manager_types():
+    from schemas.registry import all_message_types
+
+    return all_message_types()
