@@ -75,9 +75,7 @@ class Collection(Protocol):
 
     async def count(self, filter: Filter | None = None) -> int: ...
 
-    async def update(
-        self, document_id: str, changes: Document, *, expected_version: int | None = None
-    ) -> Document:
+    async def update(self, document_id: str, changes: Document, *, expected_version: int | None = None) -> Document:
         """Set the top-level fields in ``changes``, bump the version, return the new document.
 
         :class:`NotFound` if there is no such document, :class:`VersionConflict` if
