@@ -6,14 +6,15 @@ import uuid
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from services.store.sqlite import SqliteDocumentStore
 
 from broker.memory import MemoryBus
 from broker.topology import Topology
 from schemas.registry import all_message_types
 from services.gateway.app import create_app
+from services.gateway.context import BUS
 from services.resource_manager.service import ResourceManagerService
 from services.settings import Settings
+from services.store.sqlite import SqliteDocumentStore
 from services.tokens import create_token, tokens_collection
 
 
@@ -189,3 +190,10 @@ async def test_openapi_lists_seed_000(stack: Stack) -> None:
     assert {"post", "get"} <= set(spec["paths"]["/api/resources"])
     assert {"get", "delete"} <= set(spec["paths"]["/api/resources/{resource_id}"])
     assert "CreateResourceBody" in spec["components"]["schemas"]
+
+
+async def test_bus_unreachable_is_503_with_a_clear_error(stack: Stack) -> None:
+    await stack.client.app[BUS].close()
+    response = await create(stack)
+    assert response.status == 503
+    assert (await response.json())["error"].startswith("service unavailable, try again shortly")

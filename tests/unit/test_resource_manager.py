@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from services.store.sqlite import SqliteDocumentStore
 
 from broker import codec
 from broker.envelope import Envelope
@@ -24,6 +23,7 @@ from schemas.resources import (
 from services.resource_manager.handlers import ResourceManager
 from services.resource_manager.repository import resources_collection
 from services.security import new_agent_credentials, signing_key
+from services.store.sqlite import SqliteDocumentStore
 
 FACTS = HostFacts(hostname="web-1", os_family="linux", arch="x86_64", os_info="Debian 12")
 
