@@ -199,7 +199,8 @@ class AmqpBus:
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[envelope.message_id] = reply
         try:
-            await self._send(channel, exchange, key, codec.encode(envelope), properties, mandatory=True)
+            # Direct reply-to refuses a request from a channel that is not consuming replies yet.
+            await self._send(channel, exchange, key, codec.encode(envelope), properties, mandatory=True, restored=True)
             try:
                 body = await asyncio.wait_for(reply, timeout)
             except TimeoutError:
@@ -217,9 +218,15 @@ class AmqpBus:
             if self._rpc_channel is None:
                 if self._publisher is None or self._closed:
                     raise BusUnavailable("the bus is not started or already closed")
-                channel = await self._publisher.channel(publisher_confirms=True)
-                replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
-                await replies.consume(self._on_reply, no_ack=True)
+                try:
+                    async with asyncio.timeout(self.publish_timeout):
+                        channel = await self._publisher.channel(publisher_confirms=True)
+                        replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
+                        await replies.consume(self._on_reply, no_ack=True)
+                except Exception as error:
+                    if isinstance(error, TimeoutError) or _is_lost(error):
+                        raise BusUnavailable(f"cannot consume replies: {error!r}") from error
+                    raise
                 self._rpc_channel = channel
         return self._rpc_channel
 
@@ -250,20 +257,30 @@ class AmqpBus:
         properties: aiormq.spec.Basic.Properties,
         *,
         mandatory: bool = False,
+        restored: bool = False,
     ) -> None:
-        """Publish and wait for the broker's confirm, across reconnections, until ``publish_timeout``."""
+        """Publish and wait for the broker's confirm, across reconnections, until ``publish_timeout``.
+
+        ``restored``: wait until the channel has restored its queues and consumers, not just opened.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         pause = 0.05
         while True:
             try:
-                async with asyncio.timeout_at(deadline):
-                    # Ready means reconnected and restored (for requests: consuming replies again).
-                    await channel.ready()
-                    underlay = await channel.get_underlay_channel()
-                    result = await underlay.basic_publish(
-                        body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory
-                    )
+                if restored or channel.is_closed:
+                    # Wait until reconnected and restored (for requests: consuming replies again).
+                    async with asyncio.timeout_at(deadline):
+                        await channel.ready()
+                underlay = await channel.get_underlay_channel()
+                result = await underlay.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=mandatory,
+                    timeout=max(0.0, deadline - loop.time()),
+                )
             except TimeoutError:
                 raise BusUnavailable(
                     f"RabbitMQ did not confirm {routing_key!r} on {exchange!r} within {self.publish_timeout}s"
@@ -299,23 +316,33 @@ class AmqpBus:
     async def subscribe(self, queue: QueueSpec, handler: Handler) -> AmqpSubscription:
         if self._consumer is None or self._closed:
             raise BusUnavailable("the bus is not started or already closed")
-        for binding in queue.bindings:
-            await self._declare_exchange(binding.exchange)
-        channel = await self._consumer.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=queue.prefetch)
-        declared = await channel.declare_queue(
-            queue.name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-dead-letter-exchange": self.topology.dead,
-                "x-delivery-limit": queue.delivery_limit + CRASH_ALLOWANCE,
-            },
-        )
-        for binding in queue.bindings:
-            await declared.bind(binding.exchange, binding.pattern)
-        subscription = AmqpSubscription(self, queue, handler, channel, declared)
-        await subscription.start()
+        channel: AbstractRobustChannel | None = None
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                for binding in queue.bindings:
+                    await self._declare_exchange(binding.exchange)
+                channel = await self._consumer.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=queue.prefetch)
+                declared = await channel.declare_queue(
+                    queue.name,
+                    durable=True,
+                    arguments={
+                        "x-queue-type": "quorum",
+                        "x-dead-letter-exchange": self.topology.dead,
+                        "x-delivery-limit": queue.delivery_limit + CRASH_ALLOWANCE,
+                    },
+                )
+                for binding in queue.bindings:
+                    await declared.bind(binding.exchange, binding.pattern)
+                subscription = AmqpSubscription(self, queue, handler, channel, declared)
+                await subscription.start()
+        except Exception as error:
+            if channel is not None:
+                with contextlib.suppress(*_LOST, ChannelClosed):
+                    await channel.close()
+            if isinstance(error, TimeoutError) or _is_lost(error):
+                raise BusUnavailable(f"cannot subscribe {queue.name!r}: {error!r}") from error
+            raise
         self._subscriptions.add(subscription)
         return subscription
 

@@ -331,6 +331,7 @@ class TestMemoryBus(BusContract):
         return inject
 
 
+@pytest.mark.amqp
 class TestAmqpBus(BusContract):
     @pytest.fixture
     async def bus(self, amqp_url: str, topology: Topology) -> AsyncIterator[AmqpBus]:
@@ -386,6 +387,29 @@ class TestAmqpBus(BusContract):
         await eventually(lambda: set(confirmed) <= handler.ids(), "every confirmed message", timeout=20)
         assert len(confirmed) == n + 100
         assert (await bus.request(topology.commands, ping(2), timeout=5)).payload == Pong(n=2)
+
+    async def test_a_connection_loss_does_not_cut_a_running_handler_short(
+        self, bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        started, dropped, finished = asyncio.Event(), asyncio.Event(), []
+
+        async def outlive_the_connection(envelope: Envelope) -> None:
+            started.set()
+            await dropped.wait()
+            finished.append(envelope.message_id)
+
+        spec = self.spec(topology, "cut", Binding(topology.commands, "contract.ping"))
+        await bus.subscribe(spec, outlive_the_connection)
+        sent = ping(1)
+        await bus.publish(topology.commands, sent)
+        await asyncio.wait_for(started.wait(), 5)
+        assert await asyncio.to_thread(amqp_vhost.close_all_connections, "test") >= 2
+        dropped.set()
+
+        # The first run went on to its end; its ack was lost with the connection, so the message
+        # comes back once the consumer has reconnected, and runs again.
+        await eventually(lambda: len(finished) >= 2, "the first run to end and the redelivery", timeout=15)
+        assert set(finished) == {sent.message_id}
 
     async def test_messages_wait_in_the_queue_for_a_restarted_consumer(
         self, bus: AmqpBus, topology: Topology, amqp_url: str
