@@ -37,7 +37,6 @@ from aiormq.exceptions import (
     AMQPConnectionError,
     ChannelAccessRefused,
     ChannelClosed,
-    ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
     DeliveryError,
@@ -81,10 +80,11 @@ _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT.value
 _TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT.value
 _MAX_PAUSE = 1.0
 
-# What a connection or channel loss looks like from a publish or an ack: worth a retry once the
-# robust connection is back. Channel errors that would recur (a missing exchange, a refused
-# permission, an inequivalent declaration) are not in it.
-_LOST = (AMQPConnectionError, ConnectionError, OSError, ChannelInvalidStateError)
+# What a connection or channel loss (or a broker's nack) looks like from a publish or an ack: worth
+# a retry once the robust connection is back. RuntimeError is how aio-pika says a channel or a
+# connection is not open (ChannelInvalidStateError is one). Channel errors that would recur (a missing
+# exchange, a refused permission, an inequivalent declaration) are not in it.
+_LOST = (AMQPConnectionError, ConnectionError, OSError, RuntimeError)
 _PERMANENT = (ChannelNotFoundEntity, ChannelAccessRefused, ChannelPreconditionFailed)
 
 
@@ -220,6 +220,7 @@ class AmqpBus:
                     raise BusUnavailable("the bus is not started or already closed")
                 try:
                     async with asyncio.timeout(self.publish_timeout):
+                        await self._publisher.ready()
                         channel = await self._publisher.channel(publisher_confirms=True)
                         replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
                         await replies.consume(self._on_reply, no_ack=True)
@@ -298,7 +299,7 @@ class AmqpBus:
                     raise NoRoute(f"exchange {exchange!r} does not exist") from failure
                 error = failure
             except Exception as failure:
-                if self._closed or not _is_lost(failure):
+                if not _is_lost(failure):
                     raise
                 error = failure
             else:
@@ -321,6 +322,7 @@ class AmqpBus:
             async with asyncio.timeout(self.publish_timeout):
                 for binding in queue.bindings:
                     await self._declare_exchange(binding.exchange)
+                await self._consumer.ready()
                 channel = await self._consumer.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=queue.prefetch)
                 declared = await channel.declare_queue(
@@ -522,8 +524,9 @@ class AmqpSubscription:
                 try:
                     await bus._reply(message, envelope, reply)
                 except BusUnavailable as error:
-                    # Not acked: the request comes back and is answered again.
+                    # Requeued, not acked: the request comes back and is answered again.
                     log.warning("could not reply to %s %s: %s", envelope.type, envelope.message_id, error)
+                    await self._settle(message.nack(requeue=True), message)
                     return
         await self._settle(message.ack(), message)
 
@@ -531,7 +534,8 @@ class AmqpSubscription:
         try:
             await self._bus._dead_letter(message, self._spec.name, reason)
         except BusUnavailable as error:
-            log.warning("could not dead-letter %s: %s; it will be redelivered", message.message_id, error)
+            log.warning("could not dead-letter %s: %s; requeued", message.message_id, error)
+            await self._settle(message.nack(requeue=True), message)
             return
         await self._settle(message.ack(), message)
 

@@ -33,7 +33,7 @@ from broker.port import (
 )
 from broker.topology import Topology
 from schemas.base import MessageTypes, WireModel
-from tests.rabbit import Vhost, unique_namespace
+from tests.rabbit import Vhost, rabbitmqctl, unique_namespace
 
 
 class Ping(WireModel):
@@ -410,6 +410,29 @@ class TestAmqpBus(BusContract):
         # comes back once the consumer has reconnected, and runs again.
         await eventually(lambda: len(finished) >= 2, "the first run to end and the redelivery", timeout=15)
         assert set(finished) == {sent.message_id}
+
+    async def test_an_unreachable_broker_raises_bus_unavailable_then_recovers(
+        self, topology: Topology, amqp_url: str, amqp_vhost: Vhost
+    ) -> None:
+        bus = AmqpBus(amqp_url, TYPES, topology, publish_timeout=1, sender="contract-test")
+        await bus.start()
+        handler = Recorder()
+        await bus.subscribe(self.spec(topology, "outage", Binding(topology.commands, "contract.ping")), handler)
+        try:
+            # Guest may no longer use the vhost: every reconnection attempt is refused.
+            await asyncio.to_thread(rabbitmqctl, "clear_permissions", "-p", amqp_vhost.name, "guest")
+            try:
+                await asyncio.to_thread(amqp_vhost.close_all_connections, "test")
+                with pytest.raises(BusUnavailable):
+                    await bus.publish(topology.commands, ping(1))
+                with pytest.raises(BusUnavailable):
+                    await bus.request(topology.commands, ping(2), timeout=1)
+            finally:
+                await asyncio.to_thread(rabbitmqctl, "set_permissions", "-p", amqp_vhost.name, "guest", *[".*"] * 3)
+            await bus.publish(topology.commands, ping(3))
+            await eventually(lambda: 3 in handler.numbers(), "the message published once the broker was back")
+        finally:
+            await bus.close()
 
     async def test_messages_wait_in_the_queue_for_a_restarted_consumer(
         self, bus: AmqpBus, topology: Topology, amqp_url: str
