@@ -196,6 +196,9 @@ class AmqpBus:
         key = routing_key or envelope.type
         # The AMQP correlation id of a request is its message id: the reply carries it back.
         properties = self._properties(envelope, correlation_id=envelope.message_id, reply_to=DIRECT_REPLY_TO)
+        # A request nobody took within its timeout expires in the queue rather than running late,
+        # after its caller has given up (RabbitMQ dead-letters it with reason "expired").
+        properties.expiration = str(max(1, int(timeout * 1000)))
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[envelope.message_id] = reply
         try:

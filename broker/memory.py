@@ -38,6 +38,7 @@ class _Delivery:
     routing_key: str
     reply: asyncio.Future[bytes] | None = None
     attempts: int = 0
+    expires_at: float | None = None  # loop time; a request nobody took in time is not run late
 
 
 @dataclass
@@ -84,6 +85,9 @@ class _MemorySubscription:
                 self._idle.set()
 
     async def _handle(self, delivery: _Delivery) -> None:
+        if delivery.expires_at is not None and asyncio.get_running_loop().time() > delivery.expires_at:
+            self._bus._dead_letter(delivery, self._queue.spec.name, "expired: no consumer took it in time")
+            return
         delivery.attempts += 1
         try:
             envelope = codec.decode(delivery.body, self._bus.types)
@@ -144,7 +148,8 @@ class MemoryBus:
     ) -> Envelope:
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         key = routing_key or envelope.type
-        if not self._route(exchange, key, codec.encode(envelope), reply=reply):
+        expires_at = asyncio.get_running_loop().time() + timeout
+        if not self._route(exchange, key, codec.encode(envelope), reply=reply, expires_at=expires_at):
             raise NoRoute(f"no queue takes {key!r} on {exchange!r}")
         try:
             body = await asyncio.wait_for(reply, timeout)
@@ -164,13 +169,20 @@ class MemoryBus:
             queue.spec = spec
         return queue
 
-    def _route(self, exchange: str, routing_key: str, body: bytes, reply: asyncio.Future[bytes] | None) -> bool:
+    def _route(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        reply: asyncio.Future[bytes] | None,
+        expires_at: float | None = None,
+    ) -> bool:
         if not self._open:
             raise BusUnavailable("the in-process bus is closed")
         routed = False
         for queue in self._queues.values():
             if any(b.exchange == exchange and topic_matches(b.pattern, routing_key) for b in queue.spec.bindings):
-                queue.items.put_nowait(_Delivery(body, exchange, routing_key, reply))
+                queue.items.put_nowait(_Delivery(body, exchange, routing_key, reply, expires_at=expires_at))
                 routed = True
         return routed
 

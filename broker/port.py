@@ -104,7 +104,11 @@ class MessageBus(Protocol):
     async def request(
         self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
     ) -> Envelope:
-        """Publish a command and wait for the reply of the handler that consumes it."""
+        """Publish a command and wait for the reply of the handler that consumes it.
+
+        A request that no consumer has taken within ``timeout`` expires unhandled (and is
+        dead-lettered as expired), so a caller that gave up never has its command run behind its back.
+        """
 
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
         """Take (and remove) up to ``max_count`` messages from the dead-letter queue."""

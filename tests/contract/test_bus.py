@@ -287,6 +287,19 @@ class BusContract:
             await bus.request(topology.commands, ping(1), timeout=0.2)
         assert handler.numbers() == [1]
 
+    async def test_request_nobody_took_in_time_expires_unhandled(self, bus: MessageBus, topology: Topology) -> None:
+        spec = self.spec(topology, "late", Binding(topology.commands, "contract.ping"))
+        await (await bus.subscribe(spec, Recorder())).cancel()  # the queue stays, with no consumer
+
+        with pytest.raises(RequestTimeout):
+            await bus.request(topology.commands, ping(7), timeout=0.2)
+        await asyncio.sleep(0.3)
+        late = Recorder()
+        await bus.subscribe(spec, late)
+        dead = await take_dead_letters(bus, 1)
+        assert late.numbers() == []
+        assert "expired" in dead[0].reason and dead[0].envelope.payload.n == 7
+
     async def test_request_to_nowhere_raises_no_route(self, bus: MessageBus, topology: Topology) -> None:
         await bus.subscribe(self.spec(topology, "elsewhere", Binding(topology.commands, "job.*")), Recorder())
 
