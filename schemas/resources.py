@@ -99,6 +99,10 @@ class Heartbeat(WireModel):
     message_type: ClassVar[str] = "host.heartbeat"
 
     facts: HostFacts
+    agent_started_at: float | None = None
+    running_jobs: list[str] = []
+    """Jobs this agent runs now: a job its host was given before the agent started and that is
+    not in this list is gone (the agent restarted)."""
 
 
 class HostResponding(WireModel):

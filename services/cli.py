@@ -75,10 +75,11 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
 
     def build(settings: Settings, bus: MessageBus, store: DocumentStore) -> list[Service]:
         topology = make_topology(settings)
+        gateway = GatewayService(settings, bus, store, topology)
         return [
             ResourceManagerService(settings, bus, store, topology),
-            GatewayService(settings, bus, store, topology),
-            LocalAgentService(settings, bus, store, topology),
+            gateway,
+            LocalAgentService(settings, bus, store, topology, gateway_url=gateway.url),
         ]
 
     async def ready(services: Sequence[Any], store: DocumentStore) -> None:
@@ -148,6 +149,9 @@ def agent(resource_id: str | None, token: str | None) -> None:
                 resource_id=settings.resource_id,
                 token=settings.token,
                 heartbeat_interval=settings.heartbeat_interval,
+                state_dir=settings.data_dir / f"agent-{settings.resource_id}",
+                gateway_url=lambda: settings.gateway_url,
+                kill_grace=settings.kill_grace,
             )
             await run_until_signalled([the_agent])
         finally:

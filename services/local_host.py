@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from broker.envelope import Envelope
@@ -32,8 +33,16 @@ LOCAL_USER = "admin"
 class LocalAgentService:
     name = "local-agent"
 
-    def __init__(self, settings: Settings, bus: MessageBus, store: DocumentStore, topology: Topology) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: MessageBus,
+        store: DocumentStore,
+        topology: Topology,
+        gateway_url: Callable[[], str],
+    ) -> None:
         self._settings = settings
+        self._gateway_url = gateway_url
         self._bus = bus
         self._store = store
         self._topology = topology
@@ -53,6 +62,9 @@ class LocalAgentService:
             resource_id=resource_id,
             token=token,
             heartbeat_interval=self._settings.heartbeat_interval,
+            state_dir=self._settings.data_dir / f"agent-{resource_id}",
+            gateway_url=self._gateway_url,
+            kill_grace=self._settings.kill_grace,
         )
         await self._agent.start()
 

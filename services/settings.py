@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     responding_timeout: float = 15.0
     max_upload_bytes: int = 8 * 1024**3
 
+    # Jobs.
+    kill_grace: float = Field(default=5.0, description="seconds between SIGTERM and SIGKILL of a job")
+    lost_timeout: float = Field(default=30.0, description="a job whose host is silent this long is lost")
+    job_sweep_interval: float = 1.0
+
     # The agent's own identity (``skybus agent``).
     resource_id: str | None = None
     token: str | None = None

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from broker import codec
 from broker.envelope import Envelope
@@ -16,8 +19,11 @@ from broker.port import BusError, MessageBus, Subscription
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import WireModel
+from schemas.jobs import CancelTask, StageInFiles, StageOutFile, SubmitTask
 from schemas.resources import Heartbeat
+from services.agent.data_client import DataClient
 from services.agent.facts import read_host_facts
+from services.agent.tasks import TaskRunner
 from services.security import signing_key
 
 log = logging.getLogger(__name__)
@@ -34,18 +40,30 @@ class Agent:
         resource_id: str,
         token: str,
         heartbeat_interval: float,
+        state_dir: Path,
+        gateway_url: Callable[[], str],
+        kill_grace: float = 5.0,
+        workdir_retention: float = 3600.0,
     ) -> None:
         self._bus = bus
         self._topology = topology
         self.resource_id = resource_id
         self._key = signing_key(token)
         self._heartbeat_interval = heartbeat_interval
+        self._workdir_retention = workdir_retention
         self._subscription: Subscription | None = None
         self._heartbeats: asyncio.Task[None] | None = None
+        self._data = DataClient(gateway_url, token)
+        self.tasks = TaskRunner(state_dir, self.say, self._data, kill_grace=kill_grace)
         self.router = Router()
+        self.router.add(SubmitTask, self.tasks.submit_task)
+        self.router.add(CancelTask, self.tasks.cancel_task)
+        self.router.add(StageInFiles, self.tasks.stage_in_files)
+        self.router.add(StageOutFile, self.tasks.stage_out_file)
 
     async def start(self) -> None:
         self._subscription = await self._bus.subscribe(self._topology.agent_queue(self.resource_id), self.router)
+        await self.tasks.recover()
         self._heartbeats = asyncio.create_task(self._heartbeat_forever())
         log.info("agent for resource %s started", self.resource_id)
 
@@ -56,6 +74,8 @@ class Agent:
                 await self._heartbeats
         if self._subscription:
             await self._subscription.cancel()
+        await self.tasks.stop()
+        await self._data.close()
 
     async def say(self, payload: WireModel, *, caused_by: Envelope | None = None) -> None:
         """Publish a signed event for this host on the untrusted agent-events exchange."""
@@ -68,9 +88,19 @@ class Agent:
         await self._bus.publish(self._topology.agent_events, envelope.with_signature(signature))
 
     async def _heartbeat_forever(self) -> None:
+        facts = await asyncio.to_thread(read_host_facts)
+        beats = 0
         while True:
+            beat = Heartbeat(
+                facts=facts, agent_started_at=self.tasks.started_at, running_jobs=self.tasks.running_job_ids()
+            )
             try:
-                await self.say(Heartbeat(facts=await asyncio.to_thread(read_host_facts)))
+                await self.say(beat)
             except BusError as error:  # the bus is down: the next beat tries again
                 log.warning("heartbeat not sent: %r", error)
+            beats += 1
+            if beats % 100 == 0:
+                facts = await asyncio.to_thread(read_host_facts)
+                self.tasks.purge_workdirs(time.time() - self._workdir_retention)
             await asyncio.sleep(self._heartbeat_interval)
+

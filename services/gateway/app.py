@@ -71,3 +71,12 @@ class GatewayService:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+    def url(self) -> str:
+        """Where this gateway is reached from this machine (agents stage files through it)."""
+        if self._settings.public_url:
+            return self._settings.public_url
+        host = self._settings.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port or self._settings.port}"

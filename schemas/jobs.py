@@ -1,0 +1,261 @@
+"""Jobs (seed 001) and the eight proxy methods of seed 000 that carry them to agents and back.
+
+A job's way through the fleet, one typed message per step:
+
+* gateway → job manager: :class:`RunJob`, :class:`CancelJob`, :class:`DeleteJob` (request/reply)
+* job manager → data manager: :class:`StageJobFiles` (grant the host the job's files, then ask it)
+* data manager → agent (through the resource manager): :class:`StageInFiles`, :class:`StageOutFile`
+* job manager → agent (through the resource manager): :class:`SubmitTask`, :class:`CancelTask`
+* agent → components (signed, checked and republished by the resource manager):
+  :class:`FilesStagedIn`, :class:`TaskAccepted`, :class:`TaskRunning`, :class:`TaskCompleted`,
+  :class:`FileStagedOut`
+* resource manager → components: :class:`AgentCommandRefused` when the host is not responding
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Annotated, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from schemas.base import WireModel
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    STAGING = "staging"
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST})
+ACTIVE_STATES = frozenset({JobState.STAGING, JobState.ACCEPTED, JobState.RUNNING})
+
+
+# REST bodies (seed 001).
+
+
+def canonical_uuid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+
+
+Uuid = Annotated[StrictStr, AfterValidator(canonical_uuid)]
+
+
+class RunJobBody(BaseModel):
+    """``POST /api/job/run``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: Annotated[StrictStr, Field(min_length=1, max_length=65536)]
+    binary: Uuid | None = None
+    input_files: Annotated[list[Uuid], Field(max_length=256)] = []
+    ttl: Annotated[StrictInt, Field(gt=0, le=10 * 365 * 24 * 3600)] | None = None
+    resource_id: Uuid | None = None
+    hostname: Annotated[StrictStr, Field(min_length=1, max_length=253)] | None = None
+
+
+class JobIdBody(BaseModel):
+    """``POST /api/job/cancel`` and ``DELETE /api/job/delete``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: Uuid
+
+
+class JobCreated(BaseModel):
+    job_id: str
+
+
+class JobInfo(BaseModel):
+    """``GET /api/job/job_info/{job_id}``: the seed's ``state`` and ``answer_id``, and what a user needs."""
+
+    job_id: str
+    state: JobState
+    answer_id: str | None
+    command: str
+    user: str
+    resource_id: str | None
+    binary: str | None
+    input_files: list[str]
+    ttl: int | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    exit_code: int | None
+    error: str | None
+    history: list[dict[str, str]]
+
+
+class JobList(BaseModel):
+    job_ids: list[str]
+    next_cursor: str | None = None
+
+
+# Commands to the job manager.
+
+
+class RunJob(WireModel):
+    message_type: ClassVar[str] = "job.run"
+
+    job_id: str
+    user: str
+    command: str
+    binary: str | None = None
+    input_files: list[str] = []
+    ttl: int | None = None
+    resource_id: str | None = None
+    hostname: str | None = None
+
+
+class CancelJob(WireModel):
+    message_type: ClassVar[str] = "job.cancel"
+
+    job_id: str
+
+
+class DeleteJob(WireModel):
+    message_type: ClassVar[str] = "job.delete"
+
+    job_id: str
+
+
+# The job manager asks the data manager to put a job's files on its host.
+
+
+class StagedFile(WireModel):
+    """A file to put in the job's working directory: content ``data_id`` saved as ``name``."""
+
+    data_id: str
+    name: str
+    executable: bool = False
+
+
+class StageJobFiles(WireModel):
+    message_type: ClassVar[str] = "data.stage_job_files"
+
+    job_id: str
+    resource_id: str
+    files: list[StagedFile]
+
+
+# Seed 000's proxy methods: commands that the resource manager forwards to one agent.
+
+
+class StageInFiles(WireModel):
+    message_type: ClassVar[str] = "agent.stage_in_files"
+
+    job_id: str
+    files: list[StagedFile]
+
+
+class SubmitTask(WireModel):
+    message_type: ClassVar[str] = "agent.submit_task"
+
+    job_id: str
+    command: str
+    answer_id: str
+    """The id under which the agent stages out the answer (stdout, stderr, exit code)."""
+    deadline: float | None = None
+    """Epoch seconds after which the task is stopped (the job's ttl)."""
+
+
+class CancelTask(WireModel):
+    message_type: ClassVar[str] = "agent.cancel_task"
+
+    job_id: str
+    reason: str = "cancelled"
+
+
+class StageOutFile(WireModel):
+    message_type: ClassVar[str] = "agent.stage_out_file"
+
+    job_id: str
+    path: str
+    """Relative to the job's working directory."""
+    data_id: str
+
+
+AGENT_COMMANDS: tuple[type[WireModel], ...] = (StageInFiles, SubmitTask, CancelTask, StageOutFile)
+
+
+# Seed 000's proxy methods: events agents send, republished once their signature checks out.
+
+
+class FilesStagedIn(WireModel):
+    message_type: ClassVar[str] = "task.files_staged_in"
+
+    job_id: str
+    ok: bool
+    error: str | None = None
+
+
+class TaskAccepted(WireModel):
+    message_type: ClassVar[str] = "task.accepted"
+
+    job_id: str
+    at: float
+
+
+class TaskRunning(WireModel):
+    message_type: ClassVar[str] = "task.running"
+
+    job_id: str
+    at: float
+    pid: int
+
+
+class TaskCompleted(WireModel):
+    message_type: ClassVar[str] = "task.completed"
+
+    job_id: str
+    at: float
+    outcome: JobState
+    """succeeded, failed or cancelled."""
+    exit_code: int | None = None
+    answer_id: str | None = None
+    error: str | None = None
+
+
+class FileStagedOut(WireModel):
+    message_type: ClassVar[str] = "task.file_staged_out"
+
+    job_id: str
+    data_id: str | None
+    ok: bool
+    error: str | None = None
+
+
+class AgentCommandRefused(WireModel):
+    """The resource manager did not forward a command: its host is unknown or not responding."""
+
+    message_type: ClassVar[str] = "agent.command_refused"
+
+    resource_id: str
+    command_type: str
+    job_id: str | None
+    reason: str
+
+
+JOB_MESSAGES: tuple[type[WireModel], ...] = (
+    RunJob,
+    CancelJob,
+    DeleteJob,
+    StageJobFiles,
+    *AGENT_COMMANDS,
+    FilesStagedIn,
+    TaskAccepted,
+    TaskRunning,
+    TaskCompleted,
+    FileStagedOut,
+    AgentCommandRefused,
+)

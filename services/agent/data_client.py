@@ -1,0 +1,63 @@
+"""The agent's HTTP client for the gateway's data API: stage files in, stage answers out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterable, Callable
+from pathlib import Path
+
+import aiohttp
+
+
+class DataClientError(Exception):
+    pass
+
+
+class DataClient:
+    """Downloads and uploads with this host's own token; the gateway lets it touch only its jobs' files."""
+
+    def __init__(self, gateway_url: Callable[[], str], token: str) -> None:
+        # A callable: under ``skybus up --port 0`` the URL is known only once the gateway listens.
+        self._gateway_url = gateway_url
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _base(self) -> str:
+        return self._gateway_url().rstrip("/")
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+            )
+        return self._session
+
+    async def download(self, data_id: str, destination: Path, *, executable: bool = False) -> None:
+        partial = destination.with_name(destination.name + ".part")
+        try:
+            async with self._client().get(f"{self._base()}/api/data/{data_id}") as response:
+                if response.status != 200:
+                    raise DataClientError(f"download of {data_id} failed: {response.status} {await response.text()}")
+                with partial.open("wb") as out:
+                    async for chunk in response.content.iter_chunked(256 * 1024):
+                        out.write(chunk)
+            os.chmod(partial, 0o755 if executable else 0o644)
+            partial.rename(destination)
+        except aiohttp.ClientError as error:
+            raise DataClientError(f"download of {data_id} failed: {error!r}") from error
+        finally:
+            partial.unlink(missing_ok=True)
+
+    async def upload(self, chunks: AsyncIterable[bytes], *, name: str, job_id: str) -> str:
+        params = {"name": name, "job_id": job_id}
+        try:
+            async with self._client().post(f"{self._base()}/api/data", params=params, data=chunks) as response:
+                if response.status != 201:
+                    raise DataClientError(f"upload of {name} failed: {response.status} {await response.text()}")
+                return (await response.json())["id"]
+        except aiohttp.ClientError as error:
+            raise DataClientError(f"upload of {name} failed: {error!r}") from error
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,112 @@
+"""What this agent has run, kept on disk so that no job runs twice on this host.
+
+An append-only JSON-lines file. A job is written as ``started`` before its process is spawned, so a
+redelivered or repeated :class:`SubmitTask` finds it and is answered from the record instead of
+running the command again, even across agent restarts. ``finished`` is written before the outcome
+is published, so an outcome that could not be sent survives a restart and is sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TaskRecord:
+    job_id: str
+    started_at: float
+    pid: int | None = None
+    outcome: str | None = None  # succeeded | failed | cancelled, once finished
+    exit_code: int | None = None
+    answer_id: str | None = None
+    error: str | None = None
+    finished_at: float | None = None
+    reported: bool = False
+    cancel_requested: bool = field(default=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, TaskRecord] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            for line in path.read_text().splitlines():
+                self._apply(json.loads(line))
+        self._file = path.open("a", buffering=1)
+
+    def _apply(self, entry: dict[str, Any]) -> None:
+        job_id = entry["job_id"]
+        if entry["event"] == "started":
+            self.records[job_id] = TaskRecord(job_id=job_id, started_at=entry["at"])
+            return
+        record = self.records.get(job_id)
+        if record is None:
+            record = self.records[job_id] = TaskRecord(job_id=job_id, started_at=entry["at"])
+        if entry["event"] == "spawned":
+            record.pid = entry["pid"]
+        elif entry["event"] == "finished":
+            for key in ("outcome", "exit_code", "answer_id", "error"):
+                setattr(record, key, entry.get(key))
+            record.finished_at = entry["at"]
+        elif entry["event"] == "reported":
+            record.reported = True
+        elif entry["event"] == "cancel":
+            record.cancel_requested = True
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        self._apply(entry)
+        self._file.write(json.dumps(entry) + "\n")
+
+    def get(self, job_id: str) -> TaskRecord | None:
+        return self.records.get(job_id)
+
+    def started(self, job_id: str) -> TaskRecord:
+        self._write({"event": "started", "job_id": job_id, "at": time.time()})
+        return self.records[job_id]
+
+    def spawned(self, job_id: str, pid: int) -> None:
+        self._write({"event": "spawned", "job_id": job_id, "pid": pid, "at": time.time()})
+
+    def cancel_requested(self, job_id: str) -> None:
+        self._write({"event": "cancel", "job_id": job_id, "at": time.time()})
+
+    def finished(
+        self, job_id: str, *, outcome: str, exit_code: int | None, answer_id: str | None, error: str | None
+    ) -> TaskRecord:
+        entry = {"event": "finished", "job_id": job_id, "at": time.time(), "outcome": outcome}
+        entry.update(exit_code=exit_code, answer_id=answer_id, error=error)
+        self._write(entry)
+        return self.records[job_id]
+
+    def reported(self, job_id: str) -> None:
+        self._write({"event": "reported", "job_id": job_id, "at": time.time()})
+
+    def unfinished(self) -> list[TaskRecord]:
+        return [r for r in self.records.values() if not r.finished]
+
+    def unreported(self) -> list[TaskRecord]:
+        return [r for r in self.records.values() if r.finished and not r.reported]
+
+    def ran(self) -> list[str]:
+        """Every job this host ever started, in order: what the fault tests count."""
+        return list(self.records)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def as_dict(self, job_id: str) -> dict[str, Any]:
+        return asdict(self.records[job_id])
