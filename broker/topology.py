@@ -21,6 +21,13 @@ from broker.port import Binding, QueueSpec
 # Routing keys of commands to managers.
 RESOURCE_REGISTER = "resource.register"
 RESOURCE_DELETE = "resource.delete"
+CONTENT_STORE = "content.store"
+CONTENT_REPLACE = "content.replace"
+CONTENT_PATCH = "content.patch"
+CONTENT_DELETE = "content.delete"
+DATA_STORE = "data.store"
+DATA_GRANT = "data.grant"
+DATA_TRANSFER = "data.transfer"
 
 # Routing keys of events.
 HOST_HEARTBEAT = "host.heartbeat"
@@ -71,6 +78,12 @@ class Topology:
         return QueueSpec(
             self.queue_name("resource-manager", "commands"),
             (Binding(self.commands, "resource.*"),),
+        )
+
+    def content_manager_commands(self) -> QueueSpec:
+        return QueueSpec(
+            self.queue_name("content-manager", "commands"),
+            (Binding(self.commands, "content.*"), Binding(self.commands, "data.*")),
         )
 
     def resource_manager_agent_events(self) -> QueueSpec:

@@ -13,6 +13,7 @@ import click
 
 from broker.port import MessageBus
 from services.agent.agent import Agent
+from services.content_manager.service import ContentManagerService
 from services.gateway.app import GatewayService
 from services.local_host import LocalAgentService
 from services.resource_manager.service import ResourceManagerService
@@ -78,6 +79,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
         gateway = GatewayService(settings, bus, store, topology)
         return [
             ResourceManagerService(settings, bus, store, topology),
+            ContentManagerService(settings, bus, store, topology),
             gateway,
             LocalAgentService(settings, bus, store, topology, gateway_url=gateway.url),
         ]
@@ -121,6 +123,20 @@ def resource_manager(data_dir: Path | None) -> None:
             settings,
             "resource-manager",
             lambda s, bus, store: [ResourceManagerService(s, bus, store, make_topology(s))],
+        )
+    )
+
+
+@main.command("content-manager")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def content_manager(data_dir: Path | None) -> None:
+    """Run the content manager (seed 004 and the data files of jobs)."""
+    settings = load_settings(data_dir=data_dir)
+    asyncio.run(
+        _run(
+            settings,
+            "content-manager",
+            lambda s, bus, store: [ContentManagerService(s, bus, store, make_topology(s))],
         )
     )
 

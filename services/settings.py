@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     heartbeat_interval: float = 5.0
     responding_timeout: float = 15.0
     max_upload_bytes: int = 8 * 1024**3
+    content_orphan_grace: float = Field(
+        default=3600.0, description="seconds an uploaded blob may stay uncommitted before cleanup deletes it"
+    )
+    content_cleanup_interval: float = Field(default=600.0, description="seconds between orphan cleanup passes")
 
     # Jobs.
     kill_grace: float = Field(default=5.0, description="seconds between SIGTERM and SIGKILL of a job")

@@ -16,8 +16,11 @@ TOKENS = "tokens"
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who makes a call: a user (maybe an admin), or the agent of ``resource_id`` (never an admin)."""
+
     user: str
     admin: bool
+    resource_id: str | None = None
 
 
 async def tokens_collection(store: DocumentStore) -> Collection:

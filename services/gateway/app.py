@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.gateway import resources_api
+from services.gateway import content_api, data_api, resources_api
 from services.gateway.auth import auth_middleware
-from services.gateway.context import BUS, SETTINGS, STORE, TOKENS, TOPOLOGY
+from services.gateway.context import BLOBS, BUS, SETTINGS, STORE, TOKENS, TOPOLOGY
 from services.gateway.errors import error_middleware
 from services.gateway.openapi import build_openapi, documented
 from services.settings import Settings
-from services.store.port import DocumentStore
+from services.store.factory import open_blob_store
+from services.store.port import BlobStore, DocumentStore
 from services.tokens import tokens_collection
+from services.version import VERSION
 
 log = logging.getLogger(__name__)
-
-VERSION = "0.1.0"
 
 meta_routes = web.RouteTableDef()
 
@@ -35,15 +36,31 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(request.app, title="skybus", version=VERSION))
 
 
-async def create_app(settings: Settings, bus: MessageBus, store: DocumentStore, topology: Topology) -> web.Application:
+async def _blob_store_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Open the blob store from the settings for the app's lifetime (when the caller gave none)."""
+    blobs = await open_blob_store(app[SETTINGS])
+    app[BLOBS] = blobs
+    yield
+    await blobs.close()
+
+
+async def create_app(
+    settings: Settings, bus: MessageBus, store: DocumentStore, topology: Topology, *, blobs: BlobStore | None = None
+) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
     app[SETTINGS] = settings
     app[BUS] = bus
     app[STORE] = store
     app[TOPOLOGY] = topology
     app[TOKENS] = await tokens_collection(store)
+    if blobs is not None:
+        app[BLOBS] = blobs
+    else:
+        app.cleanup_ctx.append(_blob_store_lifetime)
     app.add_routes(meta_routes)
     app.add_routes(resources_api.routes)
+    app.add_routes(content_api.routes)
+    app.add_routes(data_api.routes)
     return app
 
 

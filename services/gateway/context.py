@@ -10,12 +10,13 @@ from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
 from services.gateway.errors import ApiError
 from services.settings import Settings
-from services.store.port import Collection, DocumentStore
+from services.store.port import BlobStore, Collection, DocumentStore
 from services.tokens import Principal
 
 SETTINGS = web.AppKey("settings", Settings)
 BUS = web.AppKey("bus", MessageBus)
 STORE = web.AppKey("store", DocumentStore)
+BLOBS = web.AppKey("blobs", BlobStore)
 TOPOLOGY = web.AppKey("topology", Topology)
 TOKENS = web.AppKey("tokens", Collection)
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware

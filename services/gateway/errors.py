@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -31,8 +33,24 @@ def simple_error(request: web.Request, status: int, message: str) -> Any:
     return {"error": message}
 
 
+def seed_timestamp(now: datetime | None = None) -> str:
+    """``2019-02-08T18:29:49.597+0000``: UTC with milliseconds, as seed 004 shows it."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond // 1000:03d}+0000"
+
+
+def timestamped_error(request: web.Request, status: int, message: str) -> Any:
+    """Seed 004: a JSON array of one ``{timestamp, status, error, message, path}`` object."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    body = {"timestamp": seed_timestamp(), "status": status, "error": reason, "message": message, "path": request.path}
+    return [body]
+
+
 # Path prefix → the error body of the API served there; the first match wins.
-ERROR_SHAPES: list[tuple[str, ErrorShape]] = []
+ERROR_SHAPES: list[tuple[str, ErrorShape]] = [("/resources", timestamped_error)]
 
 
 def error_response(request: web.Request, status: int, message: str) -> web.Response:

@@ -13,6 +13,7 @@ async def resources_collection(store: DocumentStore) -> Collection:
     collection = store.collection(RESOURCES)
     await collection.create_index(["hostname"], unique=True)
     await collection.create_index(["responding", "last_response_time"])
+    await collection.create_index(["token_hash"])  # the gateway finds an agent by its token
     return collection
 
 

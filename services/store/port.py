@@ -127,4 +127,7 @@ class BlobStore(Protocol):
     def list(self, *, created_before: float | None = None) -> AsyncIterator[BlobInfo]:
         """Every blob (older than ``created_before`` if given), for orphan cleanup."""
 
+    async def cleanup_temp(self, max_age: float = 3600.0) -> int:
+        """Remove what puts that never finished left behind (a killed process) once ``max_age`` old."""
+
     async def close(self) -> None: ...

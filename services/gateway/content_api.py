@@ -1,0 +1,195 @@
+"""Seed 004: the content resource manager under ``/resources``.
+
+Errors here have seed 004's shape (``services.gateway.errors.timestamped_error``). A resource path
+names one resource for the whole fleet (the seed: "This path uniquely identifies a deployed
+resource"); a user lists, reads and changes only their own resources, an admin all of them.
+Each response about one resource also carries its item id in ``X-Skybus-Id``, the id a job names
+as its ``binary`` or ``input_files``.
+
+Route order matters: the fixed ``.applicationserver/info`` and the ``contents/`` and ``metadata/``
+routes come before the catch-all ``{path}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from schemas.content import (
+    ApplicationServerInfo,
+    DeleteContent,
+    PatchContent,
+    ReplaceContent,
+    ResourceInfo,
+    ResourcePath,
+    ResourceSettingsPatch,
+    StoreContent,
+)
+from services.content_manager import domain
+from services.content_manager.domain import UNKNOWN, ContentError
+from services.content_manager.repository import CONTENTS, resource_at, resources_of
+from services.gateway.context import SETTINGS, STORE, caller, send_command
+from services.gateway.downloads import stream_item
+from services.gateway.errors import ApiError
+from services.gateway.openapi import documented
+from services.gateway.uploads import Upload, read_multipart, releasing
+from services.version import VERSION
+
+routes = web.RouteTableDef()
+
+ID_HEADER = "X-Skybus-Id"
+FILE_PART = "resource"
+INFO_PART = "resourceInfo"
+NO_FILE = f"Required request part '{FILE_PART}' is not present"
+
+
+def _refused(error: ContentError) -> ApiError:
+    return ApiError(error.status, error.message)
+
+
+def url_path(request: web.Request) -> str:
+    try:
+        return domain.check_path(request.match_info["path"])
+    except ContentError as error:
+        raise _refused(error) from None
+
+
+async def load_resource(request: web.Request, path: str, *, to_change: bool = False) -> dict[str, Any]:
+    document = await resource_at(request.app[STORE].collection(CONTENTS), path)
+    if document is None:
+        raise ApiError(404, UNKNOWN)
+    principal = caller(request)
+    allowed = (
+        domain.may_change(document, user=principal.user, admin=principal.admin)
+        if to_change
+        else domain.may_read(document, user=principal.user, admin=principal.admin, resource_id=principal.resource_id)
+    )
+    if not allowed:
+        raise ApiError(403, "The resource belongs to another user.")
+    return document
+
+
+async def read_upload(request: web.Request) -> Upload:
+    return await read_multipart(
+        request,
+        is_file=lambda part: part.name == FILE_PART,
+        text_parts={INFO_PART},
+        limit=request.app[SETTINGS].max_upload_bytes,
+    )
+
+
+@routes.get("/resources/.applicationserver/info")
+@documented(response=ApplicationServerInfo, summary="Health check of the resource manager", public=True)
+async def application_server_info(request: web.Request) -> web.Response:
+    return web.json_response(ApplicationServerInfo(name="resource-manager", version=VERSION).model_dump())
+
+
+@routes.get("/resources/contents/{path:.+}")
+@documented(summary="The raw content of a resource, with the Content-Type of its mimeType")
+async def get_contents(request: web.Request) -> web.StreamResponse:
+    path = url_path(request)
+
+    def headers(document: dict[str, Any]) -> dict[str, str]:
+        mime_type = document["resource"]["mime_type"]
+        return {"Content-Type": domain.content_type(mime_type, path, document["name"]), ID_HEADER: document["id"]}
+
+    return await stream_item(request, lambda: load_resource(request, path), headers)
+
+
+@routes.get("/resources/metadata/{path:.+}")
+@documented(response=ResourceInfo, summary="The ResourceInfo of a resource")
+async def get_metadata(request: web.Request) -> web.Response:
+    document = await load_resource(request, url_path(request))
+    info = domain.resource_info(document)
+    return web.json_response(info.model_dump(), headers={ID_HEADER: document["id"]})
+
+
+@routes.get("/resources")
+@routes.get("/resources/")
+@documented(summary="Every resource of the caller (of everyone, for an admin), keyed by resourcePath")
+async def list_resources(request: web.Request) -> web.Response:
+    principal = caller(request)
+    owner = None if principal.admin else principal.user
+    listing = {
+        document["path"]: domain.resource_info(document).model_dump()
+        async for document in resources_of(request.app[STORE].collection(CONTENTS), owner)
+    }
+    return web.json_response(listing)
+
+
+@routes.post("/resources")
+@routes.post("/resources/")
+@documented(response=ResourcePath, status=201, summary="Deploy a resource (multipart: resource, resourceInfo)")
+async def create_resource(request: web.Request) -> web.Response:
+    upload = await read_upload(request)
+    async with releasing(request, upload):
+        try:
+            path, settings = domain.full_settings(domain.parse_resource_info(upload.fields.get(INFO_PART)))
+        except ContentError as error:
+            raise _refused(error) from None
+        if upload.blob is None:
+            raise ApiError(400, NO_FILE)
+        item_id = str(uuid.uuid4())
+        command = StoreContent(
+            item_id=item_id,
+            path=path,
+            owner=caller(request).user,
+            filename=upload.filename,
+            blob=upload.ref(),
+            settings=settings,
+        )
+        await send_command(request, command)
+    return web.json_response(ResourcePath(resourcePath=path).model_dump(), status=201, headers={ID_HEADER: item_id})
+
+
+@routes.put("/resources/{path:.+}")
+@documented(status=202, summary="Replace a resource's content and ResourceInfo (multipart: resource, resourceInfo)")
+async def replace_resource(request: web.Request) -> web.Response:
+    path = url_path(request)
+    document = await load_resource(request, path, to_change=True)  # 404 or 403 before the upload is read
+    upload = await read_upload(request)
+    async with releasing(request, upload):
+        try:
+            _, settings = domain.full_settings(domain.parse_resource_info(upload.fields.get(INFO_PART)), url_path=path)
+        except ContentError as error:
+            raise _refused(error) from None
+        if upload.blob is None:
+            raise ApiError(400, NO_FILE)
+        command = ReplaceContent(item_id=document["id"], filename=upload.filename, blob=upload.ref(), settings=settings)
+        await send_command(request, command)
+    return web.Response(status=202)
+
+
+@routes.patch("/resources/{path:.+}")
+@documented(status=202, summary="Change a resource's content, some ResourceInfo fields, or both")
+async def patch_resource(request: web.Request) -> web.Response:
+    path = url_path(request)
+    document = await load_resource(request, path, to_change=True)
+    upload = await read_upload(request)
+    async with releasing(request, upload):
+        changes = ResourceSettingsPatch()
+        if INFO_PART in upload.fields:
+            try:
+                changes = domain.settings_patch(domain.parse_resource_info(upload.fields[INFO_PART]), url_path=path)
+            except ContentError as error:
+                raise _refused(error) from None
+        elif upload.blob is None:
+            raise ApiError(400, f"Nothing to modify: send a '{FILE_PART}' part, a '{INFO_PART}' part or both.")
+        command = PatchContent(
+            item_id=document["id"],
+            filename=upload.filename if upload.blob else None,
+            blob=upload.ref() if upload.blob else None,
+            changes=changes,
+        )
+        await send_command(request, command)
+    return web.Response(status=202)
+
+
+@routes.delete("/resources/{path:.+}")
+@documented(status=202, summary="Delete a resource")
+async def delete_resource(request: web.Request) -> web.Response:
+    document = await load_resource(request, url_path(request), to_change=True)
+    await send_command(request, DeleteContent(item_id=document["id"]))
+    return web.Response(status=202)

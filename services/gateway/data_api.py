@@ -1,0 +1,119 @@
+"""Data files for jobs under ``/api/data``: upload, download, describe, delete any stored item by id.
+
+Every item the content manager stores (a plain data file or a seed 004 resource) has a UUID id; a
+job's ``binary``, ``input_files`` and ``answer_id`` are such ids. Users reach their own items (an
+admin all). An agent, with its resource token, reads the items granted to its host (``data.grant``,
+sent when a job's files are staged onto it) and uploads new ones, which it owns and may read.
+Errors are ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from schemas.content import DataId, DataInfo, DeleteContent, StoreData
+from services.content_manager import domain
+from services.content_manager.domain import ContentError
+from services.content_manager.repository import CONTENTS
+from services.gateway.context import SETTINGS, STORE, caller, send_command
+from services.gateway.downloads import stream_item
+from services.gateway.errors import ApiError
+from services.gateway.openapi import documented
+from services.gateway.resources_api import iso, parse_uuid
+from services.gateway.uploads import read_multipart, read_raw, releasing
+
+routes = web.RouteTableDef()
+
+FILE_PART = "file"
+NAME_PART = "name"
+
+
+def _is_file(part: BodyPartReader) -> bool:
+    return part.name == FILE_PART or (part.filename is not None and part.name != NAME_PART)
+
+
+async def load_item(request: web.Request, *, to_change: bool = False) -> dict[str, Any]:
+    item_id = parse_uuid(request.match_info["item_id"], "data id")
+    document = await request.app[STORE].collection(CONTENTS).get(item_id)
+    if document is None:
+        raise ApiError(404, f"data {item_id} not found")
+    principal = caller(request)
+    allowed = (
+        domain.may_change(document, user=principal.user, admin=principal.admin)
+        if to_change
+        else domain.may_read(document, user=principal.user, admin=principal.admin, resource_id=principal.resource_id)
+    )
+    if not allowed:
+        raise ApiError(403, f"data {item_id} belongs to another user")
+    return document
+
+
+def data_info(document: dict[str, Any]) -> DataInfo:
+    return DataInfo(
+        id=document["id"],
+        kind=document["kind"],
+        name=document["name"],
+        path=document.get("path"),
+        size=document["size"],
+        sha256=document["sha256"],
+        owner=document["owner"],
+        granted_to=document["granted_to"],
+        created_at=iso(document["created_at"]) or "",
+        updated_at=iso(document["updated_at"]) or "",
+    )
+
+
+@routes.post("/api/data")
+@routes.post("/api/data/")
+@documented(response=DataId, status=201, summary="Upload a data file (raw body, or multipart with a file part)")
+async def upload_data(request: web.Request) -> web.Response:
+    limit = request.app[SETTINGS].max_upload_bytes
+    if request.content_type == "multipart/form-data":
+        upload = await read_multipart(request, is_file=_is_file, text_parts={NAME_PART}, limit=limit)
+    else:
+        upload = await read_raw(request, limit=limit)
+    async with releasing(request, upload):
+        if upload.blob is None:
+            raise ApiError(400, f"no file in the multipart body: send it as a part named {FILE_PART!r}")
+        try:
+            name = domain.check_name(request.query.get(NAME_PART) or upload.fields.get(NAME_PART) or upload.filename)
+        except ContentError as error:
+            raise ApiError(error.status, error.message) from None
+        principal = caller(request)
+        accepted = await send_command(
+            request,
+            StoreData(
+                item_id=str(uuid.uuid4()),
+                owner=principal.user,
+                name=name,
+                blob=upload.ref(),
+                granted_to=(principal.resource_id,) if principal.resource_id else (),
+            ),
+        )
+    return web.json_response(DataId(id=accepted.id or "").model_dump(), status=201)
+
+
+@routes.get("/api/data/{item_id}")
+@documented(summary="Download a data file (any stored item) by id")
+async def download_data(request: web.Request) -> web.StreamResponse:
+    def headers(document: dict[str, Any]) -> dict[str, str]:
+        return {"Content-Type": "application/octet-stream"}
+
+    return await stream_item(request, lambda: load_item(request), headers)
+
+
+@routes.get("/api/data/{item_id}/info")
+@documented(response=DataInfo, summary="What is stored under an id")
+async def data_info_route(request: web.Request) -> web.Response:
+    return web.json_response(data_info(await load_item(request)).model_dump())
+
+
+@routes.delete("/api/data/{item_id}")
+@documented(response=DataId, summary="Delete a data file (any stored item) by id")
+async def delete_data(request: web.Request) -> web.Response:
+    document = await load_item(request, to_change=True)
+    await send_command(request, DeleteContent(item_id=document["id"]))
+    return web.json_response(DataId(id=document["id"]).model_dump())

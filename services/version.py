@@ -1,0 +1,3 @@
+"""The version skybus reports (``/openapi.json``, ``/resources/.applicationserver/info``)."""
+
+VERSION = "0.1.0"
