@@ -41,7 +41,7 @@ def resource_form(
     info: dict[str, Any] | str | None = None, content: bytes | None = b"Plus[5,x]", filename: str = "add.wl"
 ) -> aiohttp.FormData:
     """Seed 004's multipart body: a ``resource`` file part and a ``resourceInfo`` string part."""
-    form = aiohttp.FormData()
+    form = aiohttp.FormData(default_to_multipart=True)
     if content is not None:
         form.add_field("resource", content, filename=filename, content_type="application/octet-stream")
     if info is not None:
@@ -110,12 +110,10 @@ async def expect_seed_error(
     body = await response.json()
     assert isinstance(body, list) and len(body) == 1
     error = body[0]
-    assert set(error) == {"timestamp", "status", "error", "message", "path"}
+    assert set(error) == {"timestamp", "status", "error", "message", "path"}, error
     assert TIMESTAMP.match(error["timestamp"]), error["timestamp"]
-    assert error["status"] == status
-    assert error["error"] == reason
-    assert error["message"] == message
-    assert error["path"] == path
+    expected = {"status": status, "error": reason, "message": message, "path": path}
+    assert {key: error[key] for key in expected} == expected, error
 
 
 @pytest.fixture(name="content_stack")

@@ -34,7 +34,7 @@ from services.gateway.context import SETTINGS, STORE, caller, send_command
 from services.gateway.downloads import stream_item
 from services.gateway.errors import ApiError
 from services.gateway.openapi import documented
-from services.gateway.uploads import Upload, read_multipart, releasing
+from services.gateway.uploads import Upload, read_form, releasing
 from services.version import VERSION
 
 routes = web.RouteTableDef()
@@ -72,7 +72,7 @@ async def load_resource(request: web.Request, path: str, *, to_change: bool = Fa
 
 
 async def read_upload(request: web.Request) -> Upload:
-    return await read_multipart(
+    return await read_form(
         request,
         is_file=lambda part: part.name == FILE_PART,
         text_parts={INFO_PART},

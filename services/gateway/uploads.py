@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 from aiohttp import BodyPartReader, web
 
@@ -83,12 +84,34 @@ async def _drain(part: BodyPartReader) -> None:
         pass
 
 
+async def read_form(
+    request: web.Request, *, is_file: Callable[[BodyPartReader], bool], text_parts: set[str], limit: int
+) -> Upload:
+    """A multipart body (see :func:`read_multipart`), or a urlencoded form of text fields only, which
+    is what most HTTP clients send when a form has no file (a PATCH of the metadata alone)."""
+    if request.content_type == "application/x-www-form-urlencoded":
+        return await _read_urlencoded(request, text_parts)
+    if request.content_type != "multipart/form-data":
+        raise ApiError(400, "Current request is not a multipart request")
+    return await read_multipart(request, is_file=is_file, text_parts=text_parts, limit=limit)
+
+
+async def _read_urlencoded(request: web.Request, text_parts: set[str]) -> Upload:
+    check_length(request, TEXT_PART_LIMIT)
+    body = await request.content.read(TEXT_PART_LIMIT + 1)
+    if len(body) > TEXT_PART_LIMIT:
+        raise ApiError(413, f"A form without a file may be at most {TEXT_PART_LIMIT} bytes.")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "Malformed form body.") from None
+    return Upload(fields={name: value for name, value in pairs if name in text_parts})
+
+
 async def read_multipart(
     request: web.Request, *, is_file: Callable[[BodyPartReader], bool], text_parts: set[str], limit: int
 ) -> Upload:
     """Stream the one file part into the blob store and read the named text parts; skip the rest."""
-    if request.content_type != "multipart/form-data":
-        raise ApiError(400, "Current request is not a multipart request")
     check_length(request, limit + MULTIPART_SLACK)
     blobs = request.app[BLOBS]
     upload = Upload()
