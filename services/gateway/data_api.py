@@ -83,17 +83,18 @@ async def upload_data(request: web.Request) -> web.Response:
         except ContentError as error:
             raise ApiError(error.status, error.message) from None
         principal = caller(request)
-        accepted = await send_command(
+        item_id = str(uuid.uuid4())
+        await send_command(
             request,
             StoreData(
-                item_id=str(uuid.uuid4()),
+                item_id=item_id,
                 owner=principal.user,
                 name=name,
                 blob=upload.ref(),
                 granted_to=(principal.resource_id,) if principal.resource_id else (),
             ),
         )
-    return web.json_response(DataId(id=accepted.id or "").model_dump(), status=201)
+    return web.json_response(DataId(id=item_id).model_dump(), status=201)
 
 
 @routes.get("/api/data/{item_id}")

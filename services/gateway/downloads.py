@@ -31,6 +31,13 @@ async def stream_item(
 ) -> web.StreamResponse:
     """Resolve the item (raising the API's 404/403), then stream its blob with ``headers(item)``."""
     blobs = request.app[BLOBS]
+    if request.method == "HEAD":
+        item = await resolve()
+        response = web.StreamResponse(headers=headers(item))
+        response.content_length = item["size"]
+        await response.prepare(request)
+        await response.write_eof()
+        return response
     for _ in range(ATTEMPTS):
         item = await resolve()
         chunks = blobs.open(item["blob_id"], chunk_size=CHUNK)

@@ -83,6 +83,11 @@ async def test_contents_are_the_raw_bytes_with_the_mime_type(content_stack: Cont
     assert html.headers["Content-Type"] == "text/html" and await html.read() == b"<p>hi</p>"
     csv = await content_stack.client.get("/resources/contents/raw/data", headers=content_stack.steve)
     assert csv.headers["Content-Type"] == "text/csv" and await csv.read() == b"\x00\x01"
+    head = await content_stack.client.head(f"/resources/contents/{NESTED}", headers=content_stack.steve)
+    assert head.status == 200 and head.headers["Content-Length"] == "9" and await head.read() == b""
+    # The connection is still good after a HEAD (no stray body on it).
+    again = await content_stack.client.get(f"/resources/contents/{NESTED}", headers=content_stack.steve)
+    assert await again.read() == b"Plus[5,x]"
 
 
 async def test_an_empty_file_is_a_resource_too(content_stack: ContentStack) -> None:

@@ -35,6 +35,8 @@ async def test_raw_upload_roundtrips(content_stack: ContentStack) -> None:
     assert response.status == 200 and await response.read() == data
     assert response.headers["Content-Type"] == "application/octet-stream"
     assert response.headers["Content-Length"] == str(len(data))
+    head = await content_stack.client.head(f"/api/data/{item_id}", headers=content_stack.steve)
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(data)) and await head.read() == b""
 
 
 async def test_info_describes_the_item(content_stack: ContentStack) -> None:
