@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from broker.envelope import Envelope
+from broker.memory import MemoryBus
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected
 from schemas.content import (
@@ -28,8 +29,11 @@ from schemas.content import (
     TransferData,
 )
 from schemas.jobs import FilesStagedIn, StagedFile, StageInFiles, StageJobFiles
+from schemas.registry import all_message_types
 from services.content_manager.handlers import ContentManager
 from services.content_manager.repository import contents_collection, tombstones_collection
+from services.content_manager.service import ContentManagerService
+from services.settings import Settings
 from services.store.disk_blobs import DiskBlobStore
 from services.store.sqlite import SqliteDocumentStore
 
@@ -361,3 +365,24 @@ async def test_orphan_cleanup_deletes_only_old_unreferenced_blobs_and_stale_temp
     assert not stale.exists() and fresh.exists()
     assert await manager.tombstones.get("recent") is not None
     assert (await manager.contents.get(item_id))["blob_id"] == kept.blob_id  # type: ignore[index]
+
+
+async def test_the_service_cleans_orphans_on_its_own(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, content_orphan_grace=0.2, content_cleanup_interval=0.05)
+    store = await SqliteDocumentStore.open(tmp_path / "content.db")
+    bus = MemoryBus(all_message_types(), Topology("clean"))
+    await bus.start()
+    service = ContentManagerService(settings, bus, store, Topology("clean"))
+    await service.start()
+    try:
+        assert service.manager is not None
+        orphan = await upload(service.manager, b"nobody will commit this")
+        for _ in range(100):
+            if orphan.blob_id not in await blob_ids(service.manager):
+                break
+            await asyncio.sleep(0.02)
+        assert await blob_ids(service.manager) == set()
+    finally:
+        await service.stop()
+        await bus.close()
+        await store.close()
