@@ -7,6 +7,7 @@ import json
 import aiohttp
 import pytest
 
+from services.gateway import content_api
 from tests.content_stack import (
     LIMIT,
     ContentStack,
@@ -348,3 +349,14 @@ async def test_openapi_lists_seed_004(content_stack: ContentStack) -> None:
     assert {"put", "patch", "delete"} <= set(spec["paths"]["/resources/{path}"])
     assert "get" in spec["paths"]["/resources/contents/{path}"]
     assert "ResourceInfo" in spec["components"]["schemas"]
+
+
+async def test_an_internal_error_has_the_seed_shape_too(
+    content_stack: ContentStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(content_api, "resources_of", broken)
+    response = await content_stack.client.get("/resources", headers=content_stack.steve)
+    await expect_seed_error(response, 500, "Internal Server Error", "internal error", "/resources")
