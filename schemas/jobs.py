@@ -163,8 +163,6 @@ class SubmitTask(WireModel):
 
     job_id: str
     command: str
-    answer_id: str
-    """The id under which the agent stages out the answer (stdout, stderr, exit code)."""
     deadline: float | None = None
     """Epoch seconds after which the task is stopped (the job's ttl)."""
 

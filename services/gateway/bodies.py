@@ -8,6 +8,7 @@ with a JSON body, so a body is read as JSON whatever its Content-Type says, and 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -35,10 +36,7 @@ async def read_fields(request: web.Request) -> dict[str, Any]:
     if not stripped:
         return {}
     if stripped[0] in '{["' or request.content_type == "application/json":
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ApiError(400, f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+        value = parse_json(text)
         if not isinstance(value, dict):
             raise ApiError(400, "body must be a JSON object")
         return value
@@ -46,6 +44,40 @@ async def read_fields(request: web.Request) -> dict[str, Any]:
     if not pairs:
         raise ApiError(400, "body must be a JSON object or form fields")
     return dict(pairs)
+
+
+def parse_json(text: str) -> Any:
+    """JSON, forgiving one thing: a trailing comma before ``}`` or ``]``, as the seeds' samples have."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        try:
+            return json.loads(without_trailing_commas(text))
+        except json.JSONDecodeError:
+            raise ApiError(400, f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+
+
+_CLOSING = re.compile(r"\s*[}\]]")
+
+
+def without_trailing_commas(text: str) -> str:
+    """Drop each comma that only whitespace separates from a closing bracket, outside strings."""
+    out: list[str] = []
+    in_string = escaped = False
+    for index, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "," and _CLOSING.match(text, index + 1):
+            continue
+        out.append(char)
+    return "".join(out)
 
 
 def validate(model: type[M], fields: dict[str, Any]) -> M:

@@ -19,6 +19,7 @@ from broker.port import Drop, MessageBus
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
+from schemas.jobs import AGENT_COMMANDS, AgentCommandRefused
 from schemas.resources import (
     DeleteResource,
     Heartbeat,
@@ -50,6 +51,8 @@ class ResourceManager:
         router = Router()
         router.add(RegisterResource, self.register_resource)
         router.add(DeleteResource, self.delete_resource)
+        for command in AGENT_COMMANDS:
+            router.add(command, self.forward_to_agent)
         return router
 
     # Commands.
@@ -85,6 +88,33 @@ class ResourceManager:
         )
         log.info("deleted resource %s", command.resource_id)
         return Accepted(id=command.resource_id)
+
+    # The proxy of seed 000: components address a resource id, never an agent.
+
+    async def forward_to_agent(self, envelope: Envelope) -> None:
+        """Forward a command, payload untouched, to its host's agent; refuse at once if it cannot take it."""
+        resource = await self.resources.get(envelope.resource_id) if envelope.resource_id else None
+        reason = None
+        if resource is None:
+            reason = "unknown resource"
+        elif not resource["authorized"]:
+            reason = "host is not authorized"
+        elif not resource["responding"]:
+            reason = "host is not responding"
+        if reason is not None:
+            refusal = AgentCommandRefused(
+                resource_id=envelope.resource_id or "",
+                command_type=envelope.type,
+                job_id=getattr(envelope.payload, "job_id", None),
+                reason=reason,
+            )
+            await self.bus.publish(self.topology.events, envelope.caused(refusal, sender=SENDER))
+            raise Drop(f"{envelope.type} for {envelope.resource_id} refused: {reason}")
+        await self.bus.publish(
+            self.topology.agent_commands,
+            envelope,
+            routing_key=self.topology.agent_routing_key(resource["id"], envelope.type),
+        )
 
     # Agent events: check the signature, then act and republish as trusted.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -137,3 +138,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def processes_of(job_id: str) -> list[psutil.Process]:
+    """The processes of a job on this machine, found by the environment the agent gives them."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("SKYBUS_JOB_ID") == job_id:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found

@@ -1,0 +1,228 @@
+"""Seed 001: jobs under ``/api/job/`` (and ``/api/list_jobs``, as the seed's sample calls it)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from schemas.jobs import (
+    CancelJob,
+    DeleteJob,
+    JobCreated,
+    JobIdBody,
+    JobInfo,
+    JobList,
+    JobState,
+    RunJob,
+    RunJobBody,
+)
+from services.content_manager.repository import CONTENTS
+from services.gateway.bodies import parse_body, read_fields, validate
+from services.gateway.context import STORE, caller, require_owner, send_command
+from services.gateway.errors import ApiError
+from services.gateway.openapi import documented
+from services.gateway.resources_api import iso, parse_uuid
+from services.job_manager.repository import JOBS
+from services.resource_manager.repository import RESOURCES
+
+routes = web.RouteTableDef()
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def job_info(job: dict[str, Any]) -> JobInfo:
+    return JobInfo(
+        job_id=job["id"],
+        state=JobState(job["state"]),
+        answer_id=job["answer_id"],
+        command=job["command"],
+        user=job["user"],
+        resource_id=job["resource_id"],
+        binary=job["binary"],
+        input_files=job["input_files"],
+        ttl=job["ttl"],
+        created_at=iso(job["created_at"]) or "",
+        started_at=iso(job["started_at"]),
+        finished_at=iso(job["finished_at"]),
+        exit_code=job["exit_code"],
+        error=job["error"],
+        history=[{"state": step["state"], "at": iso(step["at"]) or ""} for step in job["history"]],
+    )
+
+
+async def load_job(request: web.Request, job_id: str) -> dict[str, Any]:
+    """The caller's job: 404 unknown, 403 another user's, 410 deleted or past its ttl."""
+    job = await request.app[STORE].collection(JOBS).get(job_id)
+    if job is None:
+        raise ApiError(404, f"job {job_id} not found")
+    require_owner(request, job["user"], "this job")
+    if job["deleted"]:
+        raise ApiError(410, f"job {job_id} is gone ({job['deleted_reason']})")
+    if job["expires_at"] is not None and job["expires_at"] <= datetime.now(UTC).timestamp():
+        raise ApiError(410, f"job {job_id} is gone (its ttl ran out)")
+    return job
+
+
+async def check_files(request: web.Request, body: RunJobBody) -> None:
+    """Every file the job names exists and the caller may use it."""
+    wanted = ([body.binary] if body.binary else []) + body.input_files
+    if not wanted:
+        return
+    found = await request.app[STORE].collection(CONTENTS).find({"id": {"$in": wanted}}, limit=len(wanted))
+    items = {item["id"]: item for item in found.items}
+    principal = caller(request)
+    for data_id in wanted:
+        item = items.get(data_id)
+        if item is None:
+            raise ApiError(400, f"unknown data id {data_id}: upload it with POST /api/data first")
+        if not principal.admin and item["owner"] != principal.user:
+            raise ApiError(403, f"data {data_id} belongs to another user")
+
+
+async def pinned_host(request: web.Request, body: RunJobBody) -> str | None:
+    resources = request.app[STORE].collection(RESOURCES)
+    if body.resource_id:
+        host = await resources.get(body.resource_id)
+        if host is None:
+            raise ApiError(400, f"unknown resource {body.resource_id}")
+    elif body.hostname:
+        host = await resources.find_one({"hostname": body.hostname})
+        if host is None:
+            raise ApiError(400, f"no resource with hostname {body.hostname!r}")
+    else:
+        return None
+    if not host["authorized"]:
+        raise ApiError(400, f"host {host['id']} is not authorized to take jobs")
+    return host["id"]
+
+
+IDEMPOTENCY = uuid.UUID("6f1c1f3e-2f1d-4d8e-9a53-8a3c1b0e7d21")
+
+
+def job_id_for(request: web.Request) -> str:
+    """A new id, or with an ``Idempotency-Key`` header the same id for the same key and user, so a
+    client that retries after a timeout gets its first job back instead of a second one."""
+    key = request.headers.get("Idempotency-Key")
+    if not key:
+        return str(uuid.uuid4())
+    if len(key) > 255:
+        raise ApiError(400, "Idempotency-Key is longer than 255 characters")
+    return str(uuid.uuid5(IDEMPOTENCY, f"{caller(request).user}\0{key}"))
+
+
+@routes.post("/api/job/run")
+@documented(body=RunJobBody, response=JobCreated, status=201, summary="Run a command on a host")
+async def run_job(request: web.Request) -> web.Response:
+    body = await parse_body(request, RunJobBody)
+    await check_files(request, body)
+    resource_id = await pinned_host(request, body)
+    job_id = job_id_for(request)
+    await send_command(
+        request,
+        RunJob(
+            job_id=job_id,
+            user=caller(request).user,
+            command=body.command,
+            binary=body.binary,
+            input_files=body.input_files,
+            ttl=body.ttl,
+            resource_id=resource_id,
+        ),
+    )
+    return web.json_response(JobCreated(job_id=job_id).model_dump(), status=201)
+
+
+@routes.get("/api/job/job_info/{job_id}")
+@documented(response=JobInfo, summary="State and answer of a job")
+async def get_job_info(request: web.Request) -> web.Response:
+    job = await load_job(request, parse_uuid(request.match_info["job_id"], "job id"))
+    return web.json_response(job_info(job).model_dump(mode="json"))
+
+
+def parse_time(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"{name} must be an ISO 8601 time or epoch seconds, not {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@routes.get("/api/job/list_jobs")
+@routes.get("/api/list_jobs")
+@documented(response=JobList, summary="List jobs, newest first (state, user, resource_id, since, until, limit, cursor)")
+async def list_jobs(request: web.Request) -> web.Response:
+    query = request.query
+    principal = caller(request)
+    known = {"state", "user", "resource_id", "since", "until", "limit", "cursor"}
+    if unknown := sorted(set(query) - known):
+        raise ApiError(400, f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    filter: dict[str, Any] = {"deleted": False}
+    user = query.get("user")
+    if user is not None and user != principal.user and not principal.admin:
+        raise ApiError(403, "only an admin may list another user's jobs")
+    if user is not None or not principal.admin:
+        filter["user"] = user or principal.user
+    if (state := query.get("state")) is not None:
+        states = state.split(",")
+        if bad := [s for s in states if s not in JobState.__members__.values()]:
+            raise ApiError(400, f"unknown state {bad[0]!r}; states: {', '.join(JobState)}")
+        filter["state"] = {"$in": states}
+    if (resource_id := query.get("resource_id")) is not None:
+        filter["resource_id"] = parse_uuid(resource_id, "resource_id")
+    created: dict[str, float] = {}
+    if (since := query.get("since")) is not None:
+        created["$gte"] = parse_time("since", since)
+    if (until := query.get("until")) is not None:
+        created["$lt"] = parse_time("until", until)
+    if created:
+        filter["created_at"] = created
+    try:
+        limit = int(query.get("limit", DEFAULT_PAGE))
+    except ValueError:
+        raise ApiError(400, "limit must be an integer") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}")
+    try:
+        page = (
+            await request.app[STORE]
+            .collection(JOBS)
+            .find(filter, sort=[("created_at", -1)], limit=limit, cursor=query.get("cursor"))
+        )
+    except ValueError as error:
+        raise ApiError(400, f"bad cursor: {error}") from None
+    body = JobList(job_ids=[job["id"] for job in page.items], next_cursor=page.next_cursor)
+    return web.json_response(body.model_dump())
+
+
+async def job_id_from(request: web.Request) -> str:
+    fields = await read_fields(request)
+    if not fields and "job_id" in request.query:
+        fields = {"job_id": request.query["job_id"]}
+    return validate(JobIdBody, fields).job_id
+
+
+@routes.post("/api/job/cancel")
+@documented(body=JobIdBody, response=JobCreated, summary="Cancel a job (409 if it already finished)")
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = await job_id_from(request)
+    await load_job(request, job_id)
+    await send_command(request, CancelJob(job_id=job_id))
+    return web.json_response({"job_id": job_id})
+
+
+@routes.delete("/api/job/delete")
+@routes.delete("/api/job/cancel")  # the seed's sample deletes with this URL
+@documented(body=JobIdBody, response=JobCreated, summary="Delete a job (cancelling it first) and its answer")
+async def delete_job(request: web.Request) -> web.Response:
+    job_id = await job_id_from(request)
+    await load_job(request, job_id)
+    await send_command(request, DeleteJob(job_id=job_id))
+    return web.json_response({"job_id": job_id})

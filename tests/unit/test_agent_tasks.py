@@ -1,0 +1,208 @@
+"""The agent's task runner with real processes; the gateway's data API replaced by a local double."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from broker.envelope import Envelope
+from schemas.jobs import (
+    CancelTask,
+    FilesStagedIn,
+    JobState,
+    StagedFile,
+    StageInFiles,
+    SubmitTask,
+    TaskAccepted,
+    TaskCompleted,
+    TaskRunning,
+)
+from services.agent.data_client import DataClientError
+from services.agent.tasks import TaskRunner
+
+
+class LocalData:
+    """Stands in for the gateway's data API: a dict of bytes."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, bytes] = {"in-1": b"input bytes\n"}
+
+    async def download(self, data_id: str, destination: Path, *, executable: bool = False) -> None:
+        if data_id not in self.items:
+            raise DataClientError(f"download of {data_id} failed: 404")
+        destination.write_bytes(self.items[data_id])
+        os.chmod(destination, 0o755 if executable else 0o644)
+
+    async def upload(self, chunks, *, name: str, job_id: str) -> str:
+        body = b"".join([chunk async for chunk in chunks])
+        data_id = f"answer-{len(self.items)}"
+        self.items[data_id] = body
+        return data_id
+
+    async def close(self) -> None:
+        pass
+
+
+class Said:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    async def __call__(self, payload, *, caused_by=None) -> None:
+        self.events.append(payload)
+
+    def of(self, kind: type, job_id: str) -> list:
+        return [e for e in self.events if isinstance(e, kind) and e.job_id == job_id]
+
+
+@pytest.fixture
+def said() -> Said:
+    return Said()
+
+
+@pytest.fixture
+def data() -> LocalData:
+    return LocalData()
+
+
+@pytest.fixture
+async def runner(tmp_path, said, data):
+    runner = TaskRunner(tmp_path / "agent", said, data, kill_grace=0.5)  # type: ignore[arg-type]
+    yield runner
+    await runner.stop()
+
+
+async def completed(said: Said, job_id: str, timeout: float = 10) -> TaskCompleted:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done := said.of(TaskCompleted, job_id):
+            return done[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{job_id} did not complete: {said.events}")
+
+
+def submit(job_id: str, command: str, deadline: float | None = None) -> Envelope:
+    return Envelope(SubmitTask(job_id=job_id, command=command, deadline=deadline))
+
+
+def job_processes(job_id: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("SKYBUS_JOB_ID") == job_id:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+async def test_a_task_runs_once_and_its_answer_is_streamed_json(runner, said, data) -> None:
+    await runner.submit_task(submit("j1", "printf 'out\\377'; echo err >&2; exit 4"))
+    done = await completed(said, "j1")
+    assert done.outcome is JobState.FAILED and done.exit_code == 4
+    answer = json.loads(data.items[done.answer_id])
+    assert answer["exit_code"] == 4 and answer["stderr"] == "err\n"
+    assert answer["stdout"].encode("utf-8", "surrogateescape") == b"out\xff"
+    assert len(said.of(TaskAccepted, "j1")) == 1 and len(said.of(TaskRunning, "j1")) == 1
+
+    await runner.submit_task(submit("j1", "echo again"))
+    await asyncio.sleep(0.2)
+    assert len(said.of(TaskCompleted, "j1")) == 2  # reported again from the ledger...
+    assert len(said.of(TaskAccepted, "j1")) == 1  # ...but never run again
+    assert runner.ledger.ran() == ["j1"]
+
+
+async def test_the_ledger_survives_a_restart(tmp_path, said, data) -> None:
+    first = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    await first.submit_task(submit("j1", "true"))
+    await completed(said, "j1")
+    await first.stop()
+    second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    await second.submit_task(submit("j1", "true"))
+    await asyncio.sleep(0.2)
+    assert len(said.of(TaskAccepted, "j1")) == 1
+    await second.stop()
+
+
+async def test_cancel_kills_the_whole_process_group(runner, said) -> None:
+    await runner.submit_task(submit("j2", "sleep 30 & sleep 30; wait"))
+    while len(job_processes("j2")) < 3:
+        await asyncio.sleep(0.02)
+    await runner.cancel_task(Envelope(CancelTask(job_id="j2")))
+    done = await completed(said, "j2")
+    assert done.outcome is JobState.CANCELLED
+    assert job_processes("j2") == []
+
+
+async def test_a_task_that_ignores_sigterm_is_killed(runner, said) -> None:
+    await runner.submit_task(submit("j3", "trap '' TERM; sleep 30"))
+    while not job_processes("j3"):
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await runner.cancel_task(Envelope(CancelTask(job_id="j3")))
+    assert (await completed(said, "j3")).outcome is JobState.CANCELLED
+    assert time.monotonic() - started < 3 and job_processes("j3") == []
+
+
+async def test_deadline_stops_the_task(runner, said) -> None:
+    await runner.submit_task(submit("j4", "sleep 30", deadline=time.time() + 0.3))
+    done = await completed(said, "j4")
+    assert done.outcome is JobState.CANCELLED and done.error == "ttl ran out"
+    assert job_processes("j4") == []
+
+
+async def test_cancel_before_submit_refuses_the_task(runner, said) -> None:
+    await runner.cancel_task(Envelope(CancelTask(job_id="j5")))
+    assert (await completed(said, "j5")).outcome is JobState.CANCELLED
+    await runner.submit_task(submit("j5", "touch ran"))
+    await asyncio.sleep(0.2)
+    assert said.of(TaskAccepted, "j5") == []
+    assert not (runner.state_dir / "jobs" / "j5" / "work" / "ran").exists()
+
+
+async def test_a_restart_kills_and_reports_what_the_dead_agent_ran(tmp_path, said, data) -> None:
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        env={**os.environ, "SKYBUS_JOB_ID": "j6"},
+        start_new_session=True,
+    )
+    first = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    first.ledger.started("j6")
+    first.ledger.spawned("j6", orphan.pid)
+    first.ledger.close()  # the agent dies here
+
+    second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    await second.recover()
+    done = await completed(said, "j6")
+    assert done.outcome is JobState.LOST and "restarted" in done.error
+    assert orphan.wait(timeout=5) == -9
+    await second.stop()
+
+
+async def test_stage_in_downloads_into_the_working_directory(runner, said) -> None:
+    files = [StagedFile(data_id="in-1", name="input.txt")]
+    await runner.stage_in_files(Envelope(StageInFiles(job_id="j7", files=files)))
+    assert said.of(FilesStagedIn, "j7") == [FilesStagedIn(job_id="j7", ok=True)]
+    await runner.submit_task(submit("j7", "cat input.txt"))
+    assert (await completed(said, "j7")).outcome is JobState.SUCCEEDED
+
+    missing = [StagedFile(data_id="nope", name="x")]
+    await runner.stage_in_files(Envelope(StageInFiles(job_id="j8", files=missing)))
+    [event] = said.of(FilesStagedIn, "j8")
+    assert event.ok is False and "404" in event.error
+
+
+async def test_jobs_do_not_see_the_agents_secrets(runner, said, data, monkeypatch) -> None:
+    monkeypatch.setenv("SKYBUS_TOKEN", "tok-3f9a77")
+    await runner.submit_task(submit("j9", "env"))
+    done = await completed(said, "j9")
+    stdout = json.loads(data.items[done.answer_id])["stdout"]
+    assert "SKYBUS_JOB_ID=j9" in stdout and "tok-3f9a77" not in stdout

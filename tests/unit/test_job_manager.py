@@ -1,0 +1,265 @@
+"""The job manager's handlers and sweep, called directly: real SQLite, a bus that records."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.envelope import Envelope
+from broker.topology import Topology
+from schemas.base import Accepted, Rejected
+from schemas.content import DeleteContent
+from schemas.jobs import (
+    AgentCommandRefused,
+    CancelJob,
+    CancelTask,
+    DeleteJob,
+    FilesStagedIn,
+    JobState,
+    RunJob,
+    StageJobFiles,
+    SubmitTask,
+    TaskAccepted,
+    TaskCompleted,
+    TaskRunning,
+)
+from schemas.resources import Heartbeat, HostFacts
+from services.job_manager.handlers import JobManager
+from services.job_manager.repository import jobs_collection
+from services.resource_manager.domain import new_resource
+from services.resource_manager.repository import resources_collection
+from services.store.sqlite import SqliteDocumentStore
+from tests.unit.test_resource_manager import Clock, RecordingBus
+
+HOST_A = "aaaaaaaa-0000-4000-8000-000000000001"
+HOST_B = "bbbbbbbb-0000-4000-8000-000000000002"
+FACTS = HostFacts(hostname="h", os_family="linux", arch="x86_64", os_info="Debian")
+
+
+@pytest.fixture
+async def manager(tmp_path):
+    store = await SqliteDocumentStore.open(tmp_path / "jm.db")
+    clock = Clock()
+    names = {"bin-1": "tool", "in-1": "data.txt"}
+
+    async def file_names(ids: list[str]) -> dict[str, str]:
+        return {i: names[i] for i in ids if i in names}
+
+    manager = JobManager(
+        bus=RecordingBus(),  # type: ignore[arg-type]
+        topology=Topology("t"),
+        jobs=await jobs_collection(store),
+        resources=await resources_collection(store),
+        file_names=file_names,
+        lost_timeout=30.0,
+        clock=clock,
+    )
+    yield manager
+    await store.close()
+
+
+async def add_host(manager: JobManager, resource_id: str, *, responding: bool = True) -> None:
+    host = new_resource(
+        resource_id=resource_id, hostname=resource_id, user="admin", token_hash=resource_id, verify_key="", now=0
+    )
+    host.update(responding=responding, last_response_time=manager.clock() if responding else None)
+    await manager.resources.insert(host)
+
+
+async def run(manager: JobManager, job_id: str = "job-1", **fields) -> Envelope:
+    envelope = Envelope(RunJob(job_id=job_id, user="steve", command="true", **fields))
+    assert await manager.run_job(envelope) == Accepted(id=job_id)
+    return envelope
+
+
+def from_host(payload, resource_id: str = HOST_A) -> Envelope:
+    return Envelope(payload, resource_id=resource_id, sender=f"agent:{resource_id}")
+
+
+async def state(manager: JobManager, job_id: str = "job-1") -> dict:
+    return await manager.jobs.get(job_id)
+
+
+async def test_a_job_is_placed_and_submitted_through_the_proxy(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    job = await state(manager)
+    assert job["state"] == "staging" and job["resource_id"] == HOST_A
+    submitted = [e for _, e in manager.bus.published if isinstance(e.payload, SubmitTask)]
+    assert len(submitted) == 1 and submitted[0].resource_id == HOST_A
+    assert [x for x, _ in manager.bus.published] == ["t.commands"]
+
+
+async def test_fewest_running_jobs_wins(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await add_host(manager, HOST_B)
+    for n in range(4):
+        await run(manager, f"job-{n}")
+    placed = [(await state(manager, f"job-{n}"))["resource_id"] for n in range(4)]
+    assert sorted(placed) == sorted([HOST_A, HOST_B] * 2)
+
+
+async def test_redelivered_run_keeps_one_job(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    envelope = await run(manager)
+    assert await manager.run_job(envelope) == Accepted(id="job-1")
+    assert await manager.jobs.count() == 1
+    assert (await state(manager))["history"][-1]["state"] == "staging"
+
+
+async def test_no_host_waits_pending_then_is_placed_by_the_sweep(manager: JobManager) -> None:
+    await run(manager)
+    assert (await state(manager))["state"] == "pending"
+    await manager.sweep()
+    assert (await state(manager))["state"] == "pending"
+    await add_host(manager, HOST_A)
+    await manager.sweep()
+    assert (await state(manager))["resource_id"] == HOST_A
+
+
+async def test_pinned_job_waits_for_its_host(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await add_host(manager, HOST_B, responding=False)
+    await run(manager, resource_id=HOST_B)
+    assert (await state(manager))["state"] == "pending"
+    await manager.resources.update(HOST_B, {"responding": True, "last_response_time": manager.clock()})
+    await manager.sweep()
+    assert (await state(manager))["resource_id"] == HOST_B
+
+
+async def test_lifecycle_is_recorded_once_in_order(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    t = manager.clock()
+    for event in (
+        TaskAccepted(job_id="job-1", at=t + 1),
+        TaskAccepted(job_id="job-1", at=t + 1),
+        TaskRunning(job_id="job-1", at=t + 2, pid=42),
+        TaskCompleted(job_id="job-1", at=t + 3, outcome=JobState.SUCCEEDED, exit_code=0, answer_id="ans-1"),
+        TaskCompleted(job_id="job-1", at=t + 9, outcome=JobState.FAILED, exit_code=1, answer_id="ans-2"),
+        TaskRunning(job_id="job-1", at=t + 10, pid=42),
+    ):
+        await manager.event_router()(from_host(event))
+    job = await state(manager)
+    assert [step["state"] for step in job["history"]] == ["pending", "staging", "accepted", "running", "succeeded"]
+    assert job["answer_id"] == "ans-1" and job["exit_code"] == 0
+    assert (job["started_at"], job["finished_at"]) == (t + 2, t + 3)
+
+
+async def test_running_before_accepted_still_records_both(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=5.0, pid=1)))
+    assert [s["state"] for s in (await state(manager))["history"]][-2:] == ["accepted", "running"]
+
+
+async def test_another_host_cannot_report_on_a_job(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    forged = TaskCompleted(job_id="job-1", at=1.0, outcome=JobState.SUCCEEDED, exit_code=0)
+    await manager.task_completed(from_host(forged, HOST_B))
+    assert (await state(manager))["state"] == "staging"
+
+
+async def test_cancel(manager: JobManager) -> None:
+    await run(manager, "waiting")
+    assert await manager.cancel_job(Envelope(CancelJob(job_id="waiting"))) == Accepted(id="waiting")
+    assert (await state(manager, "waiting"))["state"] == "cancelled"
+    again = await manager.cancel_job(Envelope(CancelJob(job_id="waiting")))
+    assert isinstance(again, Rejected) and again.status == 409
+    missing = await manager.cancel_job(Envelope(CancelJob(job_id="nope")))
+    assert isinstance(missing, Rejected) and missing.status == 404
+
+    await add_host(manager, HOST_A)
+    manager.clock.now += 2  # past the one-second cache of responding hosts
+    await run(manager, "busy")
+    await manager.cancel_job(Envelope(CancelJob(job_id="busy")))
+    cancels = [e for _, e in manager.bus.published if isinstance(e.payload, CancelTask)]
+    assert len(cancels) == 1 and cancels[0].resource_id == HOST_A
+    assert (await state(manager, "busy"))["cancel_requested"] is True
+    done = TaskCompleted(job_id="busy", at=9.0, outcome=JobState.CANCELLED, exit_code=-15)
+    await manager.task_completed(from_host(done))
+    assert (await state(manager, "busy"))["state"] == "cancelled"
+
+
+async def test_delete_cancels_and_forgets_the_answer(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager, "done")
+    done = TaskCompleted(job_id="done", at=9.0, outcome=JobState.SUCCEEDED, exit_code=0, answer_id="ans")
+    await manager.task_completed(from_host(done))
+    assert await manager.delete_job(Envelope(DeleteJob(job_id="done"))) == Accepted(id="done")
+    assert (await state(manager, "done"))["deleted"] is True
+    assert [e.payload for _, e in manager.bus.published if isinstance(e.payload, DeleteContent)] == [
+        DeleteContent(item_id="ans")
+    ]
+    gone = await manager.delete_job(Envelope(DeleteJob(job_id="done")))
+    assert isinstance(gone, Rejected) and gone.status == 410
+
+    await run(manager, "busy")
+    await manager.delete_job(Envelope(DeleteJob(job_id="busy")))
+    assert any(isinstance(e.payload, CancelTask) and e.payload.job_id == "busy" for _, e in manager.bus.published)
+    late = TaskCompleted(job_id="busy", at=9.0, outcome=JobState.CANCELLED, answer_id="ans-busy")
+    await manager.task_completed(from_host(late))
+    assert DeleteContent(item_id="ans-busy") in [e.payload for _, e in manager.bus.published]
+
+
+async def test_ttl_runs_out(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager, ttl=10)
+    manager.clock.now += 11
+    await manager.resources.update(HOST_A, {"last_response_time": manager.clock()})
+    await manager.sweep()
+    job = await state(manager)
+    assert job["deleted"] is True and job["deleted_reason"] == "its ttl ran out"
+    assert any(isinstance(e.payload, CancelTask) for _, e in manager.bus.published)
+
+
+async def test_silent_host_makes_its_jobs_lost(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=1.0, pid=1)))
+    manager.clock.now += 29
+    await manager.sweep()
+    assert (await state(manager))["state"] == "running"
+    manager.clock.now += 2
+    await manager.sweep()
+    job = await state(manager)
+    assert job["state"] == "lost" and "has not responded for over 30s" in job["error"]
+
+
+async def test_restarted_agent_makes_what_it_forgot_lost(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager, "old")
+    await run(manager, "kept")
+    for job_id in ("old", "kept"):
+        await manager.task_running(from_host(TaskRunning(job_id=job_id, at=100.0, pid=1)))
+    beat = Heartbeat(facts=FACTS, agent_started_at=200.0, running_jobs=["kept"])
+    await manager.heartbeat(from_host(beat))
+    assert (await state(manager, "old"))["state"] == "lost"
+    assert (await state(manager, "kept"))["state"] == "running"
+
+
+async def test_refused_dispatch_is_placed_again(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    refusal = AgentCommandRefused(resource_id=HOST_A, command_type="agent.submit_task", job_id="job-1", reason="x")
+    await manager.command_refused(Envelope(refusal))
+    assert (await state(manager))["resource_id"] is None
+    await manager.sweep()
+    assert (await state(manager))["resource_id"] == HOST_A
+    assert [s["state"] for s in (await state(manager))["history"]] == ["pending", "staging"]
+
+
+async def test_files_are_staged_before_the_task_is_submitted(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager, binary="bin-1", input_files=["in-1"])
+    staged = [e.payload for _, e in manager.bus.published if isinstance(e.payload, StageJobFiles)]
+    assert len(staged) == 1 and staged[0].resource_id == HOST_A
+    assert [(f.name, f.executable) for f in staged[0].files] == [("tool", True), ("data.txt", False)]
+    assert not any(isinstance(e.payload, SubmitTask) for _, e in manager.bus.published)
+    await manager.files_staged_in(from_host(FilesStagedIn(job_id="job-1", ok=True)))
+    assert any(isinstance(e.payload, SubmitTask) for _, e in manager.bus.published)
+
+    await run(manager, "job-2", binary="bin-1")
+    await manager.files_staged_in(from_host(FilesStagedIn(job_id="job-2", ok=False, error="404")))
+    job = await state(manager, "job-2")
+    assert job["state"] == "failed" and "staging files failed: 404" in job["error"]
