@@ -13,7 +13,9 @@ run twice and beside its twin:
 * a replace or patch finds its own message id in the item's ``applied`` list, which is written in
   the same versioned update as the change itself; a concurrent change makes the update fail on its
   version and the handler reads again;
-* a delete that finds nothing but a tombstone is done; grants and transfers are set operations.
+* a delete that finds nothing but a tombstone is done; grants and transfers are set operations;
+* staging a job's files grants them (a set operation) and asks the agent again: the agent stages
+  a job's files at most once.
 
 Whatever a crash leaves behind (a replaced blob not yet deleted, an upload never committed) is an
 orphan: no metadata refers to it, and :meth:`ContentManager.collect_orphans` deletes it once it is
