@@ -31,6 +31,7 @@ from tests.e2e.fleet import Fleet  # noqa: E402
 from tests.rabbit import fresh_vhost  # noqa: E402
 
 COMMAND = "true"
+POLL = 0.02
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,7 +56,7 @@ async def skybus_throughput(fleet: Fleet, jobs: int, in_flight: int) -> float:
                     if state == "succeeded":
                         return
                     assert state not in ("failed", "cancelled", "lost"), state
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(POLL)
 
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(jobs)))

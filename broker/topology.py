@@ -77,7 +77,23 @@ class Topology:
     def resource_manager_commands(self) -> QueueSpec:
         return QueueSpec(
             self.queue_name("resource-manager", "commands"),
-            (Binding(self.commands, "resource.*"),),
+            # resource.*: the registry; agent.*: commands it forwards to one agent (the proxy of seed 000).
+            (Binding(self.commands, "resource.*"), Binding(self.commands, "agent.*")),
+        )
+
+    def job_manager_commands(self) -> QueueSpec:
+        return QueueSpec(self.queue_name("job-manager", "commands"), (Binding(self.commands, "job.*"),))
+
+    def job_manager_events(self) -> QueueSpec:
+        return QueueSpec(
+            self.queue_name("job-manager", "events"),
+            (
+                Binding(self.events, "task.*"),
+                Binding(self.events, "agent.command_refused"),
+                Binding(self.events, "host.heartbeat"),
+                Binding(self.events, "host.deleted"),
+            ),
+            prefetch=64,
         )
 
     def content_manager_commands(self) -> QueueSpec:

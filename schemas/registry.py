@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from schemas.base import Accepted, MessageTypes, Rejected
 from schemas.content import CONTENT_MESSAGES
+from schemas.jobs import JOB_MESSAGES
 from schemas.resources import RESOURCE_MESSAGES
 
 
 def all_message_types() -> MessageTypes:
-    return MessageTypes(Accepted, Rejected, *RESOURCE_MESSAGES, *CONTENT_MESSAGES)
+    return MessageTypes(Accepted, Rejected, *RESOURCE_MESSAGES, *JOB_MESSAGES, *CONTENT_MESSAGES)

@@ -15,6 +15,7 @@ from broker.port import MessageBus
 from services.agent.agent import Agent
 from services.content_manager.service import ContentManagerService
 from services.gateway.app import GatewayService
+from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
 from services.resource_manager.service import ResourceManagerService
 from services.runner import Service, run_until_signalled
@@ -80,6 +81,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
         return [
             ResourceManagerService(settings, bus, store, topology),
             ContentManagerService(settings, bus, store, topology),
+            JobManagerService(settings, bus, store, topology),
             gateway,
             LocalAgentService(settings, bus, store, topology, gateway_url=gateway.url),
         ]
@@ -124,6 +126,16 @@ def resource_manager(data_dir: Path | None) -> None:
             "resource-manager",
             lambda s, bus, store: [ResourceManagerService(s, bus, store, make_topology(s))],
         )
+    )
+
+
+@main.command("job-manager")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def job_manager(data_dir: Path | None) -> None:
+    """Run the job manager."""
+    settings = load_settings(data_dir=data_dir)
+    asyncio.run(
+        _run(settings, "job-manager", lambda s, bus, store: [JobManagerService(s, bus, store, make_topology(s))])
     )
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.gateway import content_api, data_api, resources_api
+from services.gateway import content_api, data_api, jobs_api, resources_api
 from services.gateway.auth import auth_middleware
 from services.gateway.context import BLOBS, BUS, SETTINGS, STORE, TOKENS, TOPOLOGY
 from services.gateway.errors import error_middleware
@@ -61,6 +61,7 @@ async def create_app(
     app.add_routes(resources_api.routes)
     app.add_routes(content_api.routes)
     app.add_routes(data_api.routes)
+    app.add_routes(jobs_api.routes)
     return app
 
 

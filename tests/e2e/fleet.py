@@ -53,8 +53,16 @@ class Fleet:
                 return False
 
         await eventually(gateway_up, timeout=30)
-        status, created = await self.call("POST", "/api/resources", json={"hostname": "fleet-host", "user": "admin"})
-        assert status == 200, created
+        created: dict[str, Any] = {}
+
+        async def registered() -> bool:  # 503 until the resource manager has declared its queue
+            nonlocal created
+            body = {"hostname": "fleet-host", "user": "admin"}
+            status, created = await self.call("POST", "/api/resources", json=body)
+            assert status in (200, 503), created
+            return status == 200
+
+        await eventually(registered, timeout=30, interval=0.2)
         self.agent_id, self.agent_token = created["id"], created["token"]
         await self.start_agent()
         return self
