@@ -226,6 +226,18 @@ def check_name(name: str | None) -> str | None:
     return name
 
 
+def upload_file_name(raw: str | None) -> str | None:
+    """The last segment of a client's file name, if it is a plain file name (else none at all):
+    an item's name becomes a file name on the hosts its job runs on."""
+    if not raw:
+        return None
+    base = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    try:
+        return check_name(base)
+    except ContentError:
+        return None
+
+
 # Stored items.
 
 

@@ -14,8 +14,8 @@ run twice and beside its twin:
   the same versioned update as the change itself; a concurrent change makes the update fail on its
   version and the handler reads again;
 * a delete that finds nothing but a tombstone is done; grants and transfers are set operations;
-* staging a job's files grants them (a set operation) and asks the agent again: the agent stages
-  a job's files at most once.
+* staging a job's files grants them (a set operation) and asks the agent again, which skips the
+  files it has already staged.
 
 Whatever a crash leaves behind (a replaced blob not yet deleted, an upload never committed) is an
 orphan: no metadata refers to it, and :meth:`ContentManager.collect_orphans` deletes it once it is

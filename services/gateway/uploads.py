@@ -17,11 +17,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from aiohttp import BodyPartReader, web
 
 from schemas.content import BlobRef
+from services.content_manager.domain import upload_file_name
 from services.gateway.context import BLOBS
 from services.gateway.errors import ApiError
 from services.store.port import BlobInfo, BlobStore, BlobTooLarge, StoreError
@@ -124,7 +125,8 @@ async def read_multipart(
                 if upload.blob is not None:
                     raise ApiError(400, f"More than one {part.name!r} part.")
                 upload.blob = await _put(blobs, _part_chunks(part), limit)
-                upload.filename = part.filename
+                # Some clients (aiohttp among them) percent-encode the file name.
+                upload.filename = upload_file_name(unquote(part.filename) if part.filename else None)
             elif part.name in text_parts:
                 upload.fields[part.name] = await _read_text(part)
             else:

@@ -175,3 +175,20 @@ def test_who_may_read_and_change() -> None:
     assert not domain.may_read(item, user="alice", admin=False, resource_id=None)
     assert domain.may_change(item, user="steve", admin=False) and domain.may_change(item, user="x", admin=True)
     assert not domain.may_change(item, user="agent:host-1", admin=False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("add.wl", "add.wl"),
+        ("../../etc/cron.d/evil", "evil"),
+        ("C:\\Users\\me\\input.csv", "input.csv"),
+        ("dir/", None),
+        ("..", None),
+        ("a\nb", None),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_an_uploaded_file_name_keeps_only_a_plain_last_segment(raw, expected) -> None:
+    assert domain.upload_file_name(raw) == expected

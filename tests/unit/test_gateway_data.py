@@ -78,6 +78,18 @@ async def test_multipart_upload_takes_its_name_from_a_field_or_the_file_name(con
         assert body == data
 
 
+async def test_a_client_file_name_cannot_climb_out_of_a_job_directory(content_stack: ContentStack) -> None:
+    form = aiohttp.FormData()
+    form.add_field("file", b"x", filename="../../.ssh/authorized_keys")
+    response = await content_stack.client.post("/api/data", data=form, headers=content_stack.steve)
+    item_id = (await response.json())["id"]
+    info = await (await content_stack.client.get(f"/api/data/{item_id}/info", headers=content_stack.steve)).json()
+    assert info["name"] == "authorized_keys"
+    resource = await content_stack.post(info_for("r.sh"), b"x", filename="../up.sh")
+    document = await content_stack.manager.contents.get(resource.headers["X-Skybus-Id"])
+    assert document is not None and document["name"] == "up.sh"
+
+
 async def test_delete_then_it_is_gone(content_stack: ContentStack) -> None:
     item_id = await upload(content_stack)
     response = await content_stack.client.delete(f"/api/data/{item_id}", headers=content_stack.steve)
