@@ -13,6 +13,7 @@ from services.gateway import content_api, data_api, jobs_api, resources_api
 from services.gateway.auth import auth_middleware
 from services.gateway.context import BLOBS, BUS, SETTINGS, STORE, TOKENS, TOPOLOGY
 from services.gateway.errors import error_middleware
+from services.gateway.job_watch import job_watcher_context
 from services.gateway.openapi import build_openapi, documented
 from services.settings import Settings
 from services.store.factory import open_blob_store
@@ -62,6 +63,7 @@ async def create_app(
     app.add_routes(content_api.routes)
     app.add_routes(data_api.routes)
     app.add_routes(jobs_api.routes)
+    app.cleanup_ctx.append(job_watcher_context)
     return app
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from schemas.jobs import (
+    FINAL_STATES,
     CancelJob,
     DeleteJob,
     JobCreated,
@@ -23,6 +24,7 @@ from services.content_manager.repository import CONTENTS
 from services.gateway.bodies import parse_body, read_fields, validate
 from services.gateway.context import STORE, caller, require_owner, send_command
 from services.gateway.errors import ApiError
+from services.gateway.job_watch import WATCHER
 from services.gateway.openapi import documented
 from services.gateway.resources_api import iso, parse_uuid
 from services.job_manager.repository import JOBS
@@ -136,10 +138,24 @@ async def run_job(request: web.Request) -> web.Response:
     return web.json_response(JobCreated(job_id=job_id).model_dump(), status=201)
 
 
+MAX_WAIT = 60.0
+
+
 @routes.get("/api/job/job_info/{job_id}")
-@documented(response=JobInfo, summary="State and answer of a job")
+@documented(response=JobInfo, summary="State and answer of a job; ?wait=N answers once it ends (N ≤ 60 s)")
 async def get_job_info(request: web.Request) -> web.Response:
-    job = await load_job(request, parse_uuid(request.match_info["job_id"], "job id"))
+    job_id = parse_uuid(request.match_info["job_id"], "job id")
+    wait = request.query.get("wait")
+    job = await load_job(request, job_id)
+    if wait is not None and job["state"] not in FINAL_STATES:
+        try:
+            seconds = float(wait)
+        except ValueError:
+            raise ApiError(400, "wait must be a number of seconds") from None
+        if not 0 <= seconds <= MAX_WAIT:
+            raise ApiError(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
+        await request.app[WATCHER].wait(job_id, seconds)
+        job = await load_job(request, job_id)
     return web.json_response(job_info(job).model_dump(mode="json"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -196,3 +197,24 @@ async def test_idempotency_key_returns_the_same_job(api: Api) -> None:
     assert status == 409 and "Idempotency-Key" in error["error"]
     other_user = await api.call("POST", "/api/job/run", "admin", json={"command": "true"}, headers=headers)
     assert other_user[1] != first[1]
+
+
+async def test_job_info_can_wait_for_the_end(api: Api) -> None:
+    job_id = await api.run()
+
+    async def cancel_soon() -> None:
+        await asyncio.sleep(0.3)
+        await api.call("POST", "/api/job/cancel", json={"job_id": job_id})
+
+    started = time.monotonic()
+    canceller = asyncio.create_task(cancel_soon())
+    status, info = await api.call("GET", f"/api/job/job_info/{job_id}?wait=10")
+    await canceller
+    assert status == 200 and info["state"] == "cancelled"
+    assert 0.3 <= time.monotonic() - started < 2
+    other = await api.run()
+    started = time.monotonic()
+    status, info = await api.call("GET", f"/api/job/job_info/{other}?wait=0.2")
+    assert status == 200 and info["state"] == "pending" and time.monotonic() - started >= 0.2
+    assert (await api.call("GET", f"/api/job/job_info/{other}?wait=61"))[0] == 400
+    assert (await api.call("GET", f"/api/job/job_info/{other}?wait=soon"))[0] == 400

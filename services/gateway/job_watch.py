@@ -1,0 +1,75 @@
+"""Long polling for ``GET /api/job/job_info/{id}?wait=N``: answer when the job ends, not before.
+
+One loop per gateway reads every awaited job in one query a few times a second, however many
+clients wait, instead of each client polling over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from schemas.jobs import FINAL_STATES
+from services.gateway.context import STORE
+from services.job_manager.repository import JOBS
+from services.store.port import Collection, StoreError
+
+PERIOD = 0.005  # seconds between reads while somebody waits
+
+
+class JobWatcher:
+    def __init__(self, jobs: Collection) -> None:
+        self._jobs = jobs
+        self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._wake = asyncio.Event()
+
+    async def wait(self, job_id: str, timeout: float) -> None:
+        """Return when the job is final or gone, or after ``timeout`` seconds, whichever is first."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[job_id].append(future)
+        self._wake.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout)
+        finally:
+            waiting = self._waiters.get(job_id)
+            if waiting is not None:
+                with contextlib.suppress(ValueError):
+                    waiting.remove(future)
+                if not waiting:
+                    del self._waiters[job_id]
+
+    async def run(self) -> None:
+        while True:
+            if not self._waiters:
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(PERIOD)
+            ids = list(self._waiters)
+            if not ids:
+                continue
+            try:
+                found = await self._jobs.find({"id": {"$in": ids}}, limit=len(ids))
+            except StoreError:
+                continue
+            for job in found.items:
+                if job["state"] in FINAL_STATES or job["deleted"]:
+                    for future in self._waiters.get(job["id"], []):
+                        if not future.done():
+                            future.set_result(None)
+
+
+WATCHER = web.AppKey("job_watcher", JobWatcher)
+
+
+async def job_watcher_context(app: web.Application) -> AsyncIterator[None]:
+    watcher = app[WATCHER] = JobWatcher(app[STORE].collection(JOBS))
+    task = asyncio.create_task(watcher.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
