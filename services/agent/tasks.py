@@ -175,7 +175,9 @@ class TaskRunner:
         workdir = job_dir / "work"
         workdir.mkdir(parents=True, exist_ok=True)
         stdout, stderr = job_dir / "stdout", job_dir / "stderr"
-        await self._say_eventually(TaskAccepted(job_id=job_id, at=time.time()), envelope)
+        # Accepted is said while the task already starts: the job manager records accepted and
+        # running in order whichever arrives first, so the task does not wait for a broker confirm.
+        accepted = asyncio.ensure_future(self._say_eventually(TaskAccepted(job_id=job_id, at=time.time()), envelope))
         error: str | None = None
         exit_code: int | None = None
         with stdout.open("wb") as out, stderr.open("wb") as err:
@@ -191,9 +193,10 @@ class TaskRunner:
         if process is not None:
             self._processes[job_id] = process
             self.ledger.spawned(job_id, process.pid)
-            await self._say_eventually(TaskRunning(job_id=job_id, at=time.time(), pid=process.pid), envelope)
-            exit_code, error = await self._wait(process, command.deadline)
+            running = self._say_eventually(TaskRunning(job_id=job_id, at=time.time(), pid=process.pid), envelope)
+            (exit_code, error), _ = await asyncio.gather(self._wait(process, command.deadline), running)
             self._processes.pop(job_id, None)
+        await accepted
         record = self.ledger.get(job_id)
         if record is not None and record.cancel_requested:
             outcome, error = JobState.CANCELLED, error or "cancelled"

@@ -24,6 +24,7 @@ from services.gateway.errors import ApiError
 from services.gateway.openapi import documented
 from services.gateway.resources_api import iso, parse_uuid
 from services.gateway.uploads import read_multipart, read_raw, releasing
+from services.job_manager.repository import JOBS
 
 routes = web.RouteTableDef()
 
@@ -66,6 +67,14 @@ def data_info(document: dict[str, Any]) -> DataInfo:
     )
 
 
+async def owner_of_job_on_host(request: web.Request, job_id: str, resource_id: str) -> str:
+    """What an agent uploads for a job it runs (its answer, a staged-out file) belongs to the job's user."""
+    job = await request.app[STORE].collection(JOBS).get(job_id)
+    if job is None or job["resource_id"] != resource_id:
+        raise ApiError(403, f"this host does not run job {job_id}")
+    return job["user"]
+
+
 @routes.post("/api/data")
 @routes.post("/api/data/")
 @documented(response=DataId, status=201, summary="Upload a data file (raw body, or multipart with a file part)")
@@ -83,12 +92,15 @@ async def upload_data(request: web.Request) -> web.Response:
         except ContentError as error:
             raise ApiError(error.status, error.message) from None
         principal = caller(request)
+        owner = principal.user
+        if principal.resource_id and (job_id := request.query.get("job_id")):
+            owner = await owner_of_job_on_host(request, job_id, principal.resource_id)
         item_id = str(uuid.uuid4())
         await send_command(
             request,
             StoreData(
                 item_id=item_id,
-                owner=principal.user,
+                owner=owner,
                 name=name,
                 blob=upload.ref(),
                 granted_to=(principal.resource_id,) if principal.resource_id else (),

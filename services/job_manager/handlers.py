@@ -8,6 +8,7 @@ refuses to run a job twice, so sending a SubmitTask again is always safe.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -15,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakValueDictionary
 
 from broker.envelope import Envelope
-from broker.port import MessageBus
+from broker.port import Handler, MessageBus
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
@@ -46,6 +48,7 @@ from services.store.port import Collection, DuplicateKey, NotFound, VersionConfl
 log = logging.getLogger(__name__)
 
 SENDER = "job-manager"
+CONFLICT_RETRIES = 5
 RESEND_AFTER = 30.0  # seconds a dispatched job may wait for its host to accept before it is sent again
 
 
@@ -65,24 +68,50 @@ class JobManager:
     load: Counter[str] = field(default_factory=Counter)
     _hosts: list[dict[str, Any]] = field(default_factory=list)
     _hosts_read_at: float = float("-inf")
+    _locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary)
 
     def command_router(self) -> Router:
         router = Router()
-        router.add(RunJob, self.run_job)
-        router.add(CancelJob, self.cancel_job)
-        router.add(DeleteJob, self.delete_job)
+        router.add(RunJob, self._serialized(self.run_job))
+        router.add(CancelJob, self._serialized(self.cancel_job))
+        router.add(DeleteJob, self._serialized(self.delete_job))
         return router
 
     def event_router(self) -> Router:
         router = Router()
-        router.add(FilesStagedIn, self.files_staged_in)
-        router.add(TaskAccepted, self.task_accepted)
-        router.add(TaskRunning, self.task_running)
-        router.add(TaskCompleted, self.task_completed)
-        router.add(AgentCommandRefused, self.command_refused)
-        router.add(Heartbeat, self.heartbeat)
-        router.add(HostDeleted, self.host_deleted)
+        router.add(FilesStagedIn, self._serialized(self.files_staged_in))
+        router.add(TaskAccepted, self._serialized(self.task_accepted))
+        router.add(TaskRunning, self._serialized(self.task_running))
+        router.add(TaskCompleted, self._serialized(self.task_completed))
+        router.add(AgentCommandRefused, self._serialized(self.command_refused))
+        router.add(Heartbeat, self._serialized(self.heartbeat))
+        router.add(HostDeleted, self._serialized(self.host_deleted))
         return router
+
+    def _serialized(self, handler: Handler) -> Handler:
+        """One message of a job at a time in this process, and a lost race with a twin process (a
+        VersionConflict) retried at once with a fresh read, instead of a requeue to the queue's end."""
+
+        async def handle(envelope: Envelope) -> WireModel | None:
+            job_id = getattr(envelope.payload, "job_id", None)
+            lock = None
+            if job_id is not None:
+                lock = self._locks.get(job_id)
+                if lock is None:
+                    lock = self._locks[job_id] = asyncio.Lock()  # held weakly: gone when unused
+            for attempt in range(CONFLICT_RETRIES):
+                try:
+                    if lock is None:
+                        return await handler(envelope)
+                    async with lock:
+                        return await handler(envelope)
+                except VersionConflict:
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.001 * (attempt + 1))
+            return None
+
+        return handle
 
     # Commands.
 

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from broker import codec
 from broker.envelope import Envelope
@@ -36,6 +37,7 @@ from services.store.port import Collection, DuplicateKey, VersionConflict
 log = logging.getLogger(__name__)
 
 SENDER = "resource-manager"
+CACHE_SECONDS = 1.0
 
 
 @dataclass
@@ -46,6 +48,7 @@ class ResourceManager:
     responding_timeout: float
     clock: Callable[[], float] = time.time
     rejected_events: Counter[str] = field(default_factory=Counter)
+    _recent: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
 
     def router(self) -> Router:
         router = Router()
@@ -81,6 +84,7 @@ class ResourceManager:
     async def delete_resource(self, envelope: Envelope) -> WireModel:
         command = envelope.payload
         assert isinstance(command, DeleteResource)
+        self._recent.pop(command.resource_id, None)
         if not await self.resources.delete(command.resource_id):
             return Rejected(status=404, error=f"resource {command.resource_id} not found")
         await self.bus.publish(
@@ -93,7 +97,7 @@ class ResourceManager:
 
     async def forward_to_agent(self, envelope: Envelope) -> None:
         """Forward a command, payload untouched, to its host's agent; refuse at once if it cannot take it."""
-        resource = await self.resources.get(envelope.resource_id) if envelope.resource_id else None
+        resource = await self._resource(envelope.resource_id) if envelope.resource_id else None
         reason = None
         if resource is None:
             reason = "unknown resource"
@@ -116,6 +120,21 @@ class ResourceManager:
             routing_key=self.topology.agent_routing_key(resource["id"], envelope.type),
         )
 
+    async def _resource(self, resource_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """A host's record, read at most once a second per host on the hot path (every task event
+        and forwarded command needs it); a verify key never changes, and a host that just stopped
+        responding is refused a second late at worst."""
+        now = time.monotonic()
+        cached = self._recent.get(resource_id)
+        if cached is not None and not fresh and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        resource = await self.resources.get(resource_id)
+        if resource is None:
+            self._recent.pop(resource_id, None)
+        else:
+            self._recent[resource_id] = (now, resource)
+        return resource
+
     # Agent events: check the signature, then act and republish as trusted.
 
     async def agent_event(self, envelope: Envelope) -> None:
@@ -129,7 +148,7 @@ class ResourceManager:
         if not envelope.resource_id or not envelope.signature:
             self.rejected_events["unsigned"] += 1
             raise Drop(f"unsigned agent event {envelope.type} {envelope.message_id}")
-        resource = await self.resources.get(envelope.resource_id)
+        resource = await self._resource(envelope.resource_id)
         if resource is None:
             self.rejected_events["unknown resource"] += 1
             raise Drop(f"agent event from unknown resource {envelope.resource_id}")
@@ -142,6 +161,7 @@ class ResourceManager:
     async def heartbeat(self, envelope: Envelope, resource: dict) -> None:
         beat = envelope.payload
         assert isinstance(beat, Heartbeat)
+        resource = await self._resource(resource["id"], fresh=True) or resource
         sent_at = envelope.time.timestamp()
         if not domain.is_fresh_heartbeat(resource, sent_at):
             raise Drop(f"stale heartbeat from {resource['id']}")

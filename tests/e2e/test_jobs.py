@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.harness import Skybus, eventually, processes_of
+from tests.e2e.harness import Skybus, SkybusProcess, eventually, processes_of, skybus_env
 
 FINAL = {"succeeded", "failed", "cancelled", "lost"}
 
@@ -142,3 +142,20 @@ async def test_list_delete_and_errors(skybus: Skybus) -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_users_answer_is_theirs_to_read(skybus: Skybus, tmp_path) -> None:
+    tokens = {}
+    for user in ("steve", "eve"):
+        args = ["token", "create", "--user", user, "--data-dir", str(tmp_path / "data")]
+        maker = await SkybusProcess(args, skybus_env()).start()
+        assert await maker.wait() == 0
+        tokens[user] = (await maker.wait_for_line(r"^SKYBUS_TOKEN=(\S+)$")).group(1)
+    status, created = await skybus.call("POST", "/api/job/run", token=tokens["steve"], json={"command": "echo mine"})
+    assert status == 201
+    status, job = await skybus.call("GET", f"/api/job/job_info/{created['job_id']}?wait=20", token=tokens["steve"])
+    assert status == 200 and job["state"] == "succeeded"
+    status, body = await skybus.call("GET", f"/api/data/{job['answer_id']}", token=tokens["steve"])
+    assert status == 200 and json.loads(body)["stdout"] == "mine\n"
+    assert (await skybus.call("GET", f"/api/data/{job['answer_id']}", token=tokens["eve"]))[0] == 403
+    assert (await skybus.call("GET", f"/api/job/job_info/{created['job_id']}", token=tokens["eve"]))[0] == 403

@@ -172,9 +172,26 @@ async def test_an_agent_reads_only_what_was_granted_to_its_host(content_stack: C
     assert (await content_stack.client.delete(f"/api/data/{item_id}", headers=agent)).status == 403
 
 
+async def test_an_agent_uploads_for_a_job_it_runs_on_behalf_of_the_jobs_user(content_stack: ContentStack) -> None:
+    resource_id, agent = await register_host(content_stack)
+    jobs = content_stack.store.collection("jobs")
+    await jobs.insert({"id": "mine", "user": "steve", "resource_id": resource_id})
+    await jobs.insert({"id": "theirs", "user": "alice", "resource_id": "another-host"})
+    answer = await upload(content_stack, b'{"stdout": "hi"}', headers=agent, name="answer.json", job_id="mine")
+    info = await (await content_stack.client.get(f"/api/data/{answer}/info", headers=agent)).json()
+    assert info["owner"] == "steve" and info["granted_to"] == [resource_id]
+    assert (await content_stack.client.get(f"/api/data/{answer}", headers=content_stack.steve)).status == 200
+    assert (await content_stack.client.get(f"/api/data/{answer}", headers=content_stack.alice)).status == 403
+    for job_id in ("theirs", "unknown"):
+        response = await content_stack.client.post(
+            "/api/data", params={"name": "x", "job_id": job_id}, data=b"x", headers=agent
+        )
+        assert response.status == 403 and "does not run job" in (await response.json())["error"]
+
+
 async def test_an_agent_uploads_what_it_then_owns(content_stack: ContentStack) -> None:
     resource_id, agent = await register_host(content_stack)
-    answer = await upload(content_stack, b'{"stdout": "hi"}', headers=agent, name="answer.json", job_id="j1")
+    answer = await upload(content_stack, b'{"stdout": "hi"}', headers=agent, name="answer.json")
     info = await (await content_stack.client.get(f"/api/data/{answer}/info", headers=agent)).json()
     assert info["owner"] == f"agent:{resource_id}" and info["granted_to"] == [resource_id]
     assert (await content_stack.client.get(f"/api/data/{answer}", headers=agent)).status == 200

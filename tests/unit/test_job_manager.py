@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from broker.envelope import Envelope
@@ -263,3 +265,18 @@ async def test_files_are_staged_before_the_task_is_submitted(manager: JobManager
     await manager.files_staged_in(from_host(FilesStagedIn(job_id="job-2", ok=False, error="404")))
     job = await state(manager, "job-2")
     assert job["state"] == "failed" and "staging files failed: 404" in job["error"]
+
+
+async def test_concurrent_events_of_one_job_are_taken_one_at_a_time(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    router = manager.event_router()
+    await asyncio.gather(
+        router(from_host(TaskCompleted(job_id="job-1", at=3.0, outcome=JobState.SUCCEEDED, exit_code=0))),
+        router(from_host(TaskRunning(job_id="job-1", at=2.0, pid=1))),
+        router(from_host(TaskAccepted(job_id="job-1", at=1.0))),
+    )
+    job = await state(manager)
+    assert job["state"] == "succeeded" and job["history"][-1]["state"] == "succeeded"
+    assert [s["state"] for s in job["history"]].count("succeeded") == 1
+    assert len(manager._locks) == 0
