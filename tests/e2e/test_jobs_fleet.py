@@ -62,6 +62,7 @@ async def test_jobs_flow_through_separate_processes(fleet: Fleet) -> None:
         "staged": {"command": "./shout in.txt", "binary": binary, "input_files": [words]},
         "exit3": {"command": "exit 3"},
         "cancelled": {"command": "sleep 60"},
+        "expires": {"command": "sleep 60", "ttl": 2},
     }.items():
         status, created = await fleet.call("POST", "/api/job/run", json=request)
         assert status == 201, created
@@ -72,6 +73,12 @@ async def test_jobs_flow_through_separate_processes(fleet: Fleet) -> None:
 
     await eventually(running, timeout=30)
     assert (await fleet.call("POST", "/api/job/cancel", json={"job_id": jobs["cancelled"]}))[0] == 200
+
+    async def expired() -> bool:
+        return (await fleet.call("GET", f"/api/job/job_info/{jobs['expires']}"))[0] == 410
+
+    await eventually(expired, timeout=15)
+    del jobs["expires"]
     infos = await wait_final(fleet, list(jobs.values()))
     assert {name: infos[job_id]["state"] for name, job_id in jobs.items()} == {
         "pipeline": "succeeded",
@@ -162,6 +169,28 @@ async def test_jobs_of_a_killed_agent_become_lost(fleet: Fleet) -> None:
 
     await eventually(orphans_gone, timeout=15)
     assert [(await job_info(fleet, job_id))["state"] for job_id in job_ids] == ["lost"] * 3
+
+
+async def test_a_broker_connection_drop_neither_restarts_nor_loses_running_jobs(fleet: Fleet, amqp_vhost) -> None:
+    job_ids = []
+    for n in range(3):
+        status, created = await fleet.call("POST", "/api/job/run", json={"command": f"sleep 3; echo {n}"})
+        assert status == 201, created
+        job_ids.append(created["job_id"])
+
+    async def all_running() -> bool:
+        states = [(await job_info(fleet, job_id))["state"] for job_id in job_ids]
+        return states == ["running"] * len(job_ids)
+
+    await eventually(all_running, timeout=30)
+    assert amqp_vhost.close_all_connections("fault test") > 0  # every service and the agent lose the broker
+    infos = await wait_final(fleet, job_ids, timeout=60)
+    assert [info["state"] for info in infos.values()] == ["succeeded"] * 3, fleet.logs()
+    entries = [json.loads(line) for line in fleet.agent_ledger.read_text().splitlines()]
+    assert Counter(e["job_id"] for e in entries if e["event"] == "started") == Counter(job_ids)
+    for n, job_id in enumerate(job_ids):
+        status, raw = await fleet.call("GET", f"/api/data/{infos[job_id]['answer_id']}")
+        assert status == 200 and json.loads(raw)["stdout"] == f"{n}\n"
 
 
 async def _now(value: bool) -> bool:
