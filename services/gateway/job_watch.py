@@ -18,7 +18,7 @@ from services.gateway.context import STORE
 from services.job_manager.repository import JOBS
 from services.store.port import Collection, StoreError
 
-PERIOD = 0.005  # seconds between reads while somebody waits
+PERIOD = 0.02  # seconds between reads while somebody waits: one query a tick, however many wait
 
 
 class JobWatcher:
