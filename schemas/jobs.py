@@ -210,6 +210,8 @@ class TaskRunning(WireModel):
     job_id: str
     at: float
     pid: int
+    accepted_at: float | None = None
+    """Set when the task started as soon as it was accepted: one message for both steps."""
 
 
 class TaskCompleted(WireModel):
@@ -222,6 +224,9 @@ class TaskCompleted(WireModel):
     exit_code: int | None = None
     answer_id: str | None = None
     error: str | None = None
+    accepted_at: float | None = None
+    started_at: float | None = None
+    """Set for a task that ended before its acceptance or start was reported: one message for all."""
 
 
 class FileStagedOut(WireModel):

@@ -180,6 +180,7 @@ def agent(resource_id: str | None, token: str | None) -> None:
                 state_dir=settings.data_dir / f"agent-{settings.resource_id}",
                 gateway_url=lambda: settings.gateway_url,
                 kill_grace=settings.kill_grace,
+                max_parallel_tasks=settings.max_parallel_tasks,
             )
             await run_until_signalled([the_agent])
         finally:

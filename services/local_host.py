@@ -65,6 +65,7 @@ class LocalAgentService:
             state_dir=self._settings.data_dir / f"agent-{resource_id}",
             gateway_url=self._gateway_url,
             kill_grace=self._settings.kill_grace,
+            max_parallel_tasks=self._settings.max_parallel_tasks,
         )
         await self._agent.start()
 

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     kill_grace: float = Field(default=5.0, description="seconds between SIGTERM and SIGKILL of a job")
     lost_timeout: float = Field(default=30.0, description="a job whose host is silent this long is lost")
     job_sweep_interval: float = 1.0
+    max_parallel_tasks: int = Field(default=64, description="tasks an agent runs at once; more wait, accepted")
 
     # The agent's own identity (``skybus agent``).
     resource_id: str | None = None

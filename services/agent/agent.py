@@ -43,6 +43,7 @@ class Agent:
         state_dir: Path,
         gateway_url: Callable[[], str],
         kill_grace: float = 5.0,
+        max_parallel_tasks: int = 64,
         workdir_retention: float = 3600.0,
     ) -> None:
         self._bus = bus
@@ -54,7 +55,7 @@ class Agent:
         self._subscription: Subscription | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._data = DataClient(gateway_url, token)
-        self.tasks = TaskRunner(state_dir, self.say, self._data, kill_grace=kill_grace)
+        self.tasks = TaskRunner(state_dir, self.say, self._data, kill_grace=kill_grace, max_parallel=max_parallel_tasks)
         self.router = Router()
         self.router.add(SubmitTask, self.tasks.submit_task)
         self.router.add(CancelTask, self.tasks.cancel_task)
@@ -103,4 +104,3 @@ class Agent:
                 facts = await asyncio.to_thread(read_host_facts)
                 self.tasks.purge_workdirs(time.time() - self._workdir_retention)
             await asyncio.sleep(self._heartbeat_interval)
-

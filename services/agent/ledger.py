@@ -28,6 +28,8 @@ class TaskRecord:
     finished_at: float | None = None
     reported: bool = False
     cancel_requested: bool = field(default=False)
+    accepted_at: float | None = None  # when not reported on their own: said with the outcome
+    started_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -55,7 +57,7 @@ class Ledger:
         if entry["event"] == "spawned":
             record.pid = entry["pid"]
         elif entry["event"] == "finished":
-            for key in ("outcome", "exit_code", "answer_id", "error"):
+            for key in ("outcome", "exit_code", "answer_id", "error", "accepted_at", "started_at"):
                 setattr(record, key, entry.get(key))
             record.finished_at = entry["at"]
         elif entry["event"] == "reported":
@@ -81,10 +83,20 @@ class Ledger:
         self._write({"event": "cancel", "job_id": job_id, "at": time.time()})
 
     def finished(
-        self, job_id: str, *, outcome: str, exit_code: int | None, answer_id: str | None, error: str | None
+        self,
+        job_id: str,
+        *,
+        outcome: str,
+        exit_code: int | None,
+        answer_id: str | None,
+        error: str | None,
+        accepted_at: float | None = None,
+        started_at: float | None = None,
     ) -> TaskRecord:
         entry = {"event": "finished", "job_id": job_id, "at": time.time(), "outcome": outcome}
         entry.update(exit_code=exit_code, answer_id=answer_id, error=error)
+        if accepted_at is not None or started_at is not None:
+            entry.update(accepted_at=accepted_at, started_at=started_at)
         self._write(entry)
         return self.records[job_id]
 

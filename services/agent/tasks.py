@@ -50,12 +50,23 @@ JOB_ENV = "SKYBUS_JOB_ID"
 
 
 class TaskRunner:
-    def __init__(self, state_dir: Path, say: Say, data: DataClient, *, kill_grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        say: Say,
+        data: DataClient,
+        *,
+        kill_grace: float = 5.0,
+        max_parallel: int = 64,
+        report_window: float = 0.05,
+    ) -> None:
         self.state_dir = state_dir
         self.ledger = Ledger(state_dir / "ledger.jsonl")
         self._say = say
         self._data = data
         self._kill_grace = kill_grace
+        self._slots = asyncio.Semaphore(max_parallel)
+        self._report_window = report_window
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
@@ -170,33 +181,55 @@ class TaskRunner:
     # The life of one task.
 
     async def _run(self, command: SubmitTask, envelope: Envelope) -> None:
+        """Accept, run, stage the answer out, report.
+
+        Messages are spent only on what someone could see: a task that starts at once is not
+        reported accepted separately (its running report carries the time it was accepted), and a
+        task that ends within ``report_window`` is reported once, completed, with both earlier times.
+        """
         job_id = command.job_id
         job_dir = self.state_dir / "jobs" / job_id
         workdir = job_dir / "work"
         workdir.mkdir(parents=True, exist_ok=True)
         stdout, stderr = job_dir / "stdout", job_dir / "stderr"
-        # Accepted is said while the task already starts: the job manager records accepted and
-        # running in order whichever arrives first, so the task does not wait for a broker confirm.
-        accepted = asyncio.ensure_future(self._say_eventually(TaskAccepted(job_id=job_id, at=time.time()), envelope))
+        accepted_at: float | None = time.time()
+        if self._slots.locked():  # it has to wait for a free slot: say it is accepted meanwhile
+            await self._say_eventually(TaskAccepted(job_id=job_id, at=accepted_at), envelope)
+            accepted_at = None
+        started_at: float | None = None
         error: str | None = None
         exit_code: int | None = None
-        with stdout.open("wb") as out, stderr.open("wb") as err:
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    "/bin/sh", "-c", command.command,
-                    cwd=workdir, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-                    env=_job_environment(job_id, workdir), start_new_session=True,
-                )  # fmt: skip
-            except OSError as failure:
-                process = None
-                error = f"could not start /bin/sh: {failure}"
-        if process is not None:
-            self._processes[job_id] = process
-            self.ledger.spawned(job_id, process.pid)
-            running = self._say_eventually(TaskRunning(job_id=job_id, at=time.time(), pid=process.pid), envelope)
-            (exit_code, error), _ = await asyncio.gather(self._wait(process, command.deadline), running)
-            self._processes.pop(job_id, None)
-        await accepted
+        async with self._slots:
+            with stdout.open("wb") as out, stderr.open("wb") as err:
+                try:
+                    process = await asyncio.create_subprocess_exec(
+                        "/bin/sh", "-c", command.command,
+                        cwd=workdir, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+                        env=_job_environment(job_id, workdir), start_new_session=True,
+                    )  # fmt: skip
+                except OSError as failure:
+                    process = None
+                    error = f"could not start /bin/sh: {failure}"
+            if process is not None:
+                started_at = time.time()
+                self._processes[job_id] = process
+                self.ledger.spawned(job_id, process.pid)
+                running = TaskRunning(job_id=job_id, at=started_at, pid=process.pid, accepted_at=accepted_at)
+                reporting = asyncio.Event()
+
+                async def report_running() -> None:
+                    await asyncio.sleep(self._report_window)
+                    reporting.set()
+                    await self._say_eventually(running, envelope)
+
+                reporter = asyncio.ensure_future(report_running())
+                exit_code, error = await self._wait(process, command.deadline)
+                self._processes.pop(job_id, None)
+                if reporting.is_set():
+                    await reporter
+                    accepted_at = started_at = None  # both said already
+                else:
+                    reporter.cancel()
         record = self.ledger.get(job_id)
         if record is not None and record.cancel_requested:
             outcome, error = JobState.CANCELLED, error or "cancelled"
@@ -212,7 +245,15 @@ class TaskRunner:
         except DataClientError as failure:
             log.error("answer of job %s not staged out: %s", job_id, failure)
             error = error or f"answer not stored: {failure}"
-        finished = self.ledger.finished(job_id, outcome=outcome, exit_code=exit_code, answer_id=answer_id, error=error)
+        finished = self.ledger.finished(
+            job_id,
+            outcome=outcome,
+            exit_code=exit_code,
+            answer_id=answer_id,
+            error=error,
+            accepted_at=accepted_at,
+            started_at=started_at,
+        )
         await self._report(finished, caused_by=envelope)
         stdout.unlink(missing_ok=True)
         stderr.unlink(missing_ok=True)
@@ -275,6 +316,8 @@ class TaskRunner:
             exit_code=record.exit_code,
             answer_id=record.answer_id,
             error=record.error,
+            accepted_at=record.accepted_at,
+            started_at=record.started_at,
         )
         await self._say_eventually(event, caused_by)
         self.ledger.reported(record.job_id)

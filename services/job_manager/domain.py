@@ -84,6 +84,23 @@ def advance(job: Mapping[str, Any], target: JobState, at: float, **fields: Any) 
     return changes
 
 
+def advance_through(
+    job: Mapping[str, Any], steps: Iterable[tuple[JobState, float | None]], **fields: Any
+) -> dict[str, Any] | None:
+    """The changes that take ``job`` through each forward step in turn (steps without a time, or
+    not forward of where the job already is, are skipped), or None if none moves it."""
+    history = list(job["history"])
+    state = state_of(job)
+    for target, at in steps:
+        if at is None or RANK[target] <= RANK[state]:
+            continue
+        history.append({"state": target.value, "at": at})
+        state = target
+    if state is state_of(job):
+        return None
+    return {"state": state.value, "history": history, **fields}
+
+
 def is_expired(job: Mapping[str, Any], now: float) -> bool:
     return job.get("expires_at") is not None and job["expires_at"] <= now
 

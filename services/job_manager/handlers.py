@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,10 +188,16 @@ class JobManager:
         event = envelope.payload
         assert isinstance(event, TaskRunning)
         job = await self._job_on_sender(event.job_id, envelope)
-        if job is not None:
-            if domain.state_of(job) is JobState.STAGING:  # the accepted event is late or lost
-                job = await self._step(job, JobState.ACCEPTED, at=event.at, accepted_at=event.at) or job
-            await self._step(job, JobState.RUNNING, at=event.at, started_at=event.at)
+        if job is None:
+            return
+        # Accepted and started at once (one message), or a separate accepted that is late or lost.
+        accepted_at = event.accepted_at or event.at
+        steps = [(JobState.ACCEPTED, accepted_at), (JobState.RUNNING, event.at)]
+        changes = domain.advance_through(job, steps, started_at=event.at)
+        if changes is not None:
+            if job["accepted_at"] is None:
+                changes["accepted_at"] = accepted_at
+            await self._update(job, changes)
 
     async def task_completed(self, envelope: Envelope) -> None:
         event = envelope.payload
@@ -200,8 +206,21 @@ class JobManager:
         if job is None:
             return
         outcome = event.outcome if event.outcome in FINAL_STATES else JobState.LOST
+        fields = {}
+        if event.accepted_at is not None and job["accepted_at"] is None:
+            fields["accepted_at"] = event.accepted_at
+        if event.started_at is not None and job["started_at"] is None:
+            fields["started_at"] = event.started_at
+        earlier = [(JobState.ACCEPTED, event.accepted_at), (JobState.RUNNING, event.started_at)]
         await self._finish(
-            job, outcome, at=event.at, exit_code=event.exit_code, answer_id=event.answer_id, error=event.error
+            job,
+            outcome,
+            at=event.at,
+            earlier=earlier,
+            exit_code=event.exit_code,
+            answer_id=event.answer_id,
+            error=event.error,
+            **fields,
         )
 
     async def command_refused(self, envelope: Envelope) -> None:
@@ -346,9 +365,17 @@ class JobManager:
         if job.get("answer_id"):
             await self._forget_answer(job["answer_id"], job, cause)
 
-    async def _finish(self, job: dict[str, Any], outcome: JobState, *, at: float | None = None, **fields: Any) -> None:
+    async def _finish(
+        self,
+        job: dict[str, Any],
+        outcome: JobState,
+        *,
+        at: float | None = None,
+        earlier: Sequence[tuple[JobState, float | None]] = (),
+        **fields: Any,
+    ) -> None:
         at = at or self.clock()
-        changes = domain.advance(job, outcome, at, finished_at=at, **fields)
+        changes = domain.advance_through(job, [*earlier, (outcome, at)], finished_at=at, **fields)
         if changes is None:
             return
         if await self._update(job, changes) is not None and job["resource_id"]:

@@ -110,13 +110,36 @@ async def test_a_task_runs_once_and_its_answer_is_streamed_json(runner, said, da
     answer = json.loads(data.items[done.answer_id])
     assert answer["exit_code"] == 4 and answer["stderr"] == "err\n"
     assert answer["stdout"].encode("utf-8", "surrogateescape") == b"out\xff"
-    assert len(said.of(TaskAccepted, "j1")) == 1 and len(said.of(TaskRunning, "j1")) == 1
+    # It ended within the report window: one message says accepted, running and failed.
+    assert said.of(TaskAccepted, "j1") == [] and said.of(TaskRunning, "j1") == []
+    assert done.accepted_at <= done.started_at <= done.at
 
     await runner.submit_task(submit("j1", "echo again"))
     await asyncio.sleep(0.2)
     assert len(said.of(TaskCompleted, "j1")) == 2  # reported again from the ledger...
-    assert len(said.of(TaskAccepted, "j1")) == 1  # ...but never run again
-    assert runner.ledger.ran() == ["j1"]
+    assert runner.ledger.ran() == ["j1"] and said.of(TaskRunning, "j1") == []  # ...but never run again
+    spawned = [line for line in runner.ledger.path.read_text().splitlines() if '"spawned"' in line]
+    assert len(spawned) == 1
+
+
+async def test_a_longer_task_reports_running_once_then_its_outcome(runner, said) -> None:
+    await runner.submit_task(submit("long", "sleep 0.3"))
+    done = await completed(said, "long")
+    [running] = said.of(TaskRunning, "long")
+    assert running.accepted_at is not None and said.of(TaskAccepted, "long") == []
+    assert done.accepted_at is None and done.started_at is None
+    assert said.events.index(running) < said.events.index(done)
+
+
+async def test_a_task_over_the_parallel_limit_is_accepted_then_waits(tmp_path, said, data) -> None:
+    runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1)  # type: ignore[arg-type]
+    await runner.submit_task(submit("first", "sleep 0.3"))
+    await runner.submit_task(submit("second", "true"))
+    second = await completed(said, "second")
+    first = await completed(said, "first")
+    assert len(said.of(TaskAccepted, "second")) == 1 and said.of(TaskAccepted, "first") == []
+    assert second.started_at >= first.at - 0.05
+    await runner.stop()
 
 
 async def test_the_ledger_survives_a_restart(tmp_path, said, data) -> None:
@@ -127,7 +150,7 @@ async def test_the_ledger_survives_a_restart(tmp_path, said, data) -> None:
     second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
     await second.submit_task(submit("j1", "true"))
     await asyncio.sleep(0.2)
-    assert len(said.of(TaskAccepted, "j1")) == 1
+    assert second.ledger.ran() == ["j1"] and len(said.of(TaskCompleted, "j1")) == 2
     await second.stop()
 
 
@@ -164,7 +187,7 @@ async def test_cancel_before_submit_refuses_the_task(runner, said) -> None:
     assert (await completed(said, "j5")).outcome is JobState.CANCELLED
     await runner.submit_task(submit("j5", "touch ran"))
     await asyncio.sleep(0.2)
-    assert said.of(TaskAccepted, "j5") == []
+    assert said.of(TaskRunning, "j5") == [] and len(said.of(TaskCompleted, "j5")) == 2
     assert not (runner.state_dir / "jobs" / "j5" / "work" / "ran").exists()
 
 

@@ -280,3 +280,24 @@ async def test_concurrent_events_of_one_job_are_taken_one_at_a_time(manager: Job
     assert job["state"] == "succeeded" and job["history"][-1]["state"] == "succeeded"
     assert [s["state"] for s in job["history"]].count("succeeded") == 1
     assert len(manager._locks) == 0
+
+
+async def test_one_message_can_carry_several_steps(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager, "quick")
+    done = TaskCompleted(
+        job_id="quick", at=3.0, outcome=JobState.SUCCEEDED, exit_code=0, accepted_at=1.0, started_at=2.0
+    )
+    await manager.task_completed(from_host(done))
+    job = await state(manager, "quick")
+    assert [(s["state"], s["at"]) for s in job["history"][2:]] == [
+        ("accepted", 1.0),
+        ("running", 2.0),
+        ("succeeded", 3.0),
+    ]
+    assert (job["accepted_at"], job["started_at"], job["finished_at"]) == (1.0, 2.0, 3.0)
+
+    await run(manager, "slow")
+    await manager.task_running(from_host(TaskRunning(job_id="slow", at=5.0, pid=9, accepted_at=4.0)))
+    job = await state(manager, "slow")
+    assert [(s["state"], s["at"]) for s in job["history"][2:]] == [("accepted", 4.0), ("running", 5.0)]
