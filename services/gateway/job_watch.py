@@ -18,7 +18,13 @@ from services.gateway.context import STORE
 from services.job_manager.repository import JOBS
 from services.store.port import Collection, StoreError
 
-PERIOD = 0.02  # seconds between reads while somebody waits: one query a tick, however many wait
+# Seconds between reads while somebody waits: one query a tick for all waiters, quick for a few
+# (a low latency), slower for many (each read costs more, and the gateway has other work).
+MIN_PERIOD, PER_WAITER, MAX_PERIOD = 0.002, 0.0003, 0.02
+
+
+def period(waiters: int) -> float:
+    return min(MAX_PERIOD, MIN_PERIOD + PER_WAITER * waiters)
 
 
 class JobWatcher:
@@ -48,7 +54,7 @@ class JobWatcher:
             if not self._waiters:
                 self._wake.clear()
                 await self._wake.wait()
-            await asyncio.sleep(PERIOD)
+            await asyncio.sleep(period(len(self._waiters)))
             ids = list(self._waiters)
             if not ids:
                 continue
