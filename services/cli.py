@@ -22,7 +22,7 @@ from services.runner import Service, run_until_signalled
 from services.settings import Settings
 from services.store.factory import open_document_store
 from services.store.port import DocumentStore
-from services.tokens import create_token, has_admin_token, tokens_collection
+from services.tokens import check_user_name, create_token, has_admin_token, tokens_collection
 from services.wiring import make_bus, make_topology
 
 log = logging.getLogger("skybus")
@@ -201,6 +201,10 @@ def token() -> None:
 def token_create(user: str, admin: bool, data_dir: Path | None) -> None:
     """Create a token for USER and print it once (it is stored hashed)."""
     settings = load_settings(data_dir=data_dir)
+    try:
+        check_user_name(user)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--user") from None
 
     async def create() -> str:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

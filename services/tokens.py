@@ -29,8 +29,20 @@ async def tokens_collection(store: DocumentStore) -> Collection:
     return collection
 
 
+AGENT_PREFIX = "agent:"  # what an agent's uploads are owned by: no user may be called that
+
+
+def check_user_name(user: str) -> str:
+    if not user.strip() or len(user) > 128 or any(ord(ch) < 32 for ch in user):
+        raise ValueError("a user name is 1 to 128 printable characters")
+    if user.startswith(AGENT_PREFIX):
+        raise ValueError(f"user names starting with {AGENT_PREFIX!r} are reserved for agents")
+    return user
+
+
 async def create_token(tokens: Collection, *, user: str, admin: bool) -> str:
     """Store a new token for ``user`` and return it: the only time it is seen in clear."""
+    check_user_name(user)
     token = new_token()
     await tokens.insert({"id": hash_token(token), "user": user, "admin": admin, "created_at": time.time()})
     return token

@@ -91,3 +91,10 @@ async def test_agent_on_the_in_process_bus_says_why_it_cannot_run(tmp_path) -> N
     agent = await SkybusProcess(["agent", "--resource-id", "x", "--token", "y"], skybus_env()).start()
     assert await agent.wait() == 2
     assert any("SKYBUS_AMQP_URL" in line for line in agent.log)
+
+
+async def test_token_create_refuses_names_reserved_for_agents(tmp_path) -> None:
+    args = ["token", "create", "--user", "agent:1234", "--data-dir", str(tmp_path / "data")]
+    maker = await SkybusProcess(args, skybus_env()).start()
+    assert await maker.wait() == 2
+    assert any("reserved for agents" in line for line in maker.log)
