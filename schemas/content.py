@@ -150,6 +150,19 @@ class StoreData(WireModel):
     granted_to: tuple[str, ...] = ()
 
 
+class StoreInlineData(WireModel):
+    """Commit a small data file whose bytes travel in the command (a job's answer): the manager
+    writes the blob itself. Safe to repeat: the item id is fixed by whoever sends it."""
+
+    message_type: ClassVar[str] = "data.store_inline"
+
+    item_id: str
+    owner: str
+    name: str | None
+    content: str = Field(max_length=256 * 1024)
+    granted_to: tuple[str, ...] = ()
+
+
 class GrantData(WireModel):
     """Let the agent of ``resource_id`` read these items (the job manager staging a job's files).
 
@@ -183,6 +196,7 @@ CONTENT_MESSAGES: tuple[type[WireModel], ...] = (
     PatchContent,
     DeleteContent,
     StoreData,
+    StoreInlineData,
     GrantData,
     TransferData,
 )

@@ -22,6 +22,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 
 from schemas.base import WireModel
 
+ANSWER_INLINE_LIMIT = 64 * 1024  # characters of answer JSON sent in TaskCompleted rather than uploaded
+
 
 class JobState(StrEnum):
     PENDING = "pending"
@@ -227,6 +229,8 @@ class TaskCompleted(WireModel):
     accepted_at: float | None = None
     started_at: float | None = None
     """Set for a task that ended before its acceptance or start was reported: one message for all."""
+    answer: str | None = Field(default=None, max_length=ANSWER_INLINE_LIMIT)
+    """A small answer travels here instead of being uploaded; the job manager has it stored."""
 
 
 class FileStagedOut(WireModel):

@@ -30,6 +30,7 @@ class TaskRecord:
     cancel_requested: bool = field(default=False)
     accepted_at: float | None = None  # when not reported on their own: said with the outcome
     started_at: float | None = None
+    answer: str | None = None  # a small answer, sent with the outcome
 
     @property
     def finished(self) -> bool:
@@ -57,7 +58,7 @@ class Ledger:
         if entry["event"] == "spawned":
             record.pid = entry["pid"]
         elif entry["event"] == "finished":
-            for key in ("outcome", "exit_code", "answer_id", "error", "accepted_at", "started_at"):
+            for key in ("outcome", "exit_code", "answer_id", "error", "accepted_at", "started_at", "answer"):
                 setattr(record, key, entry.get(key))
             record.finished_at = entry["at"]
         elif entry["event"] == "reported":
@@ -92,11 +93,14 @@ class Ledger:
         error: str | None,
         accepted_at: float | None = None,
         started_at: float | None = None,
+        answer: str | None = None,
     ) -> TaskRecord:
         entry = {"event": "finished", "job_id": job_id, "at": time.time(), "outcome": outcome}
         entry.update(exit_code=exit_code, answer_id=answer_id, error=error)
         if accepted_at is not None or started_at is not None:
             entry.update(accepted_at=accepted_at, started_at=started_at)
+        if answer is not None:
+            entry["answer"] = answer
         self._write(entry)
         return self.records[job_id]
 

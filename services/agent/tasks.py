@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -28,6 +29,7 @@ from broker.envelope import Envelope
 from broker.port import BusError
 from schemas.base import WireModel
 from schemas.jobs import (
+    ANSWER_INLINE_LIMIT,
     CancelTask,
     FilesStagedIn,
     FileStagedOut,
@@ -237,14 +239,15 @@ class TaskRunner:
             outcome = JobState.CANCELLED if error == "ttl ran out" else JobState.FAILED
         else:
             outcome = JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
-        answer_id = None
-        try:
-            answer_id = await self._data.upload(
-                answer_chunks(exit_code, stdout, stderr), name=f"answer-{job_id}.json", job_id=job_id
-            )
-        except DataClientError as failure:
-            log.error("answer of job %s not staged out: %s", job_id, failure)
-            error = error or f"answer not stored: {failure}"
+        answer_id, answer = None, _small_answer(exit_code, stdout, stderr)
+        if answer is None:  # too big to travel in a message: stage it out over HTTP
+            try:
+                answer_id = await self._data.upload(
+                    answer_chunks(exit_code, stdout, stderr), name=f"answer-{job_id}.json", job_id=job_id
+                )
+            except DataClientError as failure:
+                log.error("answer of job %s not staged out: %s", job_id, failure)
+                error = error or f"answer not stored: {failure}"
         finished = self.ledger.finished(
             job_id,
             outcome=outcome,
@@ -253,6 +256,7 @@ class TaskRunner:
             error=error,
             accepted_at=accepted_at,
             started_at=started_at,
+            answer=answer,
         )
         await self._report(finished, caused_by=envelope)
         stdout.unlink(missing_ok=True)
@@ -318,9 +322,25 @@ class TaskRunner:
             error=record.error,
             accepted_at=record.accepted_at,
             started_at=record.started_at,
+            answer=record.answer,
         )
         await self._say_eventually(event, caused_by)
         self.ledger.reported(record.job_id)
+
+
+def _small_answer(exit_code: int | None, stdout: Path, stderr: Path) -> str | None:
+    """The answer document, if it is small enough to travel inside TaskCompleted (the same JSON
+    that :func:`answer_chunks` streams for a big one). Reads at most a few KiB."""
+    if stdout.stat().st_size + stderr.stat().st_size > ANSWER_INLINE_LIMIT:
+        return None
+    text = json.dumps(
+        {
+            "exit_code": exit_code,
+            "stdout": stdout.read_bytes().decode("utf-8", "surrogateescape"),
+            "stderr": stderr.read_bytes().decode("utf-8", "surrogateescape"),
+        }
+    )
+    return text if len(text) <= ANSWER_INLINE_LIMIT else None
 
 
 def _job_environment(job_id: str, workdir: Path) -> dict[str, str]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from schemas.content import (
     ResourceSettings,
     StoreContent,
     StoreData,
+    StoreInlineData,
     TransferData,
 )
 from schemas.jobs import FilesStagedIn, StageInFiles, StageJobFiles
@@ -78,6 +79,7 @@ class ContentManager:
         router.add(PatchContent, self.patch_content)
         router.add(DeleteContent, self.delete_content)
         router.add(StoreData, self.store_data)
+        router.add(StoreInlineData, self.store_inline_data)
         router.add(GrantData, self.grant_data)
         router.add(TransferData, self.transfer_data)
         router.add(StageJobFiles, self.stage_job_files)
@@ -115,6 +117,34 @@ class ContentManager:
             granted_to=command.granted_to,
         )
         return await self._insert(document, command.blob)
+
+    async def store_inline_data(self, envelope: Envelope) -> WireModel:
+        command = envelope.payload
+        assert isinstance(command, StoreInlineData)
+        if await self.contents.get(command.item_id) is not None or await self._was_deleted(command.item_id):
+            return Accepted(id=command.item_id)  # a redelivery
+        content = command.content.encode()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield content
+
+        stored = await self.blobs.put(chunks())
+        blob = BlobRef(blob_id=stored.id, size=stored.size, sha256=stored.sha256)
+        document = domain.new_item(
+            item_id=command.item_id,
+            kind=DATA,
+            owner=command.owner,
+            name=command.name,
+            blob=blob,
+            message_id=envelope.message_id,
+            now=self.clock(),
+            granted_to=command.granted_to,
+        )
+        reply = await self._insert(document, blob)
+        kept = await self.contents.get(command.item_id)
+        if kept is None or kept["blob_id"] != blob.blob_id:
+            await self._release(blob.blob_id)  # a twin stored it first, or it was refused
+        return reply
 
     async def replace_content(self, envelope: Envelope) -> WireModel:
         command = envelope.payload

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -23,7 +24,7 @@ from broker.port import Handler, MessageBus
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
-from schemas.content import DeleteContent
+from schemas.content import DeleteContent, StoreInlineData
 from schemas.jobs import (
     FINAL_STATES,
     AgentCommandRefused,
@@ -48,6 +49,7 @@ from services.store.port import Collection, DuplicateKey, NotFound, VersionConfl
 log = logging.getLogger(__name__)
 
 SENDER = "job-manager"
+ANSWERS = uuid.UUID("3b4f9e0c-8a51-4d6b-9f1e-2c7d5a8b6e43")  # answer ids are uuid5(ANSWERS, job id)
 CONFLICT_RETRIES = 5
 RESEND_AFTER = 30.0  # seconds a dispatched job may wait for its host to accept before it is sent again
 
@@ -205,8 +207,13 @@ class JobManager:
         job = await self._job_on_sender(event.job_id, envelope)
         if job is None:
             return
+        if domain.is_final(job):
+            return  # a redelivery: the outcome and its answer are stored already
         outcome = event.outcome if event.outcome in FINAL_STATES else JobState.LOST
-        fields = {}
+        answer_id, error = event.answer_id, event.error
+        if event.answer is not None and answer_id is None and not job["deleted"]:
+            answer_id, error = await self._store_answer(job, event.answer, envelope, error)
+        fields: dict[str, Any] = {}
         if event.accepted_at is not None and job["accepted_at"] is None:
             fields["accepted_at"] = event.accepted_at
         if event.started_at is not None and job["started_at"] is None:
@@ -218,10 +225,29 @@ class JobManager:
             at=event.at,
             earlier=earlier,
             exit_code=event.exit_code,
-            answer_id=event.answer_id,
-            error=event.error,
+            answer_id=answer_id,
+            error=error,
             **fields,
         )
+
+    async def _store_answer(
+        self, job: dict[str, Any], answer: str, cause: Envelope, error: str | None
+    ) -> tuple[str | None, str | None]:
+        """Have the data manager store an answer that came inside TaskCompleted, under an id fixed
+        by the job, so a redelivery stores it once. A bus failure raises: the event is redelivered."""
+        answer_id = str(uuid.uuid5(ANSWERS, job["id"]))
+        command = StoreInlineData(
+            item_id=answer_id,
+            owner=job["user"],
+            name=f"answer-{job['id']}.json",
+            content=answer,
+            granted_to=(job["resource_id"],),
+        )
+        reply = await self.bus.request(self.topology.commands, self._envelope(command, cause, job), timeout=30)
+        if isinstance(reply.payload, Accepted):
+            return answer_id, error
+        log.error("answer of job %s not stored: %s", job["id"], reply.payload)
+        return None, error or f"answer not stored: {getattr(reply.payload, 'error', reply.payload)}"
 
     async def command_refused(self, envelope: Envelope) -> None:
         event = envelope.payload

@@ -107,7 +107,8 @@ async def test_a_task_runs_once_and_its_answer_is_streamed_json(runner, said, da
     await runner.submit_task(submit("j1", "printf 'out\\377'; echo err >&2; exit 4"))
     done = await completed(said, "j1")
     assert done.outcome is JobState.FAILED and done.exit_code == 4
-    answer = json.loads(data.items[done.answer_id])
+    assert done.answer_id is None and data.items.keys() == {"in-1"}  # small: it travels in the event
+    answer = json.loads(done.answer)
     assert answer["exit_code"] == 4 and answer["stderr"] == "err\n"
     assert answer["stdout"].encode("utf-8", "surrogateescape") == b"out\xff"
     # It ended within the report window: one message says accepted, running and failed.
@@ -227,5 +228,26 @@ async def test_jobs_do_not_see_the_agents_secrets(runner, said, data, monkeypatc
     monkeypatch.setenv("SKYBUS_TOKEN", "tok-3f9a77")
     await runner.submit_task(submit("j9", "env"))
     done = await completed(said, "j9")
-    stdout = json.loads(data.items[done.answer_id])["stdout"]
+    stdout = json.loads(done.answer)["stdout"]
     assert "SKYBUS_JOB_ID=j9" in stdout and "tok-3f9a77" not in stdout
+
+
+async def test_a_big_answer_is_streamed_out_over_http_not_sent_in_the_event(runner, said, data) -> None:
+    await runner.submit_task(submit("big", "head -c 300000 /dev/zero | tr '\\0' a; printf '\\377' >&2"))
+    done = await completed(said, "big")
+    assert done.answer is None and done.answer_id in data.items
+    answer = json.loads(data.items[done.answer_id])
+    assert answer["stdout"] == "a" * 300000 and answer["stderr"].encode("utf-8", "surrogateescape") == b"\xff"
+    small = json.loads(_small_answer_of("x", "y"))
+    assert list(small) == ["exit_code", "stdout", "stderr"]
+
+
+def _small_answer_of(out: str, err: str) -> str:
+    import tempfile
+
+    from services.agent.tasks import _small_answer
+
+    folder = Path(tempfile.mkdtemp())
+    (folder / "o").write_text(out)
+    (folder / "e").write_text(err)
+    return _small_answer(0, folder / "o", folder / "e")

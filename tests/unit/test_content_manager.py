@@ -26,6 +26,7 @@ from schemas.content import (
     ResourceSettingsPatch,
     StoreContent,
     StoreData,
+    StoreInlineData,
     TransferData,
 )
 from schemas.jobs import FilesStagedIn, StagedFile, StageInFiles, StageJobFiles
@@ -386,3 +387,17 @@ async def test_the_service_cleans_orphans_on_its_own(tmp_path) -> None:
         await service.stop()
         await bus.close()
         await store.close()
+
+
+async def test_an_inline_answer_is_stored_once_whatever_is_redelivered(manager: ContentManager) -> None:
+    command = Envelope(
+        StoreInlineData(
+            item_id="ans-1", owner="steve", name="answer.json", content='{"exit_code": 0}', granted_to=("h",)
+        )
+    )
+    assert await manager.store_inline_data(command) == Accepted(id="ans-1")
+    assert await manager.store_inline_data(command) == Accepted(id="ans-1")
+    item = await manager.contents.get("ans-1")
+    assert item["owner"] == "steve" and item["granted_to"] == ["h"]
+    assert await blob_ids(manager) == {item["blob_id"]}
+    assert await read(manager, item["blob_id"]) == b'{"exit_code": 0}'

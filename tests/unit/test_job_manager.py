@@ -9,7 +9,7 @@ import pytest
 from broker.envelope import Envelope
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected
-from schemas.content import DeleteContent
+from schemas.content import DeleteContent, StoreInlineData
 from schemas.jobs import (
     AgentCommandRefused,
     CancelJob,
@@ -301,3 +301,14 @@ async def test_one_message_can_carry_several_steps(manager: JobManager) -> None:
     await manager.task_running(from_host(TaskRunning(job_id="slow", at=5.0, pid=9, accepted_at=4.0)))
     job = await state(manager, "slow")
     assert [(s["state"], s["at"]) for s in job["history"][2:]] == [("accepted", 4.0), ("running", 5.0)]
+
+
+async def test_an_answer_that_came_inline_is_stored_once_under_the_jobs_user(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    done = from_host(TaskCompleted(job_id="job-1", at=3.0, outcome=JobState.SUCCEEDED, exit_code=0, answer="{}"))
+    await manager.task_completed(done)
+    await manager.task_completed(done)
+    [stored] = [e.payload for _, e in manager.bus.published if isinstance(e.payload, StoreInlineData)]
+    assert stored.owner == "steve" and stored.content == "{}" and stored.granted_to == (HOST_A,)
+    assert (await state(manager))["answer_id"] == stored.item_id

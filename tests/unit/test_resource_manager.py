@@ -35,6 +35,10 @@ class RecordingBus:
     async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
         self.published.append((exchange, envelope))
 
+    async def request(self, exchange: str, envelope: Envelope, *, routing_key=None, timeout: float = 10.0) -> Envelope:
+        self.published.append((exchange, envelope))
+        return envelope.caused(Accepted(id=getattr(envelope.payload, "item_id", None)))
+
     def payloads(self, kind: type) -> list:
         return [e.payload for _, e in self.published if isinstance(e.payload, kind)]
 
