@@ -37,18 +37,47 @@ class TaskRecord:
         return self.outcome is not None
 
 
+KEEP_REPORTED = 7 * 24 * 3600.0  # seconds a reported job is remembered (against a very late duplicate)
+
+
 class Ledger:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep_reported: float = KEEP_REPORTED) -> None:
         self.path = path
         self.records: dict[str, TaskRecord] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            for line in path.read_text().splitlines():
-                self._apply(json.loads(line))
+            with path.open() as lines:
+                for line in lines:
+                    if line.strip():
+                        self._apply(json.loads(line))
+            self._compact(time.time() - keep_reported)
         self._file = path.open("a", buffering=1)
+
+    def _compact(self, forget_before: float) -> None:
+        """Rewrite the file at start: one line per job still worth knowing, reported answers dropped,
+        jobs reported long ago forgotten. Written aside and renamed, so a crash leaves one or the other."""
+        kept = {
+            job_id: record
+            for job_id, record in self.records.items()
+            if not (record.reported and (record.finished_at or 0) < forget_before)
+        }
+        partial = self.path.with_name(self.path.name + ".compacting")
+        with partial.open("w") as out:
+            for record in kept.values():
+                if record.reported:
+                    record.answer = None  # delivered: nothing will send it again
+                out.write(json.dumps({"event": "record", **asdict(record)}) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(self.path)
+        self.records = kept
 
     def _apply(self, entry: dict[str, Any]) -> None:
         job_id = entry["job_id"]
+        if entry["event"] == "record":  # a compacted line: the whole record
+            fields = {k: v for k, v in entry.items() if k != "event"}
+            self.records[job_id] = TaskRecord(**fields)
+            return
         if entry["event"] == "started":
             self.records[job_id] = TaskRecord(job_id=job_id, started_at=entry["at"])
             return

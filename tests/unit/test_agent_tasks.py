@@ -251,3 +251,25 @@ def _small_answer_of(out: str, err: str) -> str:
     (folder / "o").write_text(out)
     (folder / "e").write_text(err)
     return _small_answer(0, folder / "o", folder / "e")
+
+
+async def test_the_ledger_is_compacted_at_start_and_still_refuses_a_rerun(tmp_path, said, data) -> None:
+    first = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    for n in range(5):
+        await first.submit_task(submit(f"c{n}", "echo answer"))
+        await completed(said, f"c{n}")
+    await first.stop()
+    before = (tmp_path / "agent" / "ledger.jsonl").read_text().count("\n")
+    second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    lines = (tmp_path / "agent" / "ledger.jsonl").read_text().splitlines()
+    assert len(lines) == 5 < before and all('"answer": null' in line for line in lines)
+    await second.submit_task(submit("c0", "echo again"))
+    await asyncio.sleep(0.2)
+    assert second.ledger.ran() == [f"c{n}" for n in range(5)] and said.of(TaskRunning, "c0") == []
+    await second.stop()
+
+    from services.agent.ledger import Ledger
+
+    forgetful = Ledger(tmp_path / "agent" / "ledger.jsonl", keep_reported=-1)
+    assert forgetful.records == {}
+    forgetful.close()
