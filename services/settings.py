@@ -28,11 +28,6 @@ class Settings(BaseSettings):
     heartbeat_interval: float = 5.0
     responding_timeout: float = 15.0
     max_upload_bytes: int = 8 * 1024**3
-    sync_writes: bool = Field(
-        default=False,
-        description="embedded store: fsync every commit and blob (survive a power cut) rather than "
-        "only surviving crashes of the process, as SQLite's synchronous=NORMAL does",
-    )
     content_orphan_grace: float = Field(
         default=3600.0, description="seconds an uploaded blob may stay uncommitted before cleanup deletes it"
     )

@@ -5,22 +5,14 @@ size is the blob size and its mtime is ``created_at`` (set when the blob is comm
 rename publishes a blob with everything ``info`` needs: there is no sidecar that could disagree
 with its blob after a crash. Ids are random UUIDs, which spreads blobs over the fan-out directories.
 
-A put writes ``<root>/.tmp/<uuid>.part``, fsyncs it (when ``sync``) and renames it into place; any failure,
+A put writes ``<root>/.tmp/<uuid>.part``, fsyncs it and renames it into place; any failure,
 :class:`BlobTooLarge` or cancellation removes the partial file (and the published one, if the
 cancellation came after the rename). A temporary file survives only a killed process, so
 :meth:`DiskBlobStore.cleanup_temp` removes those that have not been written to for a while.
 
 File I/O runs in worker threads (``asyncio.to_thread``) in pieces of about a MiB, so neither a slow
-disk nor hashing blocks the event loop.
-
-``sync`` (the default) fsyncs each blob and its directory, so a committed blob survives a power cut.
-Without it a blob survives any crash of the process, like the SQLite store at ``synchronous=NORMAL``;
-on ext4 (``data=ordered``) a power cut then loses the newest blobs with the metadata that names them,
-since the journal commit that makes a later metadata write durable carries the earlier rename too.
-``skybus`` passes ``SKYBUS_SYNC_WRITES`` here and to SQLite (``FULL`` or ``NORMAL``) alike.
-
-A reader that has opened a blob keeps its bytes even if the blob is deleted meanwhile (POSIX unlink
-semantics).
+disk nor hashing blocks the event loop. A reader that has opened a blob keeps its bytes even if the
+blob is deleted meanwhile (POSIX unlink semantics).
 """
 
 from __future__ import annotations
@@ -65,9 +57,8 @@ class _TempWriter:
     call into a no-op: nothing is created, written or published after a discard.
     """
 
-    def __init__(self, tmp: Path, *, sync: bool = True) -> None:
+    def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.sync = sync
         self.final: Path | None = None
         self.file: BinaryIO | None = None
         self.sha256 = hashlib.sha256()
@@ -94,8 +85,7 @@ class _TempWriter:
             if self._discarded or self.file is None:
                 raise RuntimeError("the put was abandoned")
             self.file.flush()
-            if self.sync:
-                os.fsync(self.file.fileno())
+            os.fsync(self.file.fileno())
             self.file.close()
             digest = self.sha256.hexdigest()
             now = time.time_ns()
@@ -106,8 +96,6 @@ class _TempWriter:
             final = directory / f"{blob_id}.{digest}"
             os.rename(self.tmp, final)
             self.final = final
-            if not self.sync:
-                return DiskBlobStore._info_of(final, final.stat())
             _fsync_dir(directory)
             if created:
                 _fsync_dir(directory.parent)
@@ -125,14 +113,13 @@ class _TempWriter:
 
 
 class DiskBlobStore:
-    def __init__(self, root: Path, *, sync: bool = True) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.sync = sync
         self._tmp = self.root / _TMP
 
     async def put(self, chunks: AsyncIterable[bytes], *, max_size: int | None = None) -> BlobInfo:
         blob_id = str(uuid.uuid4())
-        writer = _TempWriter(self._tmp / f"{blob_id}.part", sync=self.sync)
+        writer = _TempWriter(self._tmp / f"{blob_id}.part")
         try:
             await asyncio.to_thread(writer.start)
             pending = bytearray()

@@ -17,8 +17,7 @@ async def open_document_store(settings: Settings) -> DocumentStore:
     from services.store.sqlite import SqliteDocumentStore
 
     await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True)
-    synchronous = "FULL" if settings.sync_writes else "NORMAL"
-    return await SqliteDocumentStore.open(settings.data_dir / "skybus.db", synchronous=synchronous)
+    return await SqliteDocumentStore.open(settings.data_dir / "skybus.db")
 
 
 async def open_blob_store(settings: Settings) -> BlobStore:
@@ -30,4 +29,4 @@ async def open_blob_store(settings: Settings) -> BlobStore:
 
     root = settings.data_dir / "blobs"
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-    return DiskBlobStore(root, sync=settings.sync_writes)
+    return DiskBlobStore(root)

@@ -142,9 +142,9 @@ class BlobStoreContract:
 
 
 class TestDiskBlobStore(BlobStoreContract):
-    @pytest.fixture(params=[True, False], ids=["fsync", "no-fsync"])
-    async def blobs(self, blob_root: Path, request: pytest.FixtureRequest) -> AsyncIterator[DiskBlobStore]:
-        store = DiskBlobStore(blob_root, sync=request.param)
+    @pytest.fixture
+    async def blobs(self, blob_root: Path) -> AsyncIterator[DiskBlobStore]:
+        store = DiskBlobStore(blob_root)
         yield store
         await store.close()
 
