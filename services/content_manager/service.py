@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
-from broker.port import MessageBus, Subscription
+from broker.port import MessageBus
 from broker.topology import Topology
 from services.content_manager.handlers import ContentManager
 from services.content_manager.repository import contents_collection, tombstones_collection
+from services.lifetime import Lifetime
 from services.settings import Settings
 from services.store.factory import open_blob_store
-from services.store.port import BlobStore, DocumentStore, StoreError
+from services.store.port import BlobStore, DocumentStore
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,7 @@ class ContentManagerService:
         self._store = store
         self._topology = topology
         self._blobs: BlobStore | None = None
-        self._subscription: Subscription | None = None
-        self._cleaner: asyncio.Task[None] | None = None
+        self._lifetime = Lifetime()
         self.manager: ContentManager | None = None
 
     async def start(self) -> None:
@@ -40,28 +38,17 @@ class ContentManagerService:
             bus=self._bus,
             topology=self._topology,
         )
-        self._subscription = await self._bus.subscribe(self._topology.content_manager_commands(), self.manager.router())
-        self._cleaner = asyncio.create_task(self._clean_forever(self.manager))
+        self._lifetime.hold(await self._bus.subscribe(self._topology.content_manager_commands(), self.manager.router()))
+        self._lifetime.every(self._settings.content_cleanup_interval, self._clean, what="orphan cleanup")
 
     async def stop(self) -> None:
-        if self._cleaner:
-            self._cleaner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cleaner
-        if self._subscription:
-            await self._subscription.cancel()
-            self._subscription = None
+        await self._lifetime.close()
         if self._blobs:
             await self._blobs.close()
             self._blobs = None
 
-    async def _clean_forever(self, manager: ContentManager) -> None:
-        while True:
-            await asyncio.sleep(self._settings.content_cleanup_interval)
-            try:
-                cleanup = await manager.collect_orphans()
-            except StoreError as error:  # the store is down: try again next round
-                log.warning("orphan cleanup failed: %r", error)
-                continue
-            if cleanup.blobs or cleanup.temp_files:
-                log.info("orphan cleanup: %s", cleanup)
+    async def _clean(self) -> None:
+        assert self.manager is not None
+        cleanup = await self.manager.collect_orphans()
+        if cleanup.blobs or cleanup.temp_files:
+            log.info("orphan cleanup: %s", cleanup)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
-from broker.port import MessageBus, Subscription
+from broker.port import MessageBus
 from broker.topology import Topology
 from services.content_manager.repository import CONTENTS
 from services.job_manager.handlers import JobManager
 from services.job_manager.repository import jobs_collection
+from services.lifetime import Lifetime
 from services.resource_manager.repository import resources_collection
 from services.settings import Settings
-from services.store.port import DocumentStore, StoreError, VersionConflict
-
-log = logging.getLogger(__name__)
+from services.store.port import DocumentStore
 
 
 class JobManagerService:
@@ -26,8 +21,7 @@ class JobManagerService:
         self._bus = bus
         self._store = store
         self._topology = topology
-        self._subscriptions: list[Subscription] = []
-        self._sweeper: asyncio.Task[None] | None = None
+        self._lifetime = Lifetime()
         self.manager: JobManager | None = None
 
     async def start(self) -> None:
@@ -39,32 +33,16 @@ class JobManagerService:
             file_names=self._file_names,
             lost_timeout=self._settings.lost_timeout,
         )
-        self._subscriptions = [
-            await self._bus.subscribe(self._topology.job_manager_commands(), self.manager.command_router()),
-            await self._bus.subscribe(self._topology.job_manager_events(), self.manager.event_router()),
-        ]
-        self._sweeper = asyncio.create_task(self._sweep_forever(self.manager))
+        self._lifetime.hold(
+            await self._bus.subscribe(self._topology.job_manager_commands(), self.manager.command_router())
+        )
+        self._lifetime.hold(await self._bus.subscribe(self._topology.job_manager_events(), self.manager.event_router()))
+        self._lifetime.every(self._settings.job_sweep_interval, self.manager.sweep, what="job sweep")
+
+    async def stop(self) -> None:
+        await self._lifetime.close()
 
     async def _file_names(self, data_ids: list[str]) -> dict[str, str]:
         """Stored names of a job's files, read (never written) from the data manager's records."""
         found = await self._store.collection(CONTENTS).find({"id": {"$in": data_ids}}, limit=len(data_ids))
         return {item["id"]: item.get("name") or item["id"] for item in found.items}
-
-    async def stop(self) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        for subscription in self._subscriptions:
-            await subscription.cancel()
-        self._subscriptions = []
-
-    async def _sweep_forever(self, manager: JobManager) -> None:
-        while True:
-            await asyncio.sleep(self._settings.job_sweep_interval)
-            try:
-                await manager.sweep()
-            except (StoreError, VersionConflict) as error:
-                log.warning("job sweep interrupted: %r", error)
-            except Exception:
-                log.exception("job sweep failed")
