@@ -115,42 +115,23 @@ def gateway(host: str | None, port: int | None, data_dir: Path | None) -> None:
     asyncio.run(_run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
 
 
-@main.command("resource-manager")
-@click.option("--data-dir", type=click.Path(path_type=Path))
-def resource_manager(data_dir: Path | None) -> None:
-    """Run the resource manager."""
-    settings = load_settings(data_dir=data_dir)
-    asyncio.run(
-        _run(
-            settings,
-            "resource-manager",
-            lambda s, bus, store: [ResourceManagerService(s, bus, store, make_topology(s))],
-        )
-    )
+MANAGERS: dict[str, tuple[type[Service], str]] = {
+    "resource-manager": (ResourceManagerService, "Run the resource manager (seed 000: hosts, the proxy to agents)."),
+    "job-manager": (JobManagerService, "Run the job manager (seed 001)."),
+    "content-manager": (ContentManagerService, "Run the content manager (seed 004 and the data files of jobs)."),
+}
 
 
-@main.command("job-manager")
-@click.option("--data-dir", type=click.Path(path_type=Path))
-def job_manager(data_dir: Path | None) -> None:
-    """Run the job manager."""
-    settings = load_settings(data_dir=data_dir)
-    asyncio.run(
-        _run(settings, "job-manager", lambda s, bus, store: [JobManagerService(s, bus, store, make_topology(s))])
-    )
+def _add_manager_command(name: str, service: type[Service], summary: str) -> None:
+    @main.command(name, help=summary)
+    @click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")
+    def run_manager(data_dir: Path | None) -> None:
+        settings = load_settings(data_dir=data_dir)
+        asyncio.run(_run(settings, name, lambda s, bus, store: [service(s, bus, store, make_topology(s))]))
 
 
-@main.command("content-manager")
-@click.option("--data-dir", type=click.Path(path_type=Path))
-def content_manager(data_dir: Path | None) -> None:
-    """Run the content manager (seed 004 and the data files of jobs)."""
-    settings = load_settings(data_dir=data_dir)
-    asyncio.run(
-        _run(
-            settings,
-            "content-manager",
-            lambda s, bus, store: [ContentManagerService(s, bus, store, make_topology(s))],
-        )
-    )
+for _name, (_service, _summary) in MANAGERS.items():
+    _add_manager_command(_name, _service, _summary)
 
 
 @main.command()
