@@ -138,6 +138,10 @@ class JobManager:
                 raise
             if (job["user"], job["command"]) != (command.user, command.command):
                 return Rejected(status=409, error="this Idempotency-Key was used for another job")
+            if domain.state_of(job) is JobState.STAGING and job["resource_id"]:
+                # Placed before a crash, perhaps never sent: send again (the agent runs it once).
+                await self._dispatch(job, envelope)
+                return Accepted(id=command.job_id)
         if domain.state_of(job) is JobState.PENDING:
             await self._place(job, envelope)
         return Accepted(id=command.job_id)

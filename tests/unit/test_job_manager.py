@@ -312,3 +312,11 @@ async def test_an_answer_that_came_inline_is_stored_once_under_the_jobs_user(man
     [stored] = [e.payload for _, e in manager.bus.published if isinstance(e.payload, StoreInlineData)]
     assert stored.owner == "steve" and stored.content == "{}" and stored.granted_to == (HOST_A,)
     assert (await state(manager))["answer_id"] == stored.item_id
+
+
+async def test_a_run_redelivered_after_placement_sends_the_task_again(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    envelope = await run(manager)
+    manager.bus.published.clear()  # as if the job manager died before its SubmitTask left
+    assert await manager.run_job(envelope) == Accepted(id="job-1")
+    assert [type(e.payload) for _, e in manager.bus.published] == [SubmitTask]
