@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 
@@ -218,3 +219,18 @@ async def test_job_info_can_wait_for_the_end(api: Api) -> None:
     assert status == 200 and info["state"] == "pending" and time.monotonic() - started >= 0.2
     assert (await api.call("GET", f"/api/job/job_info/{other}?wait=61"))[0] == 400
     assert (await api.call("GET", f"/api/job/job_info/{other}?wait=soon"))[0] == 400
+
+
+async def test_every_route_is_in_the_openapi_document(api: Api) -> None:
+    spec = await (await api.client.get("/openapi.json")).json()
+    documented = {(path, method) for path, operations in spec["paths"].items() for method in operations}
+    missing = []
+    for route in api.client.app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        if route.method in ("HEAD", "*") or path in ("/openapi.json",):
+            continue
+        path = re.sub(r"\{([^}:]+):[^}]+\}", r"{\1}", path)
+        if (path, route.method.lower()) not in documented:
+            missing.append(f"{route.method} {path}")
+    assert missing == []
