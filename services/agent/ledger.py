@@ -28,6 +28,7 @@ class TaskRecord:
     finished_at: float | None = None
     reported: bool = False
     cancel_requested: bool = field(default=False)
+    taken: bool = False  # a SubmitTask was taken for it: it must never be run again
     accepted_at: float | None = None  # when not reported on their own: said with the outcome
     started_at: float | None = None
     answer: str | None = None  # a small answer, sent with the outcome
@@ -79,7 +80,9 @@ class Ledger:
             self.records[job_id] = TaskRecord(**fields)
             return
         if entry["event"] == "started":
-            self.records[job_id] = TaskRecord(job_id=job_id, started_at=entry["at"])
+            known = self.records.get(job_id)
+            record = self.records[job_id] = TaskRecord(job_id=job_id, started_at=entry["at"], taken=True)
+            record.cancel_requested = bool(known and known.cancel_requested)
             return
         record = self.records.get(job_id)
         if record is None:
@@ -137,14 +140,15 @@ class Ledger:
         self._write({"event": "reported", "job_id": job_id, "at": time.time()})
 
     def unfinished(self) -> list[TaskRecord]:
-        return [r for r in self.records.values() if not r.finished]
+        """Jobs taken and not finished: after a restart, what the previous agent left running or waiting."""
+        return [r for r in self.records.values() if r.taken and not r.finished]
 
     def unreported(self) -> list[TaskRecord]:
         return [r for r in self.records.values() if r.finished and not r.reported]
 
     def ran(self) -> list[str]:
-        """Every job this host ever started, in order: what the fault tests count."""
-        return list(self.records)
+        """Every job this host ever took, in order: what the fault tests count."""
+        return [job_id for job_id, record in self.records.items() if record.taken]
 
     def close(self) -> None:
         self._file.close()

@@ -80,13 +80,13 @@ class TaskRunner:
         for record in self.ledger.unfinished():
             if record.pid is not None:
                 _kill_leftover(record)
-                self.ledger.finished(
-                    record.job_id,
-                    outcome=JobState.LOST,
-                    exit_code=None,
-                    answer_id=None,
-                    error="the agent restarted while the task ran",
-                )
+            self.ledger.finished(
+                record.job_id,
+                outcome=JobState.LOST,
+                exit_code=None,
+                answer_id=None,
+                error="the agent restarted while the task ran" if record.pid else "the agent restarted before it ran",
+            )
         for record in self.ledger.unreported():
             self._spawn(self._report(record))
 
@@ -114,11 +114,12 @@ class TaskRunner:
         command = envelope.payload
         assert isinstance(command, SubmitTask)
         record = self.ledger.get(command.job_id)
-        if record is not None and (record.pid is not None or record.finished):
-            log.info("job %s was already started here: reporting, not running it again", command.job_id)
+        if record is not None and (record.taken or record.finished):
+            # Taken before (running, waiting for a slot, or done): answer from the record, never run again.
+            log.info("job %s was already taken here: reporting, not running it again", command.job_id)
             if record.finished:
                 self._spawn(self._report(record, caused_by=envelope))
-            elif command.job_id in self._processes:
+            elif command.job_id in self._processes and record.pid is not None:
                 await self._say(TaskRunning(job_id=command.job_id, at=time.time(), pid=record.pid), caused_by=envelope)
             return
         if record is not None and record.cancel_requested:

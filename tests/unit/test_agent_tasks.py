@@ -273,3 +273,29 @@ async def test_the_ledger_is_compacted_at_start_and_still_refuses_a_rerun(tmp_pa
     forgetful = Ledger(tmp_path / "agent" / "ledger.jsonl", keep_reported=-1)
     assert forgetful.records == {}
     forgetful.close()
+
+
+async def test_a_task_redelivered_while_it_waits_for_a_slot_is_not_run_twice(tmp_path, said, data) -> None:
+    runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1)  # type: ignore[arg-type]
+    await runner.submit_task(submit("busy", "sleep 0.3"))
+    await runner.submit_task(submit("waits", "echo once >> ../../once.txt"))
+    await runner.submit_task(submit("waits", "echo once >> ../../once.txt"))  # redelivered while waiting
+    await completed(said, "waits")
+    await asyncio.sleep(0.1)
+    assert (tmp_path / "agent" / "jobs" / "once.txt").read_text() == "once\n"
+    assert len(said.of(TaskCompleted, "waits")) == 1
+    await runner.stop()
+
+
+async def test_a_restart_reports_lost_what_was_waiting_for_a_slot(tmp_path, said, data) -> None:
+    first = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    first.ledger.started("queued")  # taken, never spawned: the agent died while it waited
+    first.ledger.close()
+    second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    await second.recover()
+    done = await completed(said, "queued")
+    assert done.outcome is JobState.LOST and "before it ran" in done.error
+    await second.submit_task(submit("queued", "true"))
+    await asyncio.sleep(0.1)
+    assert second.ledger.get("queued").pid is None
+    await second.stop()
