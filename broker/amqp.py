@@ -19,6 +19,9 @@ restore their exchanges, queues, bindings and consumers. A publish caught by a c
 retried on the new connection until ``publish_timeout``: a lost confirm may mean the broker got the
 message, so a retry can duplicate it, as at-least-once allows. A handler runs in a task of its own,
 so a connection loss does not cut it in half: its ack fails and the broker redelivers the message.
+
+Publishes pending at the same time for one exchange and routing key travel as one AMQP message,
+and each envelope of it gets the outcome it would get alone: see :mod:`broker.amqp_batch`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import aio_pika
 import aiormq
@@ -45,6 +48,7 @@ from aiormq.exceptions import (
 from yarl import URL
 
 from broker import codec
+from broker.amqp_batch import BATCH_CONTENT_TYPE, BatchPublisher, unpack
 from broker.envelope import Envelope
 from broker.port import (
     BusUnavailable,
@@ -68,6 +72,8 @@ REASON = "x-skybus-reason"
 QUEUE = "x-skybus-queue"
 EXCHANGE = "x-skybus-exchange"
 ROUTING_KEY = "x-skybus-routing-key"
+# Failed deliveries of an envelope before it was republished alone out of its batch.
+ATTEMPTS = "x-skybus-attempts"
 
 # The broker's own delivery limit lets a message crash its consumer this many more times than the
 # adapter lets a handler fail before it is dead-lettered without a reason of ours.
@@ -123,6 +129,12 @@ class AmqpBus:
         self._exchanges: set[str] = set()
         self._subscriptions: set[AmqpSubscription] = set()
         self._closed = False
+        self.batches = BatchPublisher(
+            self._send_batch,
+            lambda envelope: self._properties(envelope, correlation_id=envelope.correlation_id),
+            sender=sender,
+            timeout=publish_timeout,
+        )
 
     # Lifetime.
 
@@ -146,6 +158,7 @@ class AmqpBus:
         # Handlers still running may publish (replies, dead letters, follow-up events): the
         # connections stay up until every subscription has drained.
         await asyncio.gather(*(subscription.cancel() for subscription in list(self._subscriptions)))
+        await self.batches.drain()
         self._closed = True
         for future in self._pending.values():
             if not future.done():
@@ -184,10 +197,13 @@ class AmqpBus:
     # Publishing.
 
     async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
-        properties = self._properties(envelope, correlation_id=envelope.correlation_id)
-        await self._send(
-            self._open_channel(), exchange, routing_key or envelope.type, codec.encode(envelope), properties
-        )
+        self._open_channel()  # BusUnavailable at once when closed
+        await self.batches.publish(exchange, routing_key or envelope.type, envelope, codec.encode(envelope))
+
+    async def _send_batch(
+        self, exchange: str, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties, deadline: float
+    ) -> None:
+        await self._send(self._open_channel(), exchange, routing_key, body, properties, deadline=deadline)
 
     async def request(
         self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
@@ -262,13 +278,16 @@ class AmqpBus:
         *,
         mandatory: bool = False,
         restored: bool = False,
+        deadline: float | None = None,
     ) -> None:
-        """Publish and wait for the broker's confirm, across reconnections, until ``publish_timeout``.
+        """Publish and wait for the broker's confirm, across reconnections, until ``publish_timeout``
+        (or until ``deadline``, a loop time).
 
         ``restored``: wait until the channel has restored its queues and consumers, not just opened.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
+        if deadline is None:
+            deadline = loop.time() + self.publish_timeout
         pause = 0.05
         while True:
             try:
@@ -358,26 +377,33 @@ class AmqpBus:
         # though it delivered it.
         await self._send(self._open_channel(), "", request.reply_to or "", codec.encode(answer), properties)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
-        """Republish ``message`` to the dead-letter exchange with why, confirmed; the caller acks it."""
-        log.error(
-            "dead-lettering %s %s from %s: %s", message.type, message.message_id, queue, reason, extra={"queue": queue}
-        )
-        properties = aiormq.spec.Basic.Properties(
-            content_type=message.content_type,
-            delivery_mode=_PERSISTENT,
-            message_id=message.message_id,
-            message_type=message.type,
-            correlation_id=message.correlation_id,
-            app_id=message.app_id,
-            headers={
-                REASON: reason,
-                QUEUE: queue,
-                EXCHANGE: message.exchange or "",
-                ROUTING_KEY: message.routing_key or "",
-            },
-        )
-        await self._send(self._open_channel(), self.topology.dead, message.routing_key or "", message.body, properties)
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        queue: str,
+        reason: str,
+        *,
+        body: bytes | None = None,
+        envelope: Envelope | None = None,
+    ) -> None:
+        """Republish ``message`` (or one envelope of its batch: ``body``, decoded as ``envelope`` if it
+        could be) to the dead-letter exchange with why, confirmed; the caller acks the message."""
+        exchange, routing_key = _origin(message)
+        headers = {REASON: reason, QUEUE: queue, EXCHANGE: exchange, ROUTING_KEY: routing_key}
+        properties = _republished(message, headers, whole=body is None, envelope=envelope)
+        what = f"{properties.message_type} {properties.message_id}"
+        log.error("dead-lettering %s from %s: %s", what, queue, reason, extra={"queue": queue})
+        body = message.body if body is None else body
+        await self._send(self._open_channel(), self.topology.dead, routing_key, body, properties)
+
+    async def _retry_alone(
+        self, message: AbstractIncomingMessage, queue: str, body: bytes, envelope: Envelope, attempts: int
+    ) -> None:
+        """Republish one envelope of a batch, alone and confirmed, to the back of ``queue`` with the
+        failed attempts so far; the caller acks the batch once all its envelopes are settled."""
+        exchange, routing_key = _origin(message)
+        headers = {ATTEMPTS: attempts, EXCHANGE: exchange, ROUTING_KEY: routing_key}
+        await self._send(self._open_channel(), "", queue, body, _republished(message, headers, envelope=envelope))
 
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
         queue = self._dead_queue
@@ -390,7 +416,7 @@ class AmqpBus:
                     message = await queue.get(no_ack=False, fail=False)
                     if message is None:
                         break
-                    taken.append(self._read_dead_letter(message))
+                    taken.extend(self._read_dead_letters(message))
                     await message.ack()
         except Exception as error:
             if not isinstance(error, TimeoutError) and not _is_lost(error):
@@ -400,32 +426,60 @@ class AmqpBus:
                 raise BusUnavailable(f"cannot read the dead-letter queue: {error!r}") from error
         return taken
 
-    def _read_dead_letter(self, message: AbstractIncomingMessage) -> DeadLetter:
+    def _read_dead_letters(self, message: AbstractIncomingMessage) -> list[DeadLetter]:
+        """The letter, or one per envelope of a batch that the broker dead-lettered whole."""
+        bodies = [message.body]
+        if message.content_type == BATCH_CONTENT_TYPE:
+            with contextlib.suppress(ValueError):
+                bodies = unpack(message.body)
         headers: Mapping[str, Any] = message.headers or {}
-        envelope = None
-        with contextlib.suppress(codec.UndecodableMessage):
-            envelope = codec.decode(message.body, self.types)
         if REASON in headers:
-            return DeadLetter(
-                message.body,
-                _text(headers[REASON]),
-                _text(headers.get(QUEUE)),
-                _text(headers.get(EXCHANGE)),
-                _text(headers.get(ROUTING_KEY)),
-                envelope,
-            )
-        # Dead-lettered by the broker itself (the safety-net delivery limit): read ``x-death``.
-        deaths = headers.get("x-death") or [{}]
-        death: Mapping[str, Any] = deaths[0]
-        keys = death.get("routing-keys") or [message.routing_key or ""]
-        return DeadLetter(
-            message.body,
-            f"dead-lettered by RabbitMQ: {_text(death.get('reason')) or 'unknown reason'}",
-            _text(death.get("queue")),
-            _text(death.get("exchange")),
-            _text(keys[0]),
-            envelope,
-        )
+            reason = _text(headers[REASON])
+            queue, exchange, routing_key = (_text(headers.get(name)) for name in (QUEUE, EXCHANGE, ROUTING_KEY))
+        else:
+            # Dead-lettered by the broker itself (the safety-net delivery limit): read ``x-death``.
+            deaths = headers.get("x-death") or [{}]
+            death: Mapping[str, Any] = deaths[0]
+            keys = death.get("routing-keys") or [message.routing_key or ""]
+            reason = f"dead-lettered by RabbitMQ: {_text(death.get('reason')) or 'unknown reason'}"
+            queue, exchange, routing_key = _text(death.get("queue")), _text(death.get("exchange")), _text(keys[0])
+            if ATTEMPTS in headers:  # an envelope retried alone out of its batch
+                exchange, routing_key = _text(headers.get(EXCHANGE)), _text(headers.get(ROUTING_KEY))
+        letters = []
+        for body in bodies:
+            envelope = None
+            with contextlib.suppress(codec.UndecodableMessage):
+                envelope = codec.decode(body, self.types)
+            letters.append(DeadLetter(body, reason, queue, exchange, routing_key, envelope))
+        return letters
+
+
+def _republished(
+    message: AbstractIncomingMessage, headers: dict[str, Any], *, whole: bool = False, envelope: Envelope | None
+) -> aiormq.spec.Basic.Properties:
+    """The properties to republish ``message`` whole, or one envelope of its batch (``envelope`` if it
+    decoded), with ``headers``."""
+    if whole:
+        ids = message.message_id, message.type, message.correlation_id
+    else:
+        ids = (envelope.message_id, envelope.type, envelope.correlation_id) if envelope else (None, None, None)
+    return aiormq.spec.Basic.Properties(
+        content_type=message.content_type if whole else CONTENT_TYPE,
+        delivery_mode=_PERSISTENT,
+        message_id=ids[0],
+        message_type=ids[1],
+        correlation_id=ids[2],
+        app_id=message.app_id,
+        headers=headers,
+    )
+
+
+def _origin(message: AbstractIncomingMessage) -> tuple[str, str]:
+    """The exchange and routing key ``message`` was first published with, even if retried alone."""
+    headers: Mapping[str, Any] = message.headers or {}
+    if ATTEMPTS in headers:
+        return _text(headers.get(EXCHANGE)), _text(headers.get(ROUTING_KEY))
+    return message.exchange or "", message.routing_key or ""
 
 
 def _text(value: object) -> str:
@@ -455,6 +509,8 @@ class AmqpSubscription:
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # Handlers running at once, whether their envelopes came alone or in batches.
+        self._slots = asyncio.Semaphore(max(1, spec.prefetch))
 
     async def start(self) -> None:
         self._consumer_tag = await self._queue.consume(self._on_message)
@@ -496,42 +552,87 @@ class AmqpSubscription:
             await self._settle(message.nack(requeue=True), message)
 
     async def _consume(self, message: AbstractIncomingMessage) -> None:
-        bus, spec = self._bus, self._spec
-        try:
-            envelope = codec.decode(message.body, bus.types)
-        except codec.UndecodableMessage as error:
-            await self._give_up(message, f"undecodable: {error}")
+        if message.content_type == BATCH_CONTENT_TYPE:
+            await self._consume_batch(message)
             return
+        outcome = await self._judge(message.body, _delivery_count(message) + _attempts(message))
+        if outcome.dead is not None:
+            await self._give_up(message, outcome.dead)
+            return
+        if outcome.retry:
+            await self._settle(message.nack(requeue=True), message)
+            return
+        if outcome.reply is not None and message.reply_to and outcome.envelope is not None:
+            try:
+                await self._bus._reply(message, outcome.envelope, outcome.reply)
+            except BusUnavailable as error:
+                # Requeued, not acked: the request comes back and is answered again.
+                log.warning("could not reply to %s %s: %s", message.type, message.message_id, error)
+                await self._settle(message.nack(requeue=True), message)
+                return
+        await self._settle(message.ack(), message)
+
+    async def _consume_batch(self, message: AbstractIncomingMessage) -> None:
         try:
-            reply = await self._handler(envelope)
+            bodies = unpack(message.body)
+        except ValueError as error:
+            await self._give_up(message, f"undecodable batch: {error}")
+            return
+        attempts = _delivery_count(message) + _attempts(message)
+        settled = await asyncio.gather(
+            *(self._settle_item(message, body, attempts) for body in bodies), return_exceptions=True
+        )
+        failures = [result for result in settled if result is not True]
+        if failures:
+            for failure in failures:
+                if isinstance(failure, BaseException):
+                    log.error("could not settle an envelope of a batch", exc_info=failure)
+            log.warning("%d of %d envelopes of a batch not settled: the batch is requeued", len(failures), len(bodies))
+            await self._settle(message.nack(requeue=True), message)
+            return
+        await self._settle(message.ack(), message)
+
+    async def _settle_item(self, message: AbstractIncomingMessage, body: bytes, attempts: int) -> bool:
+        """Run the handler on one envelope of a batch and settle it alone: True once it needs nothing
+        more from the batch's message than its ack."""
+        outcome = await self._judge(body, attempts)
+        try:
+            if outcome.dead is not None:
+                await self._bus._dead_letter(
+                    message, self._spec.name, outcome.dead, body=body, envelope=outcome.envelope
+                )
+            elif outcome.retry and outcome.envelope is not None:
+                await self._bus._retry_alone(message, self._spec.name, body, outcome.envelope, attempts + 1)
+        except BusUnavailable as error:
+            log.warning("could not settle an envelope of batch %s: %s", message.delivery_tag, error)
+            return False
+        return True
+
+    async def _judge(self, body: bytes, attempts: int) -> _Outcome:
+        """Decode and handle one envelope that failed ``attempts`` times before; say what to do with it."""
+        try:
+            envelope = codec.decode(body, self._bus.types)
+        except codec.UndecodableMessage as error:
+            return _Outcome(None, dead=f"undecodable: {error}")
+        try:
+            async with self._slots:
+                reply = await self._handler(envelope)
         except Drop as outcome:
             log.info("dropped %s %s: %s", envelope.type, envelope.message_id, outcome)
         except PoisonMessage as error:
-            await self._give_up(message, f"poison: {error}")
-            return
+            return _Outcome(envelope, dead=f"poison: {error}")
         except Exception as error:
-            attempts = _delivery_count(message) + 1
-            if attempts >= spec.delivery_limit:
+            attempts += 1
+            if attempts >= self._spec.delivery_limit:
                 log.error(
                     "giving up on %s %s after %d deliveries: %r", envelope.type, envelope.message_id, attempts, error
                 )
-                await self._give_up(message, f"delivery limit {attempts} reached: {error!r}")
-            else:
-                log.warning(
-                    "handler failed on %s %s (attempt %d): %r", envelope.type, envelope.message_id, attempts, error
-                )
-                await self._settle(message.nack(requeue=True), message)
-            return
+                return _Outcome(envelope, dead=f"delivery limit {attempts} reached: {error!r}")
+            log.warning("handler failed on %s %s (attempt %d): %r", envelope.type, envelope.message_id, attempts, error)
+            return _Outcome(envelope, retry=True)
         else:
-            if reply is not None and message.reply_to:
-                try:
-                    await bus._reply(message, envelope, reply)
-                except BusUnavailable as error:
-                    # Requeued, not acked: the request comes back and is answered again.
-                    log.warning("could not reply to %s %s: %s", envelope.type, envelope.message_id, error)
-                    await self._settle(message.nack(requeue=True), message)
-                    return
-        await self._settle(message.ack(), message)
+            return _Outcome(envelope, reply=reply)
+        return _Outcome(envelope)
 
     async def _give_up(self, message: AbstractIncomingMessage, reason: str) -> None:
         try:
@@ -551,6 +652,22 @@ class AmqpSubscription:
             if not _is_lost(error):
                 raise
             log.warning("could not settle %s (%r); the broker will redeliver it", message.message_id, error)
+
+
+class _Outcome(NamedTuple):
+    """What a handler's run on one envelope asks of the bus: nothing more than an ack (the default),
+    a retry, or a dead letter with the reason."""
+
+    envelope: Envelope | None
+    reply: WireModel | None = None
+    retry: bool = False
+    dead: str | None = None
+
+
+def _attempts(message: AbstractIncomingMessage) -> int:
+    """Failed deliveries of an envelope before it was retried alone out of its batch."""
+    count = (message.headers or {}).get(ATTEMPTS)
+    return count if isinstance(count, int) else 0
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:

@@ -16,8 +16,8 @@ from typing import ClassVar
 import aio_pika
 import pytest
 
-from broker import codec
-from broker.amqp import AmqpBus
+from broker import amqp_batch, codec
+from broker.amqp import CONTENT_TYPE, AmqpBus
 from broker.envelope import Envelope
 from broker.memory import MemoryBus
 from broker.port import (
@@ -489,3 +489,187 @@ class TestAmqpBus(BusContract):
         assert letter.exchange == topology.commands
         assert letter.routing_key == "contract.ping"
         assert letter.envelope is not None and letter.envelope.message_id == sent.message_id
+
+    # Publisher-side batching: what only the AMQP adapter does.
+
+    async def take_raw(
+        self, amqp_url: str, topology: Topology, purpose: str, send: Callable[[], Awaitable[None]]
+    ) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """Bind a plain queue of our own to ``contract.ping`` on commands, run ``send``, and return the
+        AMQP messages that arrived, read past the adapter."""
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(topology.queue_name("contract", purpose), auto_delete=True)
+            await queue.bind(topology.commands, "contract.ping")
+            await send()
+            messages = []
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                messages.append(message)
+            return messages
+
+    async def test_concurrent_publishes_travel_as_fewer_messages(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        sent = [ping(n) for n in range(200)]
+
+        async def send() -> None:
+            await asyncio.gather(*(bus.publish(topology.commands, envelope) for envelope in sent))
+            await bus.publish(topology.commands, ping(999))  # alone: a plain message
+
+        messages = await self.take_raw(amqp_url, topology, "wire", send)
+
+        *batched, alone = messages
+        assert 1 < len(batched) <= 10, [len(amqp_batch.unpack(m.body)) for m in batched]
+        assert all(message.content_type == amqp_batch.BATCH_CONTENT_TYPE for message in batched)
+        assert all(message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for message in batched)
+        carried = [codec.decode(body, TYPES) for m in batched for body in amqp_batch.unpack(m.body)]
+        assert [envelope.message_id for envelope in carried] == [envelope.message_id for envelope in sent]
+        assert alone.content_type == CONTENT_TYPE and codec.decode(alone.body, TYPES).payload == Ping(n=999)
+        assert (bus.batches.messages, bus.batches.envelopes) == (len(messages), 201)
+
+    async def test_every_envelope_of_a_batch_is_handled_once(self, bus: AmqpBus, topology: Topology) -> None:
+        handler = Recorder()
+        await bus.subscribe(
+            self.spec(topology, "once", Binding(topology.commands, "contract.ping"), prefetch=8), handler
+        )
+
+        sent = [ping(n) for n in range(300)]
+        await asyncio.gather(*(bus.publish(topology.commands, envelope) for envelope in sent))
+        await eventually(lambda: len(handler.seen) >= 300, "every envelope")
+        await asyncio.sleep(0.3)  # time for a wrong redelivery to show
+
+        assert bus.batches.messages < 20
+        assert sorted(handler.numbers()) == list(range(300))
+        assert await bus.dead_letters() == []
+
+    async def test_a_failing_envelope_of_a_batch_is_retried_alone_then_dead_lettered(
+        self, bus: AmqpBus, topology: Topology
+    ) -> None:
+        attempts: collections.Counter[int] = collections.Counter()
+
+        async def flaky(envelope: Envelope) -> None:
+            n = envelope.payload.n
+            attempts[n] += 1
+            if n == 1 and attempts[n] < 2:
+                raise RuntimeError("flaky once")
+            if n == 2:
+                raise RuntimeError("always broken")
+
+        spec = self.spec(topology, "retry-batch", Binding(topology.commands, "contract.ping"), delivery_limit=3)
+        await bus.subscribe(spec, flaky)
+        sent = [ping(n) for n in range(10)]
+        await asyncio.gather(*(bus.publish(topology.commands, envelope) for envelope in sent))
+        assert bus.batches.messages == 1
+
+        (letter,) = await take_dead_letters(bus, 1)
+        await eventually(lambda: attempts[1] == 2, "the flaky envelope to succeed")
+        await asyncio.sleep(0.3)  # time for a wrong rerun of the siblings to show
+        assert attempts == {0: 1, 1: 2, 2: 3, **{n: 1 for n in range(3, 10)}}
+        assert "delivery limit 3 reached" in letter.reason and "always broken" in letter.reason
+        assert (letter.queue, letter.exchange, letter.routing_key) == (spec.name, topology.commands, "contract.ping")
+        assert letter.envelope is not None and letter.envelope.message_id == sent[2].message_id
+        assert codec.decode(letter.body, TYPES).message_id == sent[2].message_id
+        assert await bus.dead_letters() == []
+
+    async def test_a_poison_envelope_of_a_batch_is_dead_lettered_alone(self, bus: AmqpBus, topology: Topology) -> None:
+        async def refuse_three(envelope: Envelope) -> None:
+            if envelope.payload.n == 3:
+                raise PoisonMessage("three is not a job")
+
+        handler = Recorder(refuse_three)
+        spec = self.spec(topology, "poison-batch", Binding(topology.commands, "contract.ping"))
+        await bus.subscribe(spec, handler)
+        sent = [ping(n) for n in range(6)]
+        await asyncio.gather(*(bus.publish(topology.commands, envelope) for envelope in sent))
+        assert bus.batches.messages == 1
+
+        (letter,) = await take_dead_letters(bus, 1)
+        await asyncio.sleep(0.3)
+        assert sorted(handler.numbers()) == list(range(6))
+        assert "three is not a job" in letter.reason
+        assert (letter.queue, letter.exchange, letter.routing_key) == (spec.name, topology.commands, "contract.ping")
+        assert letter.envelope is not None and letter.envelope.message_id == sent[3].message_id
+        assert await bus.dead_letters() == []
+
+    async def test_undecodable_envelopes_of_a_batch_are_dead_lettered_each_alone(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "garbage-batch", Binding(topology.commands, "contract.#"))
+        await bus.subscribe(spec, handler)
+        good, stranger = ping(1), Envelope(Stranger(n=5))
+        bodies = [codec.encode(good), b"\x93not an envelope", codec.encode(stranger)]
+        connection = await aio_pika.connect(amqp_url)
+        async with connection, connection.channel() as channel:
+            exchange = await channel.get_exchange(topology.commands, ensure=False)
+            for body in (amqp_batch.pack(bodies), b"\x00\x00\x01"):  # a batch, then no batch at all
+                message = aio_pika.Message(body, content_type=amqp_batch.BATCH_CONTENT_TYPE)
+                await exchange.publish(message, "contract.mixed")
+
+        letters = await take_dead_letters(bus, 3)
+        assert handler.ids() == {good.message_id}
+        by_body = {letter.body: letter for letter in letters}
+        assert "undecodable" in by_body[bodies[1]].reason and by_body[bodies[1]].envelope is None
+        assert "unknown message type 'contract.stranger'" in by_body[bodies[2]].reason
+        assert "undecodable batch" in by_body[b"\x00\x00\x01"].reason
+        assert {(letter.queue, letter.routing_key) for letter in letters} == {(spec.name, "contract.mixed")}
+
+    async def test_a_batch_dead_lettered_by_rabbitmq_reads_back_as_one_letter_per_envelope(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        name = topology.queue_name("contract", "expiring-batch")
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(
+                name, arguments={"x-message-ttl": 0, "x-dead-letter-exchange": topology.dead}, auto_delete=True
+            )
+            await queue.bind(topology.commands, "contract.ping")
+            sent = [ping(n) for n in range(4)]
+            await asyncio.gather(*(bus.publish(topology.commands, envelope) for envelope in sent))
+            assert bus.batches.messages == 1
+            letters = await take_dead_letters(bus, 4)
+
+        assert [letter.envelope.message_id for letter in letters] == [envelope.message_id for envelope in sent]
+        assert {(letter.reason, letter.queue, letter.routing_key) for letter in letters} == {
+            ("dead-lettered by RabbitMQ: expired", name, "contract.ping")
+        }
+
+    async def test_batches_survive_dropped_connections_and_lose_no_confirmed_envelope(
+        self, bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        async def slowish(envelope: Envelope) -> None:
+            await asyncio.sleep(0.001)
+
+        handler = Recorder(slowish)
+        spec = self.spec(topology, "drop-batch", Binding(topology.events, "contract.#"), prefetch=4)
+        await bus.subscribe(spec, handler)
+        confirmed: list[str] = []
+        failed: list[BaseException] = []
+
+        async def wave(first: int, count: int) -> None:
+            async def publish(n: int) -> None:
+                envelope = ping(n)
+                await bus.publish(topology.events, envelope)
+                confirmed.append(envelope.message_id)
+
+            for outcome in await asyncio.gather(*(publish(first + i) for i in range(count)), return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    failed.append(outcome)
+
+        await wave(0, 500)
+        await eventually(lambda: len(handler.seen) >= 50, "consuming to be under way")
+        dropping = asyncio.create_task(asyncio.to_thread(amqp_vhost.close_all_connections, "test"))
+        n = 500
+        while not dropping.done():  # publishing while the broker drops us, batches in flight
+            await wave(n, 100)
+            n += 100
+        assert await dropping >= 2, "the publisher's and the consumer's connections were both dropped"
+        await wave(n, 500)
+        n += 500
+
+        await eventually(lambda: set(confirmed) <= handler.ids(), "every confirmed envelope", timeout=30)
+        assert not failed and len(confirmed) == n
+        assert bus.batches.messages < n / 5
+        assert await bus.dead_letters() == []
