@@ -119,6 +119,8 @@ class ContentManager:
         return await self._insert(document, command.blob)
 
     async def store_inline_data(self, envelope: Envelope) -> WireModel:
+        """Store a small item whose bytes came in the command. The manager writes the blob itself,
+        so there is no claim to check; a twin or a redelivery that loses the insert drops its blob."""
         command = envelope.payload
         assert isinstance(command, StoreInlineData)
         if await self.contents.get(command.item_id) is not None or await self._was_deleted(command.item_id):
@@ -140,11 +142,11 @@ class ContentManager:
             now=self.clock(),
             granted_to=command.granted_to,
         )
-        reply = await self._insert(document, blob)
-        kept = await self.contents.get(command.item_id)
-        if kept is None or kept["blob_id"] != blob.blob_id:
-            await self._release(blob.blob_id)  # a twin stored it first, or it was refused
-        return reply
+        try:
+            await self.contents.insert(document)
+        except DuplicateKey:
+            await self._release(blob.blob_id)  # a twin stored it first
+        return Accepted(id=command.item_id)
 
     async def replace_content(self, envelope: Envelope) -> WireModel:
         command = envelope.payload

@@ -401,3 +401,10 @@ async def test_an_inline_answer_is_stored_once_whatever_is_redelivered(manager: 
     assert item["owner"] == "steve" and item["granted_to"] == ["h"]
     assert await blob_ids(manager) == {item["blob_id"]}
     assert await read(manager, item["blob_id"]) == b'{"exit_code": 0}'
+
+
+async def test_twin_managers_storing_one_inline_answer_leave_one_item_and_one_blob(manager: ContentManager) -> None:
+    command = Envelope(StoreInlineData(item_id="ans-2", owner="steve", name="a.json", content="{}"))
+    replies = await asyncio.gather(manager.store_inline_data(command), manager.store_inline_data(command))
+    assert replies == [Accepted(id="ans-2")] * 2
+    assert await blob_ids(manager) == {(await manager.contents.get("ans-2"))["blob_id"]}
