@@ -102,7 +102,10 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
             echo("An admin token was printed at first start. To make another:")
             echo(f"  skybus token create --user admin --admin --data-dir {settings.data_dir}")
         echo("Try:")
-        echo(f'  curl -H "Authorization: Bearer $SKYBUS_TOKEN" {url}/api/resources/{local.resource_id}')
+        auth = '-H "Authorization: Bearer $SKYBUS_TOKEN"'
+        echo(f"  curl {auth} {url}/api/resources/{local.resource_id}")
+        echo(f"""  curl {auth} {url}/api/job/run --data '{{"command": "uname -a"}}'""")
+        echo(f'  curl {auth} "{url}/api/job/job_info/<job_id>?wait=30"')
 
     asyncio.run(_run(settings, "skybus-up", build, on_ready=ready))
 
