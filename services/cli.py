@@ -17,6 +17,7 @@ from services.content_manager.service import ContentManagerService
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
+from services.logs import configure as configure_logging
 from services.resource_manager.service import ResourceManagerService
 from services.runner import Service, run_until_signalled
 from services.settings import Settings
@@ -44,9 +45,7 @@ def echo(line: str = "") -> None:
 @click.option("--log-level", default="INFO", show_default=True, envvar="SKYBUS_LOG_LEVEL")
 def main(log_level: str) -> None:
     """skybus: run commands, roles and content on a fleet of Linux hosts."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(log_level)
 
 
 def listen_options(command: Any) -> Any:

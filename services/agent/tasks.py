@@ -247,7 +247,7 @@ class TaskRunner:
                     answer_chunks(exit_code, stdout, stderr), name=f"answer-{job_id}.json", job_id=job_id
                 )
             except DataClientError as failure:
-                log.error("answer of job %s not staged out: %s", job_id, failure)
+                log.error("answer of job %s not staged out: %s", job_id, failure, extra={"job_id": job_id})
                 error = error or f"answer not stored: {failure}"
         finished = self.ledger.finished(
             job_id,

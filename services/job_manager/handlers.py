@@ -250,7 +250,7 @@ class JobManager:
         reply = await self.bus.request(self.topology.commands, self._envelope(command, cause, job), timeout=30)
         if isinstance(reply.payload, Accepted):
             return answer_id, error
-        log.error("answer of job %s not stored: %s", job["id"], reply.payload)
+        log.error("answer of job %s not stored: %s", job["id"], reply.payload, extra={"job_id": job["id"]})
         return None, error or f"answer not stored: {getattr(reply.payload, 'error', reply.payload)}"
 
     async def command_refused(self, envelope: Envelope) -> None:
@@ -412,7 +412,12 @@ class JobManager:
             self.load[job["resource_id"]] -= 1
         if job["deleted"] and fields.get("answer_id"):
             await self._forget_answer(fields["answer_id"], job, None)
-        log.info("job %s %s", job["id"], changes["state"], extra={"job_id": job["id"]})
+        log.info(
+            "job %s %s",
+            job["id"],
+            changes["state"],
+            extra={"job_id": job["id"], "resource_id": job["resource_id"]},
+        )
 
     async def _step(self, job: dict[str, Any], target: JobState, *, at: float, **fields: Any) -> dict[str, Any] | None:
         changes = domain.advance(job, target, at, **fields)

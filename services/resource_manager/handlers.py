@@ -154,7 +154,12 @@ class ResourceManager:
             raise Drop(f"agent event from unknown resource {envelope.resource_id}")
         if not signature_is_valid(resource["verify_key"], codec.signed_bytes(envelope), envelope.signature):
             self.rejected_events["bad signature"] += 1
-            log.warning("forged agent event %s claiming resource %s", envelope.type, envelope.resource_id)
+            log.warning(
+                "forged agent event %s claiming resource %s",
+                envelope.type,
+                envelope.resource_id,
+                extra={"resource_id": envelope.resource_id, "message_id": envelope.message_id},
+            )
             raise Drop(f"bad signature on {envelope.type} from {envelope.resource_id}")
         return resource
 
