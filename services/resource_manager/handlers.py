@@ -132,8 +132,12 @@ class ResourceManager:
         if resource is None:
             self._recent.pop(resource_id, None)
         else:
-            self._recent[resource_id] = (now, resource)
+            self._remember(resource)
         return resource
+
+    def _remember(self, resource: dict[str, Any]) -> None:
+        """What this process wrote or read last about a host: its own writes are never stale here."""
+        self._recent[resource["id"]] = (time.monotonic(), resource)
 
     # Agent events: check the signature, then act and republish as trusted.
 
@@ -172,7 +176,7 @@ class ResourceManager:
             raise Drop(f"stale heartbeat from {resource['id']}")
         was_responding = resource["responding"]
         # A concurrent write raises VersionConflict: the heartbeat is redelivered and read again.
-        await self.resources.update(
+        updated = await self.resources.update(
             resource["id"],
             {
                 "responding": True,
@@ -182,6 +186,7 @@ class ResourceManager:
             },
             expected_version=resource["version"],
         )
+        self._remember(updated)
         if not was_responding:
             await self.bus.publish(
                 self.topology.events,
@@ -198,9 +203,12 @@ class ResourceManager:
             if not domain.has_gone_silent(resource, now, self.responding_timeout):
                 continue
             try:
-                await self.resources.update(resource["id"], {"responding": False}, expected_version=resource["version"])
+                updated = await self.resources.update(
+                    resource["id"], {"responding": False}, expected_version=resource["version"]
+                )
             except VersionConflict:
                 continue  # a heartbeat arrived meanwhile
+            self._remember(updated)
             marked += 1
             await self.bus.publish(
                 self.topology.events,

@@ -172,3 +172,27 @@ def manager_types():
     from schemas.registry import all_message_types
 
     return all_message_types()
+
+
+async def test_commands_for_an_agent_are_forwarded_untouched_or_refused_at_once(manager: ResourceManager) -> None:
+    from schemas.jobs import AgentCommandRefused, SubmitTask
+
+    resource_id, token = await registered(manager)
+    command = Envelope(SubmitTask(job_id="j1", command="true"), resource_id=resource_id)
+    with pytest.raises(Drop, match="not responding"):
+        await manager.forward_to_agent(codec.decode(codec.encode(command), manager_types()))
+    [(exchange, refusal)] = manager.bus.published
+    assert exchange == "t.events" and refusal.payload == AgentCommandRefused(
+        resource_id=resource_id, command_type="agent.submit_task", job_id="j1", reason="host is not responding"
+    )
+
+    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    manager.bus.published.clear()
+    received = codec.decode(codec.encode(command), manager_types())
+    await manager.forward_to_agent(received)
+    [(exchange, forwarded)] = manager.bus.published
+    assert exchange == "t.agent-commands" and forwarded.message_id == command.message_id
+    assert codec.encode_payload(forwarded) == received.payload_bytes  # the payload, byte for byte
+
+    with pytest.raises(Drop, match="unknown resource"):
+        await manager.forward_to_agent(Envelope(SubmitTask(job_id="j2", command="true"), resource_id="nobody"))
