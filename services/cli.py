@@ -13,6 +13,7 @@ import click
 
 from broker.port import MessageBus
 from services.agent.agent import Agent
+from services.agent.data_client import DataClient, DataClientError
 from services.content_manager.service import ContentManagerService
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
@@ -151,6 +152,7 @@ def agent(resource_id: str | None, token: str | None) -> None:
         raise click.UsageError("give --resource-id and --token (or SKYBUS_RESOURCE_ID and SKYBUS_TOKEN)")
 
     async def run() -> None:
+        await check_agent_token(settings)
         bus = make_bus(settings, sender=f"agent:{settings.resource_id}")
         await bus.start()
         try:
@@ -170,6 +172,27 @@ def agent(resource_id: str | None, token: str | None) -> None:
             await bus.close()
 
     asyncio.run(run())
+
+
+async def check_agent_token(settings: Settings) -> None:
+    """Refuse to start with a token the gateway does not know, rather than heartbeat unheard."""
+    client = DataClient(lambda: settings.gateway_url, settings.token or "")
+    try:
+        identity = await client.whoami()
+    except DataClientError as error:
+        log.warning("could not check this agent's token (%s); files cannot be staged until it can", error)
+        return
+    finally:
+        await client.close()
+    if identity is None:
+        raise click.ClickException(
+            "the gateway does not know this token: use the id and token POST /api/resources returned "
+            "(a deleted resource's token is gone with it)"
+        )
+    if identity.get("resource_id") != settings.resource_id:
+        raise click.ClickException(
+            f"this token belongs to {identity.get('user')}, not to resource {settings.resource_id}"
+        )
 
 
 @main.group()

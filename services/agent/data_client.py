@@ -58,6 +58,20 @@ class DataClient:
         except aiohttp.ClientError as error:
             raise DataClientError(f"upload of {name} failed: {error!r}") from error
 
+    async def whoami(self) -> dict[str, object] | None:
+        """Whom the gateway takes this token for; None if it does not know it (HTTP 401).
+
+        Raises :class:`DataClientError` when the gateway cannot be asked."""
+        try:
+            async with self._client().get(f"{self._base()}/api/whoami") as response:
+                if response.status == 401:
+                    return None
+                if response.status != 200:
+                    raise DataClientError(f"whoami failed: {response.status} {await response.text()}")
+                return await response.json()
+        except aiohttp.ClientError as error:
+            raise DataClientError(f"cannot reach the gateway at {self._base()}: {error!r}") from error
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

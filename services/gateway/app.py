@@ -6,12 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from broker.port import MessageBus
 from broker.topology import Topology
 from services.gateway import content_api, data_api, jobs_api, resources_api
 from services.gateway.auth import auth_middleware
-from services.gateway.context import BLOBS, BUS, SETTINGS, STORE, TOKENS, TOPOLOGY
+from services.gateway.context import BLOBS, BUS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
 from services.gateway.job_watch import job_watcher_context
 from services.gateway.openapi import build_openapi, documented
@@ -30,6 +31,21 @@ meta_routes = web.RouteTableDef()
 @documented(summary="Liveness of this gateway", public=True)
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+class WhoAmI(BaseModel):
+    user: str
+    admin: bool
+    resource_id: str | None = None
+
+
+@meta_routes.get("/api/whoami")
+@documented(response=WhoAmI, summary="Whom this token speaks for (a user, or the agent of a host)")
+async def whoami(request: web.Request) -> web.Response:
+    principal = caller(request)
+    return web.json_response(
+        WhoAmI(user=principal.user, admin=principal.admin, resource_id=principal.resource_id).model_dump()
+    )
 
 
 @meta_routes.get("/openapi.json")

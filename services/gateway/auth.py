@@ -17,7 +17,7 @@ from services.store.port import DocumentStore
 from services.tokens import Principal, principal_for
 
 PUBLIC_PATHS: set[str] = {"/health", "/openapi.json", "/resources/.applicationserver/info"}
-AGENT_PREFIXES: tuple[str, ...] = ("/api/data",)
+AGENT_PREFIXES: tuple[str, ...] = ("/api/data", "/api/whoami")
 
 
 async def agent_principal_for(store: DocumentStore, token: str) -> Principal | None:

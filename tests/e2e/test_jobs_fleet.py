@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from tests.e2e.fleet import Fleet
-from tests.e2e.harness import eventually, processes_of
+from tests.e2e.harness import SkybusProcess, eventually, processes_of
 
 pytestmark = pytest.mark.amqp
 
@@ -195,3 +195,10 @@ async def test_a_broker_connection_drop_neither_restarts_nor_loses_running_jobs(
 
 async def _now(value: bool) -> bool:
     return value
+
+
+async def test_an_agent_with_a_token_the_gateway_does_not_know_refuses_to_start(fleet: Fleet) -> None:
+    args = ["agent", "--resource-id", fleet.agent_id, "--token", "not-the-token"]
+    impostor = await SkybusProcess(args, fleet.env).start()
+    assert await impostor.wait() == 1
+    assert any("does not know this token" in line for line in impostor.log), impostor.log

@@ -197,3 +197,14 @@ async def test_bus_unreachable_is_503_with_a_clear_error(stack: Stack) -> None:
     response = await create(stack)
     assert response.status == 503
     assert (await response.json())["error"].startswith("service unavailable, try again shortly")
+
+
+async def test_whoami_names_the_user_or_the_agent_behind_a_token(stack: Stack) -> None:
+    created = await (await create(stack)).json()
+    agent = {"Authorization": f"Bearer {created['token']}"}
+    me = await stack.client.get("/api/whoami", headers=agent)
+    assert me.status == 200
+    assert await me.json() == {"user": f"agent:{created['id']}", "admin": False, "resource_id": created["id"]}
+    steve = await (await stack.client.get("/api/whoami", headers=stack.steve)).json()
+    assert steve == {"user": "steve", "admin": False, "resource_id": None}
+    assert (await stack.client.get("/api/whoami", headers={"Authorization": "Bearer nope"})).status == 401
