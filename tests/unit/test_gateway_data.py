@@ -202,9 +202,10 @@ async def test_an_agent_uploads_what_it_then_owns(content_stack: ContentStack) -
 async def test_an_agent_token_is_good_for_api_data_only(content_stack: ContentStack) -> None:
     resource_id, agent = await register_host(content_stack)
     response = await content_stack.client.get(f"/api/resources/{resource_id}", headers=agent)
-    assert response.status == 403 and await response.json() == {"error": "an agent token may only use /api/data, /api/whoami"}
+    only = "an agent token may only use /api/data, /api/whoami"
+    assert response.status == 403 and await response.json() == {"error": only}
     seed_004 = await content_stack.client.get("/resources", headers=agent)
-    assert seed_004.status == 403 and (await seed_004.json())[0]["message"] == "an agent token may only use /api/data, /api/whoami"
+    assert seed_004.status == 403 and (await seed_004.json())[0]["message"] == only
     assert (await content_stack.client.get("/api/dataset", headers=agent)).status == 403
     # A deleted host's token is no token at all.
     assert (
