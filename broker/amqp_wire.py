@@ -1,0 +1,38 @@
+"""What both halves of the AMQP adapter agree on: header names, the content type, and what a lost
+connection looks like (worth a retry once the robust connection is back)."""
+
+from __future__ import annotations
+
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    ChannelAccessRefused,
+    ChannelClosed,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
+
+CONTENT_TYPE = "application/msgpack"
+
+REASON = "x-skybus-reason"
+QUEUE = "x-skybus-queue"
+EXCHANGE = "x-skybus-exchange"
+ROUTING_KEY = "x-skybus-routing-key"
+# Failed deliveries of an envelope before it was republished alone out of its batch.
+ATTEMPTS = "x-skybus-attempts"
+
+# What a connection or channel loss (or a broker's nack) looks like from a publish or an ack: worth
+# a retry once the robust connection is back. RuntimeError is how aio-pika says a channel or a
+# connection is not open (ChannelInvalidStateError is one). Channel errors that would recur (a missing
+# exchange, a refused permission, an inequivalent declaration) are not in it.
+LOST = (AMQPConnectionError, ConnectionError, OSError, RuntimeError)
+_PERMANENT = (ChannelNotFoundEntity, ChannelAccessRefused, ChannelPreconditionFailed)
+
+
+def is_lost(error: BaseException) -> bool:
+    if isinstance(error, _PERMANENT):
+        return False
+    if isinstance(error, PublishError):
+        return False
+    return isinstance(error, (*LOST, ChannelClosed, DeliveryError))
