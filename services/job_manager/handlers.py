@@ -130,9 +130,14 @@ class JobManager:
             pinned_resource=command.resource_id,
             now=self.clock(),
         )
+        # Placed before it is first written, when a host is there: one write instead of two.
+        resource_id = await self._choose_host(command.resource_id)
+        if resource_id is not None:
+            job.update(self._placement(job, resource_id, job["created_at"]))
         try:
             job = await self.jobs.insert(job)
         except DuplicateKey:
+            resource_id = None  # not placed by this delivery
             job = await self.jobs.get(command.job_id)  # a redelivery, or a retry with the same key
             if job is None:
                 raise
@@ -142,7 +147,10 @@ class JobManager:
                 # Placed before a crash, perhaps never sent: send again (the agent runs it once).
                 await self._dispatch(job, envelope)
                 return Accepted(id=command.job_id)
-        if domain.state_of(job) is JobState.PENDING:
+        if resource_id is not None:  # inserted placed
+            self.load[resource_id] += 1
+            await self._dispatch(job, envelope)
+        elif domain.state_of(job) is JobState.PENDING:
             await self._place(job, envelope)
         return Accepted(id=command.job_id)
 
@@ -341,19 +349,25 @@ class JobManager:
             self._hosts, self._hosts_read_at = found.items, now
         return self._hosts
 
-    async def _place(self, job: dict[str, Any], cause: Envelope | None) -> None:
-        if job["pinned_resource"]:
-            host = await self.resources.get(job["pinned_resource"])
+    async def _choose_host(self, pinned: str | None) -> str | None:
+        if pinned:
+            host = await self.resources.get(pinned)
             candidates = [host] if host else []
         else:
             candidates = await self._responding_hosts()
-        resource_id = domain.choose_host(candidates, self.load)
-        if resource_id is None:
-            return  # stays waiting; the sweep tries again
-        now = self.clock()
+        return domain.choose_host(candidates, self.load)
+
+    @staticmethod
+    def _placement(job: dict[str, Any], resource_id: str, now: float) -> dict[str, Any]:
         changes = domain.advance(job, JobState.STAGING, now) or {}
         changes.update(resource_id=resource_id, dispatched_at=now)
-        job = await self._update(job, changes)
+        return changes
+
+    async def _place(self, job: dict[str, Any], cause: Envelope | None) -> None:
+        resource_id = await self._choose_host(job["pinned_resource"])
+        if resource_id is None:
+            return  # stays waiting; the sweep tries again
+        job = await self._update(job, self._placement(job, resource_id, self.clock()))
         if job is None:
             return
         self.load[resource_id] += 1
