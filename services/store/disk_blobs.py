@@ -102,6 +102,12 @@ class _TempWriter:
                 _fsync_dir(root)
             return DiskBlobStore._info_of(final, final.stat())
 
+    def finish(self, data: bytes, root: Path, blob_id: str) -> BlobInfo:
+        """Write the last piece (if any), then :meth:`commit`."""
+        if data:
+            self.write(data)
+        return self.commit(root, blob_id)
+
     def discard(self) -> None:
         with self._lock:
             self._discarded = True
@@ -132,9 +138,8 @@ class DiskBlobStore:
                 if len(pending) >= _WRITE_PIECE:
                     await asyncio.to_thread(writer.write, bytes(pending))
                     pending.clear()
-            if pending:
-                await asyncio.to_thread(writer.write, bytes(pending))
-            return await asyncio.to_thread(writer.commit, self.root, blob_id)
+            # The last piece and the commit in one trip to a worker thread.
+            return await asyncio.to_thread(writer.finish, bytes(pending), self.root, blob_id)
         except BaseException:
             # Synchronous on purpose: a second cancellation must not interrupt the cleanup.
             writer.discard()
