@@ -157,11 +157,9 @@ class JobManager:
     async def cancel_job(self, envelope: Envelope) -> WireModel:
         command = envelope.payload
         assert isinstance(command, CancelJob)
-        job = await self.jobs.get(command.job_id)
-        if job is None:
-            return Rejected(status=404, error=f"job {command.job_id} not found")
-        if job["deleted"]:
-            return Rejected(status=410, error=f"job {command.job_id} is gone ({job['deleted_reason']})")
+        job, refusal = await self._live_job(command.job_id)
+        if refusal is not None:
+            return refusal
         if domain.is_final(job):
             return Rejected(status=409, error=f"job {command.job_id} already finished: {job['state']}")
         await self._cancel(job, envelope, reason="cancelled by its user")
@@ -170,13 +168,20 @@ class JobManager:
     async def delete_job(self, envelope: Envelope) -> WireModel:
         command = envelope.payload
         assert isinstance(command, DeleteJob)
-        job = await self.jobs.get(command.job_id)
-        if job is None:
-            return Rejected(status=404, error=f"job {command.job_id} not found")
-        if job["deleted"]:
-            return Rejected(status=410, error=f"job {command.job_id} is gone ({job['deleted_reason']})")
+        job, refusal = await self._live_job(command.job_id)
+        if refusal is not None:
+            return refusal
         await self._delete(job, envelope, reason="deleted")
         return Accepted(id=command.job_id)
+
+    async def _live_job(self, job_id: str) -> tuple[dict[str, Any], Rejected | None]:
+        """The job, or why a command cannot touch it: 404 unknown, 410 deleted."""
+        job = await self.jobs.get(job_id)
+        if job is None:
+            return {}, Rejected(status=404, error=f"job {job_id} not found")
+        if job["deleted"]:
+            return job, Rejected(status=410, error=f"job {job_id} is gone ({job['deleted_reason']})")
+        return job, None
 
     # Events from agents (already checked and republished by the resource manager).
 

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from broker.envelope import Envelope
@@ -27,6 +26,7 @@ from schemas.jobs import (
 )
 from services.agent.data_client import DataClientError
 from services.agent.tasks import TaskRunner
+from tests.e2e.harness import processes_of
 
 
 class LocalData:
@@ -92,17 +92,6 @@ def submit(job_id: str, command: str, deadline: float | None = None) -> Envelope
     return Envelope(SubmitTask(job_id=job_id, command=command, deadline=deadline))
 
 
-def job_processes(job_id: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("SKYBUS_JOB_ID") == job_id:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
-
-
 async def test_a_task_runs_once_and_its_answer_is_streamed_json(runner, said, data) -> None:
     await runner.submit_task(submit("j1", "printf 'out\\377'; echo err >&2; exit 4"))
     done = await completed(said, "j1")
@@ -157,30 +146,30 @@ async def test_the_ledger_survives_a_restart(tmp_path, said, data) -> None:
 
 async def test_cancel_kills_the_whole_process_group(runner, said) -> None:
     await runner.submit_task(submit("j2", "sleep 30 & sleep 30; wait"))
-    while len(job_processes("j2")) < 3:
+    while len(processes_of("j2")) < 3:
         await asyncio.sleep(0.02)
     await runner.cancel_task(Envelope(CancelTask(job_id="j2")))
     done = await completed(said, "j2")
     assert done.outcome is JobState.CANCELLED
-    assert job_processes("j2") == []
+    assert processes_of("j2") == []
 
 
 async def test_a_task_that_ignores_sigterm_is_killed(runner, said) -> None:
     await runner.submit_task(submit("j3", "trap '' TERM; sleep 30"))
-    while not job_processes("j3"):
+    while not processes_of("j3"):
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.1)
     started = time.monotonic()
     await runner.cancel_task(Envelope(CancelTask(job_id="j3")))
     assert (await completed(said, "j3")).outcome is JobState.CANCELLED
-    assert time.monotonic() - started < 3 and job_processes("j3") == []
+    assert time.monotonic() - started < 3 and processes_of("j3") == []
 
 
 async def test_deadline_stops_the_task(runner, said) -> None:
     await runner.submit_task(submit("j4", "sleep 30", deadline=time.time() + 0.3))
     done = await completed(said, "j4")
     assert done.outcome is JobState.CANCELLED and done.error == "ttl ran out"
-    assert job_processes("j4") == []
+    assert processes_of("j4") == []
 
 
 async def test_cancel_before_submit_refuses_the_task(runner, said) -> None:
