@@ -2,7 +2,7 @@
 agent) against Celery (prefork, 2 processes, the same RabbitMQ, rpc:// results) running the same
 command, measured in the same run.
 
-    .venv/bin/pip install celery && .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 100]
+    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 100]
 
 skybus: REST submit → ``succeeded`` seen through ``GET /api/job/job_info?wait=60`` (long polling).
 Celery: ``apply_async``
