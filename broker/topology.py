@@ -96,6 +96,15 @@ class Topology:
             prefetch=64,
         )
 
+    def role_manager_commands(self) -> QueueSpec:
+        return QueueSpec(self.queue_name("role-manager", "commands"), (Binding(self.commands, "role.*"),))
+
+    def role_manager_events(self) -> QueueSpec:
+        return QueueSpec(
+            self.queue_name("role-manager", "events"),
+            (Binding(self.events, "job.finished"), Binding(self.events, "host.deleted")),
+        )
+
     def content_manager_commands(self) -> QueueSpec:
         return QueueSpec(
             self.queue_name("content-manager", "commands"),

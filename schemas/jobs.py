@@ -117,6 +117,9 @@ class RunJob(WireModel):
     ttl: int | None = None
     resource_id: str | None = None
     hostname: str | None = None
+    origin: str | None = None
+    """Who asked, when not a user's REST call (``role-manager``): the job manager tells it when the
+    job ends with :class:`JobFinished`."""
 
 
 class CancelJob(WireModel):
@@ -242,6 +245,19 @@ class FileStagedOut(WireModel):
     error: str | None = None
 
 
+class JobFinished(WireModel):
+    """A job that has an ``origin`` ended: for the manager that asked for it."""
+
+    message_type: ClassVar[str] = "job.finished"
+
+    job_id: str
+    origin: str
+    state: JobState
+    exit_code: int | None = None
+    answer_id: str | None = None
+    error: str | None = None
+
+
 class AgentCommandRefused(WireModel):
     """The resource manager did not forward a command: its host is unknown or not responding."""
 
@@ -265,4 +281,5 @@ JOB_MESSAGES: tuple[type[WireModel], ...] = (
     TaskCompleted,
     FileStagedOut,
     AgentCommandRefused,
+    JobFinished,
 )

@@ -6,7 +6,8 @@ from schemas.base import Accepted, MessageTypes, Rejected
 from schemas.content import CONTENT_MESSAGES
 from schemas.jobs import JOB_MESSAGES
 from schemas.resources import RESOURCE_MESSAGES
+from schemas.roles import ROLE_MESSAGES
 
 
 def all_message_types() -> MessageTypes:
-    return MessageTypes(Accepted, Rejected, *RESOURCE_MESSAGES, *JOB_MESSAGES, *CONTENT_MESSAGES)
+    return MessageTypes(Accepted, Rejected, *RESOURCE_MESSAGES, *JOB_MESSAGES, *CONTENT_MESSAGES, *ROLE_MESSAGES)

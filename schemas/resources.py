@@ -77,6 +77,12 @@ class RegisterResource(WireModel):
     verify_key: str
 
 
+class AuthorizeResource(WireModel):
+    message_type: ClassVar[str] = "resource.authorize"
+
+    resource_id: str
+
+
 class DeleteResource(WireModel):
     message_type: ClassVar[str] = "resource.delete"
 
@@ -126,6 +132,7 @@ class HostDeleted(WireModel):
 
 RESOURCE_MESSAGES: tuple[type[WireModel], ...] = (
     RegisterResource,
+    AuthorizeResource,
     DeleteResource,
     Heartbeat,
     HostResponding,

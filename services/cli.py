@@ -20,6 +20,7 @@ from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
 from services.logs import configure as configure_logging
 from services.resource_manager.service import ResourceManagerService
+from services.role_manager.service import RoleManagerService
 from services.runner import Service, run_until_signalled
 from services.settings import Settings
 from services.store.factory import open_document_store
@@ -82,6 +83,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
             ResourceManagerService(settings, bus, store, topology),
             ContentManagerService(settings, bus, store, topology),
             JobManagerService(settings, bus, store, topology),
+            RoleManagerService(settings, bus, store, topology),
             gateway,
             LocalAgentService(settings, bus, store, topology, gateway_url=gateway.url),
         ]
@@ -122,6 +124,7 @@ MANAGERS: dict[str, tuple[type[Service], str]] = {
     "resource-manager": (ResourceManagerService, "Run the resource manager (seed 000: hosts, the proxy to agents)."),
     "job-manager": (JobManagerService, "Run the job manager (seed 001)."),
     "content-manager": (ContentManagerService, "Run the content manager (seed 004 and the data files of jobs)."),
+    "role-manager": (RoleManagerService, "Run the role manager (seed 002: versioned roles on hosts)."),
 }
 
 

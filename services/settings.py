@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     job_sweep_interval: float = 1.0
     max_parallel_tasks: int = Field(default=64, description="tasks an agent runs at once; more wait, accepted")
 
+    # Roles.
+    role_attempts: int = Field(default=4, description="runs of a failing role script before its role is failed")
+    role_retry_delay: float = Field(default=2.0, description="seconds before the first retry; doubled each time")
+    role_sweep_interval: float = 1.0
+
     # The agent's own identity (``skybus agent``).
     resource_id: str | None = None
     token: str | None = None

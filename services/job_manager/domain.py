@@ -36,6 +36,7 @@ def new_job(
     ttl: int | None,
     pinned_resource: str | None,
     now: float,
+    origin: str | None = None,
 ) -> Job:
     return {
         "id": job_id,
@@ -46,6 +47,7 @@ def new_job(
         "ttl": ttl,
         "expires_at": None if ttl is None else now + ttl,
         "pinned_resource": pinned_resource,
+        "origin": origin,
         "resource_id": None,
         "state": JobState.PENDING.value,
         "history": [{"state": JobState.PENDING.value, "at": now}],

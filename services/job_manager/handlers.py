@@ -32,6 +32,7 @@ from schemas.jobs import (
     CancelTask,
     DeleteJob,
     FilesStagedIn,
+    JobFinished,
     JobState,
     RunJob,
     StagedFile,
@@ -129,6 +130,7 @@ class JobManager:
             ttl=command.ttl,
             pinned_resource=command.resource_id,
             now=self.clock(),
+            origin=command.origin,
         )
         # Placed before it is first written, when a host is there: one write instead of two.
         resource_id = await self._choose_host(command.resource_id)
@@ -427,8 +429,11 @@ class JobManager:
         changes = domain.advance_through(job, [*earlier, (outcome, at)], finished_at=at, **fields)
         if changes is None:
             return
-        if await self._update(job, changes) is not None and job["resource_id"]:
+        finished = await self._update(job, changes)
+        if finished is not None and job["resource_id"]:
             self.load[job["resource_id"]] -= 1
+        if finished is not None and finished.get("origin"):
+            await self._tell_origin(finished)
         if job["deleted"] and fields.get("answer_id"):
             await self._forget_answer(fields["answer_id"], job, None)
         log.info(
@@ -437,6 +442,19 @@ class JobManager:
             changes["state"],
             extra={"job_id": job["id"], "resource_id": job["resource_id"]},
         )
+
+    async def _tell_origin(self, job: dict[str, Any]) -> None:
+        """The manager that asked for this job hears that it ended. Lost if this process dies right
+        here: that manager also reads the jobs it waits for, now and then."""
+        event = JobFinished(
+            job_id=job["id"],
+            origin=job["origin"],
+            state=job["state"],
+            exit_code=job["exit_code"],
+            answer_id=job["answer_id"],
+            error=job["error"],
+        )
+        await self.bus.publish(self.topology.events, self._envelope(event, None, job))
 
     async def _step(self, job: dict[str, Any], target: JobState, *, at: float, **fields: Any) -> dict[str, Any] | None:
         changes = domain.advance(job, target, at, **fields)

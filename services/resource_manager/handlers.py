@@ -22,6 +22,7 @@ from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
 from schemas.jobs import AGENT_COMMANDS, AgentCommandRefused
 from schemas.resources import (
+    AuthorizeResource,
     DeleteResource,
     Heartbeat,
     HostDeleted,
@@ -54,6 +55,7 @@ class ResourceManager:
         router = Router()
         router.add(RegisterResource, self.register_resource)
         router.add(DeleteResource, self.delete_resource)
+        router.add(AuthorizeResource, self.authorize_resource)
         for command in AGENT_COMMANDS:
             router.add(command, self.forward_to_agent)
         return router
@@ -79,6 +81,18 @@ class ResourceManager:
                 return Accepted(id=command.resource_id)
             return Rejected(status=400, error=f"hostname {command.hostname!r} is already registered")
         log.info("registered resource %s (%s) for %s", command.resource_id, command.hostname, command.user)
+        return Accepted(id=command.resource_id)
+
+    async def authorize_resource(self, envelope: Envelope) -> WireModel:
+        """Let a host take work (a joined host starts unauthorized); a second call changes nothing."""
+        command = envelope.payload
+        assert isinstance(command, AuthorizeResource)
+        resource = await self.resources.get(command.resource_id)
+        if resource is None:
+            return Rejected(status=404, error=f"resource {command.resource_id} not found")
+        if not resource["authorized"]:
+            self._remember(await self.resources.update(resource["id"], {"authorized": True}))
+            log.info("authorized resource %s", resource["id"])
         return Accepted(id=command.resource_id)
 
     async def delete_resource(self, envelope: Envelope) -> WireModel:

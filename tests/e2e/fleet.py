@@ -11,7 +11,7 @@ import aiohttp
 
 from tests.e2e.harness import SkybusProcess, eventually, skybus_env
 
-MANAGERS = ("resource-manager", "job-manager", "content-manager")
+MANAGERS = ("resource-manager", "job-manager", "content-manager", "role-manager")
 
 
 def free_port() -> int:

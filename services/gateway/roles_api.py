@@ -1,0 +1,268 @@
+"""Seed 002 under ``/v1``: roles with their active version, hosts with their state and roles.
+
+Reads come straight from the store: a host is a resource of seed 000 (the resource manager's
+registry and heartbeats: ``info``, ``responding``) seen through the role manager's record of its
+roles (``state``, ``roles``, ``role_status``). Writes are commands to the role manager, admin only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from schemas.roles import (
+    SCRIPT_LIMIT,
+    ActivateRoleVersion,
+    ActivateVersionBody,
+    ApplyRole,
+    DeleteHostRoles,
+    RegisterRoleVersion,
+    RemoveRole,
+    RoleDetail,
+    RoleVersionBody,
+    RoleVersionView,
+    RoleView,
+    check_name,
+)
+from services.content_manager.repository import CONTENTS
+from services.gateway.bodies import parse_body
+from services.gateway.context import BLOBS, STORE, caller, require_admin, send_command
+from services.gateway.errors import ApiError
+from services.gateway.openapi import documented
+from services.gateway.resources_api import iso
+from services.resource_manager.repository import RESOURCES
+from services.role_manager import domain
+from services.role_manager.repository import ROLE_HOSTS, ROLES
+from services.store.port import BlobNotFound
+
+routes = web.RouteTableDef()
+
+
+def role_name(request: web.Request) -> str:
+    name = request.match_info["role_name"]
+    try:
+        return check_name(name, "a role name")
+    except ValueError as error:
+        raise ApiError(400, str(error)) from None
+
+
+async def load_role(request: web.Request, name: str) -> dict[str, Any]:
+    role = await request.app[STORE].collection(ROLES).get(name)
+    if role is None:
+        raise ApiError(404, f"role {name} not found")
+    return role
+
+
+# Roles.
+
+
+@routes.get("/v1/roles")
+@documented(response=RoleView, summary="Every role, with its active version (seed 002)")
+async def list_roles(request: web.Request) -> web.Response:
+    found = await request.app[STORE].collection(ROLES).find({}, sort=[("name", 1)], limit=10_000)
+    return web.json_response([domain.role_view(role) for role in found.items])
+
+
+@routes.get("/v1/roles/{role_name}")
+@documented(response=RoleView, summary="One role")
+async def get_role(request: web.Request) -> web.Response:
+    return web.json_response(domain.role_view(await load_role(request, role_name(request))))
+
+
+@routes.put("/v1/roles/{role_name}")
+@documented(body=ActivateVersionBody, response=RoleView, summary="Set the active version of a role")
+async def activate_version(request: web.Request) -> web.Response:
+    require_admin(request)
+    name = role_name(request)
+    body = await parse_body(request, ActivateVersionBody)
+    await load_role(request, name)
+    await send_command(request, ActivateRoleVersion(name=name, version=body.active_version))
+    return web.json_response(domain.role_view(await load_role(request, name)))
+
+
+@routes.post("/v1/roles/{role_name}/versions")
+@documented(
+    body=RoleVersionBody, response=RoleVersionView, summary="Register a version of a role (the first is active)"
+)
+async def register_version(request: web.Request) -> web.Response:
+    require_admin(request)
+    name = role_name(request)
+    body = await parse_body(request, RoleVersionBody)
+    install = body.install if body.install is not None else await content_text(request, body.install_content_id)
+    remove = body.remove if body.remove is not None else await content_text(request, body.remove_content_id)
+    await send_command(
+        request,
+        RegisterRoleVersion(
+            name=name,
+            version=body.version,
+            display_name=body.display_name or name,
+            description=body.description,
+            install=install,
+            remove=remove,
+        ),
+    )
+    role = await load_role(request, name)
+    return web.json_response(version_view(role, domain.find_version(role, body.version) or {}), status=201)
+
+
+@routes.get("/v1/roles/{role_name}/versions")
+@documented(response=RoleVersionView, summary="Every version of a role")
+async def list_versions(request: web.Request) -> web.Response:
+    role = await load_role(request, role_name(request))
+    return web.json_response([version_view(role, version) for version in role["versions"]])
+
+
+def version_view(role: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
+    return RoleVersionView(
+        name=role["name"],
+        version=version["version"],
+        display_name=version["display_name"],
+        description=version["description"],
+        active=role["active_version"] == version["version"],
+        created_at=iso(version["created_at"]) or "",
+    ).model_dump()
+
+
+async def content_text(request: web.Request, content_id: str | None) -> str:
+    """A script stored as a content item (seed 004), copied as text: a version never changes."""
+    item = await request.app[STORE].collection(CONTENTS).get(content_id or "")
+    if item is None or item.get("deleted"):
+        raise ApiError(400, f"content {content_id} not found")
+    if not caller(request).admin and item["owner"] != caller(request).user:
+        raise ApiError(400, f"content {content_id} belongs to another user")
+    if item["size"] > SCRIPT_LIMIT:
+        raise ApiError(400, f"content {content_id} is {item['size']} bytes; a script is at most {SCRIPT_LIMIT}")
+    chunks = []
+    try:
+        async for chunk in request.app[BLOBS].open(item["blob_id"]):
+            chunks.append(chunk)
+    except BlobNotFound:
+        raise ApiError(400, f"content {content_id} has no stored bytes") from None
+    try:
+        return b"".join(chunks).decode()
+    except UnicodeDecodeError:
+        raise ApiError(400, f"content {content_id} is not UTF-8 text") from None
+
+
+# Hosts.
+
+
+def host_view(resource: dict[str, Any], host: dict[str, Any] | None) -> dict[str, Any]:
+    """Seed 002's host: ``responding``, ``last_response_time`` and ``role_status`` only when authorized."""
+    facts = resource.get("facts") or {}
+    info: dict[str, Any] = {
+        "hostname": facts.get("hostname") or resource["hostname"],
+        "os_family": facts.get("os_family"),
+        "arch": facts.get("arch"),
+        "os_info": facts.get("os_info"),
+    }
+    view: dict[str, Any] = {
+        "id": resource["id"],
+        "state": domain.host_state(host).value,
+        "info": info,
+        "roles": domain.assigned_roles(host),
+    }
+    if resource["authorized"]:
+        info["responding"] = resource["responding"]
+        info["last_response_time"] = iso(resource["last_response_time"])
+        view["role_status"] = domain.role_status(host).value
+    return view
+
+
+def forgotten(resource: dict[str, Any], host: dict[str, Any] | None) -> bool:
+    """A host deleted through ``DELETE /v1/hosts/{id}`` is not listed until it is seen again."""
+    deleted_at = (host or {}).get("deleted_at")
+    heard = resource.get("last_response_time")
+    return deleted_at is not None and (heard is None or heard <= deleted_at)
+
+
+def visible(request: web.Request, resource: dict[str, Any]) -> bool:
+    principal = caller(request)
+    return principal.admin or resource["user"] == principal.user
+
+
+@routes.get("/v1/hosts")
+@documented(summary="Every host you may see, with its state and roles (seed 002)")
+async def list_hosts(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    resources = (await store.collection(RESOURCES).find({}, sort=[("created_at", 1)], limit=100_000)).items
+    resources = [resource for resource in resources if visible(request, resource)]
+    ids = [resource["id"] for resource in resources]
+    found = await store.collection(ROLE_HOSTS).find({"id": {"$in": ids}}, limit=len(ids) or 1)
+    hosts = {host["id"]: host for host in found.items}
+    views = [
+        host_view(resource, hosts.get(resource["id"]))
+        for resource in resources
+        if not forgotten(resource, hosts.get(resource["id"]))
+    ]
+    return web.json_response(views)
+
+
+async def load_host(request: web.Request) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    host_id = request.match_info["host_id"]
+    store = request.app[STORE]
+    resource = await store.collection(RESOURCES).get(host_id)
+    host = await store.collection(ROLE_HOSTS).get(host_id)
+    if resource is None or not visible(request, resource) or forgotten(resource, host):
+        raise ApiError(404, f"host {host_id} not found")
+    return resource, host
+
+
+@routes.get("/v1/hosts/{host_id}")
+@documented(summary="One host")
+async def get_host(request: web.Request) -> web.Response:
+    return web.json_response(host_view(*await load_host(request)))
+
+
+@routes.delete("/v1/hosts/{host_id}")
+@documented(summary="Remove every role of a host and forget it until it is seen again (no-op if inactive)")
+async def delete_host(request: web.Request) -> web.Response:
+    principal = require_admin(request)
+    resource, _ = await load_host(request)
+    await send_command(request, DeleteHostRoles(host_id=resource["id"], requested_by=principal.user))
+    return web.Response(status=204)
+
+
+@routes.put("/v1/hosts/{host_id}/roles/{role_name}")
+@documented(summary="Apply a role to a host at the role's active version")
+async def apply_role(request: web.Request) -> web.Response:
+    principal = require_admin(request)
+    name = role_name(request)
+    resource, _ = await load_host(request)
+    await load_role(request, name)
+    await send_command(request, ApplyRole(host_id=resource["id"], name=name, requested_by=principal.user))
+    return web.json_response(host_view(*await load_host(request)))
+
+
+@routes.delete("/v1/hosts/{host_id}/roles/{role_name}")
+@documented(summary="Remove a role from a host")
+async def remove_role(request: web.Request) -> web.Response:
+    principal = require_admin(request)
+    name = role_name(request)
+    resource, _ = await load_host(request)
+    await send_command(request, RemoveRole(host_id=resource["id"], name=name, requested_by=principal.user))
+    return web.json_response(host_view(*await load_host(request)))
+
+
+@routes.get("/v1/hosts/{host_id}/roles/{role_name}")
+@documented(response=RoleDetail, summary="Where a role stands on a host, and its script's last output (answer_id)")
+async def role_on_host(request: web.Request) -> web.Response:
+    name = role_name(request)
+    _, host = await load_host(request)
+    entry = (host or {}).get("roles", {}).get(name)
+    if entry is None:
+        raise ApiError(404, f"role {name} is not on host {request.match_info['host_id']}")
+    detail = RoleDetail(
+        version=entry["version"],
+        target_version=entry["target"],
+        status="converging" if entry["job_id"] else entry["status"],
+        attempts=entry["attempts"],
+        job_id=entry["job_id"],
+        last_job_id=entry["last_job_id"],
+        answer_id=entry["answer_id"],
+        exit_code=entry["exit_code"],
+        error=entry["error"],
+        retry_at=iso(entry["retry_at"]),
+    )
+    return web.json_response(detail.model_dump())

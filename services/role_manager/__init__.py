@@ -1,0 +1,1 @@
+"""The role manager (seed 002): versioned roles converging on hosts."""

@@ -1,0 +1,303 @@
+"""Handlers of the role manager: commands from the gateway, the end of its jobs, and the sweep.
+
+A role change on a host runs as a job of the job manager, pinned to that host, with this manager as
+its origin. Delivery is at least once and a twin may run in another process, so:
+
+* every write is made with the version read (a lost race is retried with a fresh read);
+* a change's job id is written to the host's document *before* the job is asked for, and asking
+  again for the same job id is answered with the same job: a manager killed between the two asks
+  again after its restart (the sweep), and the script runs once;
+* one change runs on a host at a time: a second can start only once the host's document shows no
+  job, and only one of two racing writers gets to write its job id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from weakref import WeakValueDictionary
+
+from broker.envelope import Envelope
+from broker.port import MessageBus
+from broker.router import Router
+from broker.topology import Topology
+from schemas.base import Accepted, Rejected, WireModel
+from schemas.jobs import FINAL_STATES, JobFinished, RunJob
+from schemas.resources import AuthorizeResource, HostDeleted
+from schemas.roles import ActivateRoleVersion, ApplyRole, DeleteHostRoles, RegisterRoleVersion, RemoveRole
+from services.role_manager import domain
+from services.store.port import Collection, DuplicateKey, VersionConflict
+
+log = logging.getLogger(__name__)
+
+SENDER = "role-manager"
+CONFLICT_RETRIES = 8
+Document = dict[str, Any]
+T = TypeVar("T")
+CommandHandler = Callable[[Envelope], Awaitable[WireModel]]
+
+
+@dataclass
+class RoleManager:
+    bus: MessageBus
+    topology: Topology
+    roles: Collection
+    hosts: Collection
+    resources: Collection
+    jobs: Collection
+    backoff: domain.Backoff = field(default_factory=domain.Backoff)
+    request_timeout: float = 30.0
+    clock: Callable[[], float] = time.time
+    _locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary)
+
+    def command_router(self) -> Router:
+        router = Router()
+        router.add(RegisterRoleVersion, self._replying(self.register_version))
+        router.add(ActivateRoleVersion, self._replying(self.activate_version))
+        router.add(ApplyRole, self._replying(self.apply_role))
+        router.add(RemoveRole, self._replying(self.remove_role))
+        router.add(DeleteHostRoles, self._replying(self.delete_host))
+        return router
+
+    def event_router(self) -> Router:
+        router = Router()
+        router.add(JobFinished, self.job_finished)
+        router.add(HostDeleted, self.host_deleted)
+        return router
+
+    def _replying(
+        self, handler: Callable[[Envelope], Awaitable[WireModel]]
+    ) -> Callable[[Envelope], Awaitable[WireModel]]:
+        """A refused command answers with its status; a lost race with a twin is retried at once."""
+
+        async def handle(envelope: Envelope) -> WireModel:
+            try:
+                return await self._retrying(lambda: handler(envelope))
+            except domain.RoleError as refusal:
+                return Rejected(status=refusal.status, error=refusal.error)
+
+        return handle
+
+    # Roles and versions.
+
+    async def register_version(self, envelope: Envelope) -> WireModel:
+        command = envelope.payload
+        assert isinstance(command, RegisterRoleVersion)
+        version = domain.new_version(
+            version=command.version,
+            display_name=command.display_name,
+            description=command.description,
+            install=command.install,
+            remove=command.remove,
+            now=self.clock(),
+        )
+        role = await self.roles.get(command.name)
+        if role is None:
+            try:
+                await self.roles.insert(domain.new_role(command.name, version))
+                log.info("role %s registered at version %s", command.name, command.version)
+                return Accepted(id=command.name)
+            except DuplicateKey:
+                role = await self.roles.get(command.name)
+                assert role is not None
+        versions = domain.add_version(role, version)
+        if versions is not None:
+            await self.roles.update(role["id"], {"versions": versions}, expected_version=role["version"])
+            log.info("role %s: version %s registered", command.name, command.version)
+        return Accepted(id=command.name)
+
+    async def activate_version(self, envelope: Envelope) -> WireModel:
+        command = envelope.payload
+        assert isinstance(command, ActivateRoleVersion)
+        role = await self._role(command.name)
+        if domain.find_version(role, command.version) is None:
+            raise domain.RoleError(404, f"version {command.version} of role {command.name} not found")
+        if role["active_version"] != command.version:
+            await self.roles.update(role["id"], {"active_version": command.version}, expected_version=role["version"])
+        return Accepted(id=command.name)
+
+    async def _role(self, name: str) -> Document:
+        role = await self.roles.get(name)
+        if role is None:
+            raise domain.RoleError(404, f"role {name} not found")
+        return role
+
+    # Roles on hosts.
+
+    async def apply_role(self, envelope: Envelope) -> WireModel:
+        command = envelope.payload
+        assert isinstance(command, ApplyRole)
+        role = await self._role(command.name)
+        resource = await self._resource(command.host_id)
+        if not resource["authorized"]:
+            await self._authorize(resource, envelope)  # assigning a role is how an admin authorizes a host
+        async with self._lock(command.host_id):
+            host = await self._host(command.host_id)
+            roles = domain.apply(host, command.name, role["active_version"], command.requested_by)
+            if roles is not None:
+                host = await self._write(host, roles, deleting=False, deleted_at=None)
+                log.info(
+                    "role %s applied at %s", command.name, role["active_version"], extra={"resource_id": host["id"]}
+                )
+            await self._converge(host, envelope)
+        return Accepted(id=command.host_id)
+
+    async def remove_role(self, envelope: Envelope) -> WireModel:
+        command = envelope.payload
+        assert isinstance(command, RemoveRole)
+        await self._resource(command.host_id)
+        async with self._lock(command.host_id):
+            host = await self._host(command.host_id)
+            host = await self._write(host, domain.remove(host, command.name, command.requested_by))
+            await self._converge(host, envelope)
+        return Accepted(id=command.host_id)
+
+    async def delete_host(self, envelope: Envelope) -> WireModel:
+        """Seed 002: remove every role; an inactive host without roles is left as it is."""
+        command = envelope.payload
+        assert isinstance(command, DeleteHostRoles)
+        await self._resource(command.host_id)
+        async with self._lock(command.host_id):
+            host = await self._host(command.host_id)
+            if not host["roles"]:
+                return Accepted(id=command.host_id)
+            host = await self._write(host, domain.remove_all(host, command.requested_by), deleting=True)
+            await self._converge(host, envelope)
+        return Accepted(id=command.host_id)
+
+    async def _resource(self, host_id: str) -> Document:
+        resource = await self.resources.get(host_id)
+        if resource is None:
+            raise domain.RoleError(404, f"host {host_id} not found")
+        return resource
+
+    async def _authorize(self, resource: Document, cause: Envelope) -> None:
+        request = cause.caused(AuthorizeResource(resource_id=resource["id"]), sender=SENDER)
+        reply = await self.bus.request(self.topology.commands, request, timeout=self.request_timeout)
+        if isinstance(reply.payload, Rejected):
+            raise domain.RoleError(reply.payload.status, reply.payload.error)
+        log.info("host %s authorized by its first role", resource["id"], extra={"resource_id": resource["id"]})
+
+    # The end of a change's job.
+
+    async def job_finished(self, envelope: Envelope) -> None:
+        event = envelope.payload
+        assert isinstance(event, JobFinished)
+        if event.origin != SENDER or envelope.resource_id is None:
+            return
+        job = {"state": event.state, "exit_code": event.exit_code, "answer_id": event.answer_id, "error": event.error}
+        await self._retrying(lambda: self._finish(envelope.resource_id or "", event.job_id, job, envelope))
+
+    async def _finish(self, host_id: str, job_id: str, job: Document, cause: Envelope | None) -> None:
+        async with self._lock(host_id):
+            host = await self.hosts.get(host_id)
+            if host is None:
+                return
+            roles = domain.finish(host, job_id, job, self.clock(), self.backoff)
+            if roles is None:
+                return  # told before
+            host = await self._write(host, roles)
+            log.info("role job %s on %s ended %s", job_id, host_id, job["state"], extra={"resource_id": host_id})
+            await self._converge(host, cause)
+
+    async def host_deleted(self, envelope: Envelope) -> None:
+        """The resource is gone from the registry: so is what this manager knew of its roles."""
+        event = envelope.payload
+        assert isinstance(event, HostDeleted)
+        await self.hosts.delete(event.resource_id)
+
+    # Convergence: start the next change on a host, and the sweep that keeps every host moving.
+
+    async def _converge(self, host: Document, cause: Envelope | None) -> None:
+        """Start the host's next change, if one may start now; the caller holds the host's lock."""
+        change = domain.next_change(host, self.clock())
+        if change is None:
+            if host["deleting"] and not host["roles"]:
+                await self._write(host, {}, deleting=False, deleted_at=self.clock())
+            return
+        role = await self.roles.get(change.name)
+        if role is None:  # cannot happen: roles are never deleted
+            log.error("role %s of host %s is not registered", change.name, host["id"])
+            return
+        job_id = str(uuid.uuid4())
+        host = await self._write(host, domain.start(host, change, job_id))
+        await self._ask_for_job(host, change.name, role, cause)
+
+    async def _ask_for_job(self, host: Document, name: str, role: Document, cause: Envelope | None) -> None:
+        """Ask the job manager for the job whose id the host's document holds (again, after a crash:
+        the same id gives the same job)."""
+        entry = host["roles"][name]
+        change = domain.Change(name, entry["op"], entry["op_version"])
+        command = RunJob(
+            job_id=entry["job_id"],
+            user=entry["requested_by"] or "admin",
+            command=domain.script_command(role, change, entry["version"]),
+            resource_id=host["id"],
+            origin=SENDER,
+        )
+        if cause is None:
+            request = Envelope(command, sender=SENDER, correlation_id=entry["job_id"], resource_id=host["id"])
+        else:
+            request = cause.caused(command, sender=SENDER, resource_id=host["id"])
+        reply = await self.bus.request(self.topology.commands, request, timeout=self.request_timeout)
+        if isinstance(reply.payload, Rejected):
+            log.error("job for role %s on %s refused: %s", name, host["id"], reply.payload.error)
+
+    async def sweep(self) -> None:
+        """Start changes whose retry time came, and look at the jobs of running changes: one never
+        asked for (this manager died in between) is asked for; one that ended unheard is finished."""
+        found = await self.hosts.find({"needs_work": True}, limit=10_000)
+        for host in found.items:
+            for name, entry in host["roles"].items():
+                if entry["job_id"] is None:
+                    continue
+                job = await self.jobs.get(entry["job_id"])
+                if job is None:
+                    role = await self.roles.get(name)
+                    if role is not None:
+                        await self._ask_for_job(host, name, role, None)
+                elif job["state"] in FINAL_STATES:
+                    await self._retrying(lambda h=host, j=job: self._finish(h["id"], j["id"], j, None))
+            await self._retrying(lambda h=host: self._converge_fresh(h["id"]))
+
+    async def _converge_fresh(self, host_id: str) -> None:
+        async with self._lock(host_id):
+            host = await self.hosts.get(host_id)
+            if host is not None:
+                await self._converge(host, None)
+
+    # Store access.
+
+    async def _host(self, host_id: str) -> Document:
+        host = await self.hosts.get(host_id)
+        if host is not None:
+            return host
+        try:
+            return await self.hosts.insert(domain.new_host(host_id))
+        except DuplicateKey:
+            return await self.hosts.get(host_id) or domain.new_host(host_id)
+
+    async def _write(self, host: Document, roles: dict[str, Document], **fields: Any) -> Document:
+        changes = {"roles": roles, "needs_work": domain.needs_work(roles), **fields}
+        return await self.hosts.update(host["id"], changes, expected_version=host["version"])
+
+    async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` again, reading afresh, when a twin (or a concurrent handler) wrote first."""
+        for attempt in range(CONFLICT_RETRIES - 1):
+            try:
+                return await work()
+            except VersionConflict:
+                await asyncio.sleep(0.002 * (attempt + 1))
+        return await work()
+
+    def _lock(self, host_id: str) -> asyncio.Lock:
+        """One change of a host's roles at a time in this process (twins are kept apart by versions)."""
+        lock = self._locks.get(host_id)
+        if lock is None:
+            lock = self._locks[host_id] = asyncio.Lock()
+        return lock
