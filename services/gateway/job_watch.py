@@ -20,6 +20,7 @@ from services.store.port import Collection, StoreError
 
 # Seconds between reads while somebody waits: one query a tick for all waiters, quick for a few
 # (a low latency), slower for many (each read costs more, and the gateway has other work).
+ENDED = sorted(FINAL_STATES)
 MIN_PERIOD, PER_WAITER, MAX_PERIOD = 0.002, 0.0003, 0.02
 
 
@@ -59,14 +60,16 @@ class JobWatcher:
             if not ids:
                 continue
             try:
-                found = await self._jobs.find({"id": {"$in": ids}}, limit=len(ids))
+                # Only the jobs that ended (or went) come back: most waiters' jobs are still running,
+                # and their documents are neither read out of the store nor parsed.
+                ended = await self._jobs.find({"id": {"$in": ids}, "state": {"$in": ENDED}}, limit=len(ids))
+                gone = await self._jobs.find({"id": {"$in": ids}, "deleted": True}, limit=len(ids))
             except StoreError:
                 continue
-            for job in found.items:
-                if job["state"] in FINAL_STATES or job["deleted"]:
-                    for future in self._waiters.get(job["id"], []):
-                        if not future.done():
-                            future.set_result(None)
+            for job in [*ended.items, *gone.items]:
+                for future in self._waiters.get(job["id"], []):
+                    if not future.done():
+                        future.set_result(None)
 
 
 WATCHER = web.AppKey("job_watcher", JobWatcher)

@@ -15,6 +15,7 @@ from broker.topology import Topology
 from schemas.registry import all_message_types
 from services.content_manager.repository import CONTENTS
 from services.gateway.app import create_app
+from services.gateway.job_watch import JobWatcher
 from services.job_manager.service import JobManagerService
 from services.resource_manager.domain import new_resource
 from services.resource_manager.service import ResourceManagerService
@@ -234,3 +235,24 @@ async def test_every_route_is_in_the_openapi_document(api: Api) -> None:
         if (path, route.method.lower()) not in documented:
             missing.append(f"{route.method} {path}")
     assert missing == []
+
+
+async def test_the_watcher_ends_a_wait_when_the_job_ends_or_is_deleted_while_it_runs(tmp_path) -> None:
+    store = await SqliteDocumentStore.open(tmp_path / "watch.db")
+    jobs = store.collection("jobs")
+    watcher = JobWatcher(jobs)
+    loop = asyncio.create_task(watcher.run())
+    try:
+        for job_id in ("ends", "deleted", "runs"):
+            await jobs.insert({"id": job_id, "state": "running", "deleted": False})
+        waits = {job_id: asyncio.create_task(watcher.wait(job_id, 5)) for job_id in ("ends", "deleted", "runs")}
+        await asyncio.sleep(0.05)
+        assert not any(wait.done() for wait in waits.values())
+        await jobs.update("ends", {"state": "succeeded"})
+        await jobs.update("deleted", {"deleted": True})  # cancel requested, the agent not heard yet
+        await asyncio.wait_for(asyncio.gather(waits["ends"], waits["deleted"]), 1)
+        assert not waits["runs"].done()
+        waits["runs"].cancel()
+    finally:
+        loop.cancel()
+        await store.close()
