@@ -300,6 +300,8 @@ class JobManager:
             self.jobs, {"resource_id": event.resource_id, "state": {"$in": ["staging", "accepted", "running"]}}
         ):
             await self._finish(job, JobState.LOST, error=f"its host {event.resource_id} was deleted")
+        async for job in each(self.jobs, {"pinned_resource": event.resource_id, "state": "pending"}):
+            await self._finish(job, JobState.LOST, error=f"its host {event.resource_id} was deleted")
 
     # The sweep: what no message will trigger (time passing, hosts going silent, hosts coming back).
 
@@ -373,6 +375,9 @@ class JobManager:
     async def _place(self, job: dict[str, Any], cause: Envelope | None) -> None:
         resource_id = await self._choose_host(job["pinned_resource"])
         if resource_id is None:
+            pinned = job["pinned_resource"]
+            if pinned and await self.resources.get(pinned) is None:
+                await self._finish(job, JobState.LOST, error=f"its host {pinned} was deleted")
             return  # stays waiting; the sweep tries again
         job = await self._update(job, self._placement(job, resource_id, self.clock()))
         if job is None:

@@ -24,7 +24,7 @@ from schemas.jobs import (
     TaskCompleted,
     TaskRunning,
 )
-from schemas.resources import Heartbeat, HostFacts
+from schemas.resources import Heartbeat, HostDeleted, HostFacts
 from services.job_manager.handlers import JobManager
 from services.job_manager.repository import jobs_collection
 from services.resource_manager.domain import new_resource
@@ -126,6 +126,21 @@ async def test_pinned_job_waits_for_its_host(manager: JobManager) -> None:
     await manager.resources.update(HOST_B, {"responding": True, "last_response_time": manager.clock()})
     await manager.sweep()
     assert (await state(manager))["resource_id"] == HOST_B
+
+
+async def test_a_pending_job_whose_pinned_host_is_deleted_is_lost_not_pending_forever(manager: JobManager) -> None:
+    await add_host(manager, HOST_B, responding=False)
+    await run(manager, "job-1", resource_id=HOST_B)
+    await run(manager, "job-2", resource_id=HOST_B)
+    await manager.resources.delete(HOST_B)
+    await manager.host_deleted(Envelope(HostDeleted(resource_id=HOST_B)))
+    job = await state(manager, "job-1")
+    assert job["state"] == "lost" and "was deleted" in job["error"]
+    assert (await state(manager, "job-2"))["state"] == "lost"
+    # and one that arrives after its host went (the gateway checked it just before) is lost at once
+    await run(manager, "job-3", resource_id=HOST_B)
+    await manager.sweep()
+    assert (await state(manager, "job-3"))["state"] == "lost"
 
 
 async def test_lifecycle_is_recorded_once_in_order(manager: JobManager) -> None:
