@@ -24,7 +24,14 @@ from services.runner import Service, run_until_signalled
 from services.settings import Settings
 from services.store.factory import open_document_store
 from services.store.port import DocumentStore
-from services.tokens import check_user_name, create_token, has_admin_token, tokens_collection
+from services.tokens import (
+    check_user_name,
+    create_join_token,
+    create_token,
+    has_admin_token,
+    join_tokens_collection,
+    tokens_collection,
+)
 from services.wiring import make_bus, make_topology
 
 log = logging.getLogger("skybus")
@@ -201,26 +208,36 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--user", required=True)
+@click.option("--user", help="the user the token speaks for")
 @click.option("--admin", is_flag=True, default=False)
+@click.option("--join", is_flag=True, default=False, help="a cluster join token for `skybus agent --join-token`")
 @click.option("--data-dir", type=click.Path(path_type=Path))
-def token_create(user: str, admin: bool, data_dir: Path | None) -> None:
-    """Create a token for USER and print it once (it is stored hashed)."""
+def token_create(user: str | None, admin: bool, join: bool, data_dir: Path | None) -> None:
+    """Create a token for USER, or a cluster join token, and print it once (it is stored hashed)."""
     settings = load_settings(data_dir=data_dir)
-    try:
-        check_user_name(user)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--user") from None
+    if join and (user is not None or admin):
+        raise click.UsageError("--join makes a cluster join token, which belongs to no user: drop --user/--admin")
+    if not join:
+        if user is None:
+            raise click.UsageError("give --user (or --join for a cluster join token)")
+        try:
+            check_user_name(user)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--user") from None
 
     async def create() -> str:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_document_store(settings)
         try:
+            if join:
+                return await create_join_token(join_tokens_collection(store))
+            assert user is not None
             return await create_token(await tokens_collection(store), user=user, admin=admin)
         finally:
             await store.close()
 
-    echo(f"SKYBUS_TOKEN={asyncio.run(create())}")
+    made = asyncio.run(create())
+    echo(f"SKYBUS_JOIN_TOKEN={made}" if join else f"SKYBUS_TOKEN={made}")
 
 
 if __name__ == "__main__":
