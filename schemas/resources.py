@@ -66,7 +66,11 @@ class ResourceView(BaseModel):
 
 
 class RegisterResource(WireModel):
-    """Register a host. The gateway made the token; only its hash and verify key travel."""
+    """Register a host. The gateway made the token (or the agent did, when it joins); only its hash
+    and verify key travel.
+
+    ``joined`` marks a host that joined with a cluster join token (``POST /api/join``): it may adopt
+    a registration of its hostname that no agent has used yet, and a clash is a 409."""
 
     message_type: ClassVar[str] = "resource.register"
 
@@ -75,6 +79,16 @@ class RegisterResource(WireModel):
     user: str
     token_hash: str
     verify_key: str
+    authorized: bool = True
+    joined: bool = False
+
+
+class AuthorizeResource(WireModel):
+    """Let a host take jobs (an admin assigned it a role). Idempotent; Rejected 404 if unknown."""
+
+    message_type: ClassVar[str] = "resource.authorize"
+
+    resource_id: str
 
 
 class DeleteResource(WireModel):
@@ -126,6 +140,7 @@ class HostDeleted(WireModel):
 
 RESOURCE_MESSAGES: tuple[type[WireModel], ...] = (
     RegisterResource,
+    AuthorizeResource,
     DeleteResource,
     Heartbeat,
     HostResponding,
