@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from schemas.base import WireModel
 
-Hostname = Annotated[StrictStr, Field(min_length=1, max_length=253)]
+
+def printable_hostname(value: str) -> str:
+    if not value.strip():
+        raise ValueError("hostname must not be blank")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("hostname must not contain control characters")
+    return value
+
+
+def canonical_uuid_text(value: str) -> str:
+    """A UUID exactly as ``str(uuid.uuid4())`` writes it: a token is hashed as sent, so no other
+    spelling of the same UUID may stand for it."""
+    try:
+        canonical = str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+    if canonical != value:
+        raise ValueError(f"must be a UUID written as {canonical!r}")
+    return value
+
+
+Hostname = Annotated[StrictStr, Field(min_length=1, max_length=253), AfterValidator(printable_hostname)]
+UuidText = Annotated[StrictStr, AfterValidator(canonical_uuid_text)]
 
 
 # REST bodies (seed 000).
@@ -22,14 +45,16 @@ class CreateResourceBody(BaseModel):
     hostname: Hostname
     user: Annotated[StrictStr, Field(min_length=1, max_length=128)]
 
-    @field_validator("hostname")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("hostname must not be blank")
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            raise ValueError("hostname must not contain control characters")
-        return value
+
+class JoinBody(BaseModel):
+    """``POST /api/join``, with a cluster join token as the bearer: the id and token are the ones the
+    joining agent made and keeps; the gateway passes on only the token's hash and verify key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: UuidText
+    hostname: Hostname
+    token: UuidText
 
 
 class ResourceCreated(BaseModel):
@@ -66,7 +91,11 @@ class ResourceView(BaseModel):
 
 
 class RegisterResource(WireModel):
-    """Register a host. The gateway made the token; only its hash and verify key travel."""
+    """Register a host. The gateway made the token (or the agent did, when it joins); only its hash
+    and verify key travel.
+
+    ``joined`` marks a host that joined with a cluster join token (``POST /api/join``): it may adopt
+    a registration of its hostname that no agent has used yet, and a clash is a 409."""
 
     message_type: ClassVar[str] = "resource.register"
 
@@ -75,9 +104,13 @@ class RegisterResource(WireModel):
     user: str
     token_hash: str
     verify_key: str
+    authorized: bool = True
+    joined: bool = False
 
 
 class AuthorizeResource(WireModel):
+    """Let a host take jobs (an admin assigned it a role). Idempotent; Rejected 404 if unknown."""
+
     message_type: ClassVar[str] = "resource.authorize"
 
     resource_id: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ import click
 from broker.port import MessageBus
 from services.agent.agent import Agent
 from services.agent.data_client import DataClient, DataClientError
+from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
 from services.content_manager.service import ContentManagerService
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
@@ -25,7 +27,14 @@ from services.runner import Service, run_until_signalled
 from services.settings import Settings
 from services.store.factory import open_document_store
 from services.store.port import DocumentStore
-from services.tokens import check_user_name, create_token, has_admin_token, tokens_collection
+from services.tokens import (
+    check_user_name,
+    create_join_token,
+    create_token,
+    has_admin_token,
+    join_tokens_collection,
+    tokens_collection,
+)
 from services.wiring import make_bus, make_topology
 
 log = logging.getLogger("skybus")
@@ -143,29 +152,47 @@ for _name, (_service, _summary) in MANAGERS.items():
 @main.command()
 @click.option("--resource-id", help="[SKYBUS_RESOURCE_ID] the id POST /api/resources returned")
 @click.option("--token", help="[SKYBUS_TOKEN] the token POST /api/resources returned")
-def agent(resource_id: str | None, token: str | None) -> None:
+@click.option("--join-token", help="[SKYBUS_JOIN_TOKEN] join with the cluster's join token instead")
+@click.option("--hostname", help="with --join-token: the name to join as (default: this machine's)")
+def agent(resource_id: str | None, token: str | None, join_token: str | None, hostname: str | None) -> None:
     """Run the agent of this host."""
-    settings = load_settings(resource_id=resource_id, token=token)
+    settings = load_settings(resource_id=resource_id, token=token, join_token=join_token)
     if not settings.amqp_url:
         raise click.UsageError(
             "skybus agent needs RabbitMQ (SKYBUS_AMQP_URL): the in-process bus of `skybus up` reaches only "
             "its own process, whose fleet is this one machine and which already runs an agent for it."
         )
-    if not settings.resource_id or not settings.token:
-        raise click.UsageError("give --resource-id and --token (or SKYBUS_RESOURCE_ID and SKYBUS_TOKEN)")
+    if settings.join_token and (settings.resource_id or settings.token):
+        raise click.UsageError(
+            "give either --join-token (SKYBUS_JOIN_TOKEN) or --resource-id and --token "
+            "(SKYBUS_RESOURCE_ID and SKYBUS_TOKEN), not both"
+        )
+    if hostname is not None and not settings.join_token:
+        raise click.UsageError(
+            "--hostname goes with --join-token: a registered host's name is set by POST /api/resources"
+        )
+    if not settings.join_token and (not settings.resource_id or not settings.token):
+        raise click.UsageError(
+            "give --resource-id and --token (or SKYBUS_RESOURCE_ID and SKYBUS_TOKEN), or --join-token"
+        )
 
     async def run() -> None:
-        await check_agent_token(settings)
-        bus = make_bus(settings, sender=f"agent:{settings.resource_id}")
+        if settings.join_token:
+            resource_id, token = await join_cluster(settings, settings.join_token, hostname)
+        else:
+            await check_agent_token(settings)
+            assert settings.resource_id and settings.token
+            resource_id, token = settings.resource_id, settings.token
+        bus = make_bus(settings, sender=f"agent:{resource_id}")
         await bus.start()
         try:
             the_agent = Agent(
                 bus,
                 make_topology(settings),
-                resource_id=settings.resource_id,
-                token=settings.token,
+                resource_id=resource_id,
+                token=token,
                 heartbeat_interval=settings.heartbeat_interval,
-                state_dir=settings.data_dir / f"agent-{settings.resource_id}",
+                state_dir=settings.data_dir / f"agent-{resource_id}",
                 gateway_url=lambda: settings.gateway_url,
                 kill_grace=settings.kill_grace,
                 max_parallel_tasks=settings.max_parallel_tasks,
@@ -175,6 +202,22 @@ def agent(resource_id: str | None, token: str | None) -> None:
             await bus.close()
 
     asyncio.run(run())
+
+
+async def join_cluster(settings: Settings, join_token: str, hostname: str | None) -> tuple[str, str]:
+    """This host's id and token: joined now, or at an earlier start (kept under ``agent-join/``)."""
+    path = settings.data_dir / "agent-join" / CREDENTIALS
+    try:
+        credentials = load_or_make(path, hostname, socket.gethostname())
+        joined = await join(path, settings.gateway_url, join_token, credentials)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    except JoinRefused as refused:
+        raise click.ClickException(f"the gateway refused to let this host join: {refused}") from None
+    log.info(
+        "joined as resource %s (%s)", joined.resource_id, joined.hostname, extra={"resource_id": joined.resource_id}
+    )
+    return joined.resource_id, joined.token
 
 
 async def check_agent_token(settings: Settings) -> None:
@@ -204,26 +247,36 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--user", required=True)
+@click.option("--user", help="the user the token speaks for")
 @click.option("--admin", is_flag=True, default=False)
+@click.option("--join", is_flag=True, default=False, help="a cluster join token for `skybus agent --join-token`")
 @click.option("--data-dir", type=click.Path(path_type=Path))
-def token_create(user: str, admin: bool, data_dir: Path | None) -> None:
-    """Create a token for USER and print it once (it is stored hashed)."""
+def token_create(user: str | None, admin: bool, join: bool, data_dir: Path | None) -> None:
+    """Create a token for USER, or a cluster join token, and print it once (it is stored hashed)."""
     settings = load_settings(data_dir=data_dir)
-    try:
-        check_user_name(user)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--user") from None
+    if join and (user is not None or admin):
+        raise click.UsageError("--join makes a cluster join token, which belongs to no user: drop --user/--admin")
+    if not join:
+        if user is None:
+            raise click.UsageError("give --user (or --join for a cluster join token)")
+        try:
+            check_user_name(user)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--user") from None
 
     async def create() -> str:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = await open_document_store(settings)
         try:
+            if join:
+                return await create_join_token(join_tokens_collection(store))
+            assert user is not None
             return await create_token(await tokens_collection(store), user=user, admin=admin)
         finally:
             await store.close()
 
-    echo(f"SKYBUS_TOKEN={asyncio.run(create())}")
+    made = asyncio.run(create())
+    echo(f"SKYBUS_JOIN_TOKEN={made}" if join else f"SKYBUS_TOKEN={made}")
 
 
 if __name__ == "__main__":

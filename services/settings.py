@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     # The agent's own identity (``skybus agent``).
     resource_id: str | None = None
     token: str | None = None
+    join_token: str | None = Field(default=None, description="a cluster join token, instead of resource_id and token")
 
     @property
     def embedded_bus(self) -> bool:

@@ -1,6 +1,10 @@
-"""User API tokens: stored by SHA-256 hash only, looked up by that hash.
+"""User API tokens and cluster join tokens: stored by SHA-256 hash only, looked up by that hash.
 
 Written by ``skybus token create`` and by ``skybus up`` at first start; read by the gateway.
+
+Join tokens live in a collection of their own, so neither kind can pass for the other: a join
+token is looked up only by ``POST /api/join`` and never authenticates a user, and a user's token
+(an admin's included) is not a join token.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from services.security import hash_token, new_token
 from services.store.port import Collection, DocumentStore
 
 TOKENS = "tokens"
+JOIN_TOKENS = "join_tokens"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +62,19 @@ async def principal_for(tokens: Collection, token: str) -> Principal | None:
 
 async def has_admin_token(tokens: Collection) -> bool:
     return (await tokens.count({"admin": True})) > 0
+
+
+def join_tokens_collection(store: DocumentStore) -> Collection:
+    return store.collection(JOIN_TOKENS)
+
+
+async def create_join_token(join_tokens: Collection) -> str:
+    """Store a new cluster join token and return it: the only time it is seen in clear. Any number
+    may exist; each lets a host join as an unauthorized host until an admin authorizes it."""
+    token = new_token()
+    await join_tokens.insert({"id": hash_token(token), "created_at": time.time()})
+    return token
+
+
+async def is_join_token(join_tokens: Collection, token: str) -> bool:
+    return await join_tokens.get(hash_token(token)) is not None

@@ -10,16 +10,16 @@ from pydantic import BaseModel
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.gateway import content_api, data_api, jobs_api, resources_api, roles_api
+from services.gateway import content_api, data_api, jobs_api, join_api, resources_api, roles_api
 from services.gateway.auth import auth_middleware
-from services.gateway.context import BLOBS, BUS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
+from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
 from services.gateway.job_watch import job_watcher_context
 from services.gateway.openapi import build_openapi, documented
 from services.settings import Settings
 from services.store.factory import open_blob_store
 from services.store.port import BlobStore, DocumentStore
-from services.tokens import tokens_collection
+from services.tokens import join_tokens_collection, tokens_collection
 from services.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,14 @@ async def create_app(
     app[STORE] = store
     app[TOPOLOGY] = topology
     app[TOKENS] = await tokens_collection(store)
+    app[JOIN_TOKENS] = join_tokens_collection(store)
     if blobs is not None:
         app[BLOBS] = blobs
     else:
         app.cleanup_ctx.append(_blob_store_lifetime)
     app.add_routes(meta_routes)
     app.add_routes(resources_api.routes)
+    app.add_routes(join_api.routes)
     app.add_routes(content_api.routes)
     app.add_routes(data_api.routes)
     app.add_routes(jobs_api.routes)

@@ -19,6 +19,7 @@ STORE = web.AppKey("store", DocumentStore)
 BLOBS = web.AppKey("blobs", BlobStore)
 TOPOLOGY = web.AppKey("topology", Topology)
 TOKENS = web.AppKey("tokens", Collection)
+JOIN_TOKENS = web.AppKey("join_tokens", Collection)
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware
 
 SENDER = "gateway"

@@ -97,8 +97,8 @@ async def pinned_host(request: web.Request, body: RunJobBody) -> str | None:
             raise ApiError(400, f"no resource with hostname {body.hostname!r}")
     else:
         return None
-    if not host["authorized"]:
-        raise ApiError(400, f"host {host['id']} is not authorized to take jobs")
+    # A host that is not authorized yet (it joined and waits for an admin) is like one that is not
+    # responding: the job waits pending, and placement takes it there once it may take jobs.
     return host["id"]
 
 

@@ -1,4 +1,5 @@
-"""Pure rules of the resource registry: what a new host looks like, when a host stops responding."""
+"""Pure rules of the resource registry: what a new host looks like, which host a joining agent may
+adopt, when a host stops responding."""
 
 from __future__ import annotations
 
@@ -8,14 +9,23 @@ INACTIVE = "inactive"
 
 
 def new_resource(
-    *, resource_id: str, hostname: str, user: str, token_hash: str, verify_key: str, now: float
+    *,
+    resource_id: str,
+    hostname: str,
+    user: str,
+    token_hash: str,
+    verify_key: str,
+    now: float,
+    authorized: bool = True,
+    joined: bool = False,
 ) -> dict[str, Any]:
     return {
         "id": resource_id,
         "hostname": hostname,
         "user": user,
         "state": INACTIVE,
-        "authorized": True,
+        "authorized": authorized,
+        "joined": joined,
         "token_hash": token_hash,
         "verify_key": verify_key,
         "created_at": now,
@@ -29,6 +39,18 @@ def new_resource(
 def is_same_registration(stored: dict[str, Any], *, hostname: str, token_hash: str) -> bool:
     """A redelivered register command finds its own earlier write: that is success, not a clash."""
     return stored["hostname"] == hostname and stored["token_hash"] == token_hash
+
+
+def may_adopt(stored: dict[str, Any], *, hostname: str) -> bool:
+    """A joining agent takes over a host an admin registered for its hostname (``POST /api/resources``)
+    as long as no agent has spoken for it yet and no other agent joined as it."""
+    return stored["hostname"] == hostname and not stored.get("joined", False) and stored["last_response_time"] is None
+
+
+def adoption(*, token_hash: str, verify_key: str) -> dict[str, Any]:
+    """The changes that hand an adopted host to the joining agent: its credentials replace the ones
+    the admin was given (which stop working at once), and it stays authorized."""
+    return {"token_hash": token_hash, "verify_key": verify_key, "joined": True, "authorized": True}
 
 
 def is_fresh_heartbeat(stored: dict[str, Any], sent_at: float) -> bool:

@@ -1,8 +1,9 @@
 """Handlers of the resource manager: one plain async function per command or event.
 
 Delivery: at least once. Each handler stores its change before it returns (and so before the
-message is acked) and is safe to run twice: a redelivered registration finds its own record, a
-redelivered delete finds nothing left, and a replayed heartbeat is older than the stored one.
+message is acked) and is safe to run twice: a redelivered registration (or adoption) finds its own
+record, a redelivered authorization finds the host authorized, a redelivered delete finds nothing
+left, and a replayed heartbeat is older than the stored one.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from schemas.resources import (
 from services.resource_manager import domain
 from services.resource_manager.repository import silent_candidates
 from services.security import signature_is_valid
-from services.store.port import Collection, DuplicateKey, VersionConflict
+from services.store.port import Collection, DuplicateKey, NotFound, VersionConflict
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ class ResourceManager:
     def router(self) -> Router:
         router = Router()
         router.add(RegisterResource, self.register_resource)
-        router.add(DeleteResource, self.delete_resource)
         router.add(AuthorizeResource, self.authorize_resource)
+        router.add(DeleteResource, self.delete_resource)
         for command in AGENT_COMMANDS:
             router.add(command, self.forward_to_agent)
         return router
@@ -72,27 +73,64 @@ class ResourceManager:
             token_hash=command.token_hash,
             verify_key=command.verify_key,
             now=self.clock(),
+            authorized=command.authorized,
+            joined=command.joined,
         )
         try:
             await self.resources.insert(document)
         except DuplicateKey:
-            stored = await self.resources.get(command.resource_id)
-            if stored and domain.is_same_registration(stored, hostname=command.hostname, token_hash=command.token_hash):
-                return Accepted(id=command.resource_id)
-            return Rejected(status=400, error=f"hostname {command.hostname!r} is already registered")
-        log.info("registered resource %s (%s) for %s", command.resource_id, command.hostname, command.user)
+            return await self._registered_before(command)
+        how = "joined (unauthorized)" if command.joined else f"registered for {command.user}"
+        log.info("resource %s (%s) %s", command.resource_id, command.hostname, how)
         return Accepted(id=command.resource_id)
 
+    async def _registered_before(self, command: RegisterResource) -> WireModel:
+        """The id or the hostname is taken: by this very registration (a redelivery, or an agent that
+        joins again with its saved credentials), by a registration a joining agent adopts, or by
+        another host (a clash). A document that vanished meanwhile raises: the command is retried."""
+        stored = await self.resources.get(command.resource_id)
+        if stored is None:
+            stored = await self.resources.find_one({"hostname": command.hostname})
+        if stored is None:
+            raise VersionConflict(f"the resource that {command.hostname!r} clashed with is gone; register again")
+        if domain.is_same_registration(stored, hostname=command.hostname, token_hash=command.token_hash):
+            return Accepted(id=stored["id"])
+        if not command.joined:
+            return Rejected(status=400, error=f"hostname {command.hostname!r} is already registered")
+        if stored["hostname"] != command.hostname:
+            return Rejected(status=409, error=f"resource id {command.resource_id} is taken by another host")
+        if not domain.may_adopt(stored, hostname=command.hostname):
+            return Rejected(status=409, error=f"hostname {command.hostname!r} is in use by another host")
+        # A concurrent write (the admin's own agent heartbeating first) raises VersionConflict: the
+        # command is redelivered and finds the host in use.
+        changes = domain.adoption(token_hash=command.token_hash, verify_key=command.verify_key)
+        self._remember(await self.resources.update(stored["id"], changes, expected_version=stored["version"]))
+        log.info(
+            "resource %s (%s) adopted by the agent that joined as %s",
+            stored["id"],
+            command.hostname,
+            command.resource_id,
+            extra={"resource_id": stored["id"]},
+        )
+        return Accepted(id=stored["id"])
+
     async def authorize_resource(self, envelope: Envelope) -> WireModel:
-        """Let a host take work (a joined host starts unauthorized); a second call changes nothing."""
         command = envelope.payload
         assert isinstance(command, AuthorizeResource)
-        resource = await self.resources.get(command.resource_id)
-        if resource is None:
+        stored = await self.resources.get(command.resource_id)
+        if stored is None:
             return Rejected(status=404, error=f"resource {command.resource_id} not found")
-        if not resource["authorized"]:
-            self._remember(await self.resources.update(resource["id"], {"authorized": True}))
-            log.info("authorized resource %s", resource["id"])
+        if stored["authorized"]:
+            return Accepted(id=command.resource_id)
+        # A concurrent write (a heartbeat) raises VersionConflict: the command is redelivered.
+        try:
+            updated = await self.resources.update(
+                command.resource_id, {"authorized": True}, expected_version=stored["version"]
+            )
+        except NotFound:
+            return Rejected(status=404, error=f"resource {command.resource_id} not found")
+        self._remember(updated)
+        log.info("resource %s authorized", command.resource_id, extra={"resource_id": command.resource_id})
         return Accepted(id=command.resource_id)
 
     async def delete_resource(self, envelope: Envelope) -> WireModel:
@@ -136,8 +174,9 @@ class ResourceManager:
 
     async def _resource(self, resource_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """A host's record, read at most once a second per host on the hot path (every task event
-        and forwarded command needs it); a verify key never changes, and a host that just stopped
-        responding is refused a second late at worst."""
+        and forwarded command needs it). A verify key changes only when a joining agent adopts a host
+        no agent has spoken for yet, and a host that just stopped responding (or was just authorized
+        by a twin process) is refused a second late at worst."""
         now = time.monotonic()
         cached = self._recent.get(resource_id)
         if cached is not None and not fresh and now - cached[0] < CACHE_SECONDS:

@@ -116,6 +116,13 @@ async def test_run_checks_files_and_hosts(api: Api) -> None:
     assert (await api.call("GET", f"/api/job/job_info/{created['job_id']}"))[1]["state"] == "pending"
 
 
+async def test_a_job_pinned_to_an_unauthorized_host_waits_pending(api: Api) -> None:
+    await api.store.collection("resources").update(HOST, {"authorized": False, "responding": True})
+    job_id = await api.run(resource_id=HOST)
+    status, info = await api.call("GET", f"/api/job/job_info/{job_id}")
+    assert status == 200 and info["state"] == "pending" and info["resource_id"] is None
+
+
 async def test_job_info_errors(api: Api) -> None:
     assert (await api.call("GET", "/api/job/job_info/not-a-uuid"))[0] == 400
     assert (await api.call("GET", f"/api/job/job_info/{uuid.uuid4()}"))[0] == 404

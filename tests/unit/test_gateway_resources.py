@@ -5,46 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from broker.memory import MemoryBus
-from broker.topology import Topology
-from schemas.registry import all_message_types
-from services.gateway.app import create_app
 from services.gateway.context import BUS
-from services.resource_manager.service import ResourceManagerService
-from services.settings import Settings
-from services.store.sqlite import SqliteDocumentStore
-from services.tokens import create_token, tokens_collection
-
-
-class Stack:
-    def __init__(self, client: TestClient, admin: str, steve: str, manager: ResourceManagerService) -> None:
-        self.client = client
-        self.admin = {"Authorization": f"Bearer {admin}"}
-        self.steve = {"Authorization": f"Bearer {steve}"}
-        self.manager = manager
-
-
-@pytest.fixture
-async def stack(tmp_path):
-    settings = Settings(data_dir=tmp_path, request_timeout=2.0)
-    store = await SqliteDocumentStore.open(tmp_path / "gw.db")
-    topology = Topology("gw")
-    bus = MemoryBus(all_message_types(), topology)
-    await bus.start()
-    manager = ResourceManagerService(settings, bus, store, topology)
-    await manager.start()
-    tokens = await tokens_collection(store)
-    admin = await create_token(tokens, user="admin", admin=True)
-    steve = await create_token(tokens, user="steve", admin=False)
-    client = TestClient(TestServer(await create_app(settings, bus, store, topology)))
-    await client.start_server()
-    yield Stack(client, admin, steve, manager)
-    await client.close()
-    await manager.stop()
-    await bus.close()
-    await store.close()
+from tests.resource_stack import Stack, stack_fixture  # noqa: F401
 
 
 async def create(stack: Stack, hostname: str = "my first one", user: str = "steve", **kwargs):

@@ -59,9 +59,15 @@ async def manager(tmp_path):
     await store.close()
 
 
-async def add_host(manager: JobManager, resource_id: str, *, responding: bool = True) -> None:
+async def add_host(manager: JobManager, resource_id: str, *, responding: bool = True, authorized: bool = True) -> None:
     host = new_resource(
-        resource_id=resource_id, hostname=resource_id, user="admin", token_hash=resource_id, verify_key="", now=0
+        resource_id=resource_id,
+        hostname=resource_id,
+        user="admin",
+        token_hash=resource_id,
+        verify_key="",
+        now=0,
+        authorized=authorized,
     )
     host.update(responding=responding, last_response_time=manager.clock() if responding else None)
     await manager.resources.insert(host)
@@ -141,6 +147,41 @@ async def test_a_pending_job_whose_pinned_host_is_deleted_is_lost_not_pending_fo
     await run(manager, "job-3", resource_id=HOST_B)
     await manager.sweep()
     assert (await state(manager, "job-3"))["state"] == "lost"
+
+
+async def test_an_unauthorized_host_is_never_chosen(manager: JobManager) -> None:
+    await add_host(manager, HOST_A, authorized=False)
+    await run(manager, "anywhere")
+    await run(manager, "pinned", resource_id=HOST_A)
+    await manager.sweep()
+    for job_id in ("anywhere", "pinned"):
+        job = await state(manager, job_id)
+        assert job["state"] == "pending" and job["resource_id"] is None
+    assert manager.bus.published == []
+
+    await manager.resources.update(HOST_A, {"authorized": True})  # an admin authorized it
+    await manager.sweep()
+    assert {(await state(manager, job_id))["resource_id"] for job_id in ("anywhere", "pinned")} == {HOST_A}
+
+
+def test_choose_host_takes_only_authorized_responding_hosts() -> None:
+    from services.job_manager.domain import choose_host
+
+    hosts = [
+        {"id": "a", "authorized": False, "responding": True},
+        {"id": "b", "authorized": True, "responding": False},
+        {"id": "c", "authorized": True, "responding": True},
+    ]
+    assert choose_host(hosts, {"c": 9}) == "c"
+    assert choose_host(hosts[:2], {}) is None
+
+
+async def test_placement_skips_an_unauthorized_host_for_an_authorized_one(manager: JobManager) -> None:
+    await add_host(manager, HOST_A, authorized=False)  # the lower id, and idle: it would win
+    await add_host(manager, HOST_B)
+    for n in range(3):
+        await run(manager, f"job-{n}")
+    assert {(await state(manager, f"job-{n}"))["resource_id"] for n in range(3)} == {HOST_B}
 
 
 async def test_lifecycle_is_recorded_once_in_order(manager: JobManager) -> None:

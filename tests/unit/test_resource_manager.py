@@ -12,6 +12,7 @@ from broker.port import Drop
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected
 from schemas.resources import (
+    AuthorizeResource,
     DeleteResource,
     Heartbeat,
     HostDeleted,
@@ -196,3 +197,154 @@ async def test_commands_for_an_agent_are_forwarded_untouched_or_refused_at_once(
 
     with pytest.raises(Drop, match="unknown resource"):
         await manager.forward_to_agent(Envelope(SubmitTask(job_id="j2", command="true"), resource_id="nobody"))
+
+
+# Hosts that join with a cluster join token, adoption, and authorization.
+
+
+def joining(hostname: str = "web-1", resource_id: str = "joiner") -> tuple[RegisterResource, str]:
+    token, token_hash, verify_key = new_agent_credentials()
+    command = RegisterResource(
+        resource_id=resource_id,
+        hostname=hostname,
+        user="",
+        token_hash=token_hash,
+        verify_key=verify_key,
+        authorized=False,
+        joined=True,
+    )
+    return command, token
+
+
+async def test_a_joined_host_is_unauthorized_and_joining_again_is_the_same_host(manager: ResourceManager) -> None:
+    command, _ = joining()
+    assert await manager.register_resource(Envelope(command)) == Accepted(id="joiner")
+    assert await manager.register_resource(Envelope(command)) == Accepted(id="joiner")  # redelivered or rejoined
+    stored = await manager.resources.get("joiner")
+    assert stored["authorized"] is False and stored["joined"] is True and stored["user"] == ""
+    assert await manager.resources.count() == 1
+
+
+@pytest.mark.parametrize("first", ["joined", "heartbeated"])
+async def test_a_hostname_in_use_is_a_409_for_a_joining_host(manager: ResourceManager, first: str) -> None:
+    if first == "joined":
+        taken, _ = joining(resource_id="first")
+        await manager.register_resource(Envelope(taken))
+    else:  # registered by an admin, and its agent already spoke with the admin's token
+        resource_id, token = await registered(manager)
+        await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    before = (await manager.resources.find({}, limit=10)).items
+    reply = await manager.register_resource(Envelope(joining(resource_id="second")[0]))
+    assert isinstance(reply, Rejected) and reply.status == 409 and "in use" in reply.error
+    assert (await manager.resources.find({}, limit=10)).items == before
+
+
+async def test_a_joining_host_cannot_take_an_id_in_use(manager: ResourceManager) -> None:
+    resource_id, _ = await registered(manager, "web-2")
+    reply = await manager.register_resource(Envelope(joining("web-1", resource_id=resource_id)[0]))
+    assert isinstance(reply, Rejected) and reply.status == 409 and "id" in reply.error
+    assert await manager.resources.count() == 1
+
+
+async def test_a_joining_host_adopts_a_registration_no_agent_used(manager: ResourceManager) -> None:
+    resource_id, admins_token = await registered(manager)
+    command, token = joining()
+    assert await manager.register_resource(Envelope(command)) == Accepted(id=resource_id)
+    assert await manager.register_resource(Envelope(command)) == Accepted(id=resource_id)  # retried after a crash
+    stored = await manager.resources.get(resource_id)
+    assert stored["authorized"] is True and stored["joined"] is True and stored["user"] == "steve"
+    assert stored["token_hash"] == command.token_hash and await manager.resources.count() == 1
+
+    # The joined agent speaks for the host; the token the admin was given no longer does.
+    with pytest.raises(Drop, match="bad signature"):
+        await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
+    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    assert (await manager.resources.get(resource_id))["responding"] is True
+
+    # Adopted once: another agent joining as the same hostname is refused.
+    reply = await manager.register_resource(Envelope(joining(resource_id="another")[0]))
+    assert isinstance(reply, Rejected) and reply.status == 409
+
+
+async def test_a_plain_registration_of_a_joined_hostname_is_still_a_400(manager: ResourceManager) -> None:
+    await manager.register_resource(Envelope(joining()[0]))
+    reply = await manager.register_resource(Envelope(registration()[0]))
+    assert isinstance(reply, Rejected) and reply.status == 400
+
+
+async def test_an_unauthorized_host_heartbeats_but_takes_no_commands(manager: ResourceManager) -> None:
+    from schemas.jobs import AgentCommandRefused, SubmitTask
+
+    command, token = joining()
+    await manager.register_resource(Envelope(command))
+    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id="joiner"), token))
+    stored = await manager.resources.get("joiner")
+    assert stored["responding"] is True and stored["facts"]["hostname"] == "web-1"
+    manager.bus.published.clear()
+    with pytest.raises(Drop, match="not authorized"):
+        await manager.forward_to_agent(Envelope(SubmitTask(job_id="j1", command="true"), resource_id="joiner"))
+    [(_, refusal)] = manager.bus.published
+    assert isinstance(refusal.payload, AgentCommandRefused) and refusal.payload.reason == "host is not authorized"
+
+    assert await manager.authorize_resource(Envelope(AuthorizeResource(resource_id="joiner"))) == Accepted(id="joiner")
+    manager.bus.published.clear()
+    await manager.forward_to_agent(Envelope(SubmitTask(job_id="j1", command="true"), resource_id="joiner"))
+    [(exchange, _)] = manager.bus.published
+    assert exchange == "t.agent-commands"
+
+
+async def test_authorize_is_idempotent_and_404_for_an_unknown_host(manager: ResourceManager) -> None:
+    await manager.register_resource(Envelope(joining()[0]))
+    envelope = Envelope(AuthorizeResource(resource_id="joiner"))
+    assert await manager.authorize_resource(envelope) == Accepted(id="joiner")
+    version = (await manager.resources.get("joiner"))["version"]
+    assert await manager.authorize_resource(envelope) == Accepted(id="joiner")  # redelivered: nothing to do
+    stored = await manager.resources.get("joiner")
+    assert stored["authorized"] is True and stored["version"] == version
+    unknown = await manager.authorize_resource(Envelope(AuthorizeResource(resource_id="nobody")))
+    assert isinstance(unknown, Rejected) and unknown.status == 404
+
+
+async def test_authorize_is_routed_by_the_commands_router(manager: ResourceManager) -> None:
+    await manager.register_resource(Envelope(joining()[0]))
+    envelope = codec.decode(codec.encode(Envelope(AuthorizeResource(resource_id="joiner"))), manager_types())
+    assert await manager.router()(envelope) == Accepted(id="joiner")
+    assert (await manager.resources.get("joiner"))["authorized"] is True
+
+
+async def test_authorize_racing_a_heartbeat_is_done_by_the_redelivery(manager: ResourceManager, monkeypatch) -> None:
+    from services.store.port import VersionConflict
+
+    await manager.register_resource(Envelope(joining()[0]))
+    stale = await manager.resources.get("joiner")
+    await manager.resources.update("joiner", {"responding": True})  # a heartbeat's write lands in between
+    reads = iter([stale])
+    real_get = manager.resources.get
+    monkeypatch.setattr(manager.resources, "get", lambda rid: _first_or(reads, real_get, rid))
+    envelope = Envelope(AuthorizeResource(resource_id="joiner"))
+    with pytest.raises(VersionConflict):  # not acked: the bus redelivers it
+        await manager.authorize_resource(envelope)
+    assert (await real_get("joiner"))["authorized"] is False
+    assert await manager.authorize_resource(envelope) == Accepted(id="joiner")
+    assert (await real_get("joiner"))["authorized"] is True
+
+
+async def test_adoption_racing_the_admins_agent_loses_on_redelivery(manager: ResourceManager, monkeypatch) -> None:
+    from services.store.port import VersionConflict
+
+    resource_id, admins_token = await registered(manager)
+    stale = await manager.resources.get(resource_id)
+    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
+    reads = iter([stale])
+    real_find_one = manager.resources.find_one
+    monkeypatch.setattr(manager.resources, "find_one", lambda filter: _first_or(reads, real_find_one, filter))
+    envelope = Envelope(joining()[0])
+    with pytest.raises(VersionConflict):
+        await manager.register_resource(envelope)
+    reply = await manager.register_resource(envelope)
+    assert isinstance(reply, Rejected) and reply.status == 409
+    assert (await manager.resources.get(resource_id))["token_hash"] != envelope.payload.token_hash
+
+
+async def _first_or(reads, fallback, *args):
+    return next(reads, None) or await fallback(*args)
