@@ -42,6 +42,7 @@ from schemas.jobs import (
     TaskRunning,
 )
 from services.agent.answer import answer_chunks
+from services.agent.children import watch_children_with_pidfd
 from services.agent.data_client import DataClient, DataClientError
 from services.agent.ledger import Ledger, TaskRecord
 
@@ -72,6 +73,7 @@ class TaskRunner:
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
+        watch_children_with_pidfd()
 
     # Lifetime.
 
