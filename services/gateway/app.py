@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from broker.port import MessageBus
 from broker.topology import Topology
 from services.gateway import content_api, data_api, jobs_api, join_api, resources_api, roles_api
-from services.gateway.auth import auth_middleware
+from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
 from services.gateway.job_watch import job_watcher_context
@@ -70,6 +70,7 @@ async def create_app(
     app[STORE] = store
     app[TOPOLOGY] = topology
     app[TOKENS] = await tokens_collection(store)
+    app[REMEMBERED] = {}
     app[JOIN_TOKENS] = join_tokens_collection(store)
     if blobs is not None:
         app[BLOBS] = blobs

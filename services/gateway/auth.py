@@ -5,11 +5,17 @@ A bearer token is a user's API token, or else an agent's resource token (the one
 resource manager's resources; an unauthorized host's token is not taken. An agent is never an admin
 and may only use the routes in :data:`AGENT_PREFIXES`.
 
+A user's token found is remembered (by its hash) for :data:`REMEMBER_SECONDS`, so a client's calls
+do not each read the store; a host's token is looked up on every call, so a deleted host's is refused
+at once.
+
 The routes in :data:`JOIN_PATHS` take a cluster join token and nothing else; a join token is taken
 nowhere else.
 """
 
 from __future__ import annotations
+
+import time
 
 from aiohttp import web
 
@@ -23,6 +29,9 @@ from services.tokens import Principal, is_join_token, principal_for
 PUBLIC_PATHS: set[str] = {"/health", "/openapi.json", "/resources/.applicationserver/info"}
 AGENT_PREFIXES: tuple[str, ...] = ("/api/data", "/api/whoami")
 JOIN_PATHS: set[str] = {"/api/join"}
+REMEMBER_SECONDS = 2.0
+REMEMBER_AT_MOST = 10_000
+REMEMBERED = web.AppKey("remembered_tokens", dict[str, tuple[float, Principal]])
 
 
 async def agent_principal_for(store: DocumentStore, token: str) -> Principal | None:
@@ -34,6 +43,26 @@ async def agent_principal_for(store: DocumentStore, token: str) -> Principal | N
 
 def agent_may_use(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in AGENT_PREFIXES)
+
+
+async def known_principal(app: web.Application, token: str) -> Principal:
+    """Whom a token speaks for (401 if nobody); a user's from memory when seen in the last seconds."""
+    now = time.monotonic()
+    remembered = app[REMEMBERED]
+    token_hash = hash_token(token)
+    known = remembered.get(token_hash)
+    if known is not None and known[0] > now:
+        return known[1]
+    principal = await principal_for(app[TOKENS], token)
+    if principal is not None:
+        if len(remembered) >= REMEMBER_AT_MOST:
+            remembered.clear()
+        remembered[token_hash] = (now + REMEMBER_SECONDS, principal)
+        return principal
+    principal = await agent_principal_for(app[STORE], token)
+    if principal is None:
+        raise ApiError(401, "invalid token")
+    return principal
 
 
 @web.middleware
@@ -48,11 +77,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if not await is_join_token(request.app[JOIN_TOKENS], token.strip()):
             raise ApiError(401, "invalid join token: make one with `skybus token create --join`")
         return await handler(request)  # no principal: a join token speaks for no user and no host
-    principal = await principal_for(request.app[TOKENS], token.strip())
-    if principal is None:
-        principal = await agent_principal_for(request.app[STORE], token.strip())
-    if principal is None:
-        raise ApiError(401, "invalid token")
+    principal = await known_principal(request.app, token.strip())
     if principal.resource_id is not None and not agent_may_use(request.path):
         raise ApiError(403, f"an agent token may only use {', '.join(AGENT_PREFIXES)}")
     request[PRINCIPAL] = principal

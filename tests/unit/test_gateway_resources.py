@@ -171,3 +171,27 @@ async def test_whoami_names_the_user_or_the_agent_behind_a_token(stack: Stack) -
     steve = await (await stack.client.get("/api/whoami", headers=stack.steve)).json()
     assert steve == {"user": "steve", "admin": False, "resource_id": None}
     assert (await stack.client.get("/api/whoami", headers={"Authorization": "Bearer nope"})).status == 401
+
+
+async def test_a_users_token_is_looked_up_once_in_a_while_not_on_every_call(stack: Stack, monkeypatch) -> None:
+    from services.gateway import auth
+    from services.gateway.context import TOKENS
+
+    tokens = stack.client.server.app[TOKENS]
+    reads = 0
+    get = tokens.get
+
+    async def counting_get(document_id: str):
+        nonlocal reads
+        reads += 1
+        return await get(document_id)
+
+    monkeypatch.setattr(tokens, "get", counting_get)
+    for _ in range(5):
+        assert (await stack.client.get("/api/whoami", headers=stack.steve)).status == 200
+    assert reads == 1
+    monkeypatch.setattr(auth, "REMEMBER_SECONDS", 0.0)
+    stack.client.server.app[auth.REMEMBERED].clear()
+    for _ in range(2):
+        assert (await stack.client.get("/api/whoami", headers=stack.steve)).status == 200
+    assert reads == 3
