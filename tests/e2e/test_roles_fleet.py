@@ -45,7 +45,7 @@ async def test_a_sigkilled_role_manager_converges_after_restart_running_each_scr
         for version in ("1", "2"):
             body = {
                 "version": version,
-                "install": f"sleep 0.2; echo 'install {name} {version}' >> {log}",
+                "install": f"echo 'begin {name}' >> {log}; sleep 0.2; echo 'install {name} {version}' >> {log}",
                 "remove": f"echo 'remove {name} {version}' >> {log}",
             }
             status, created = await fleet.call("POST", f"/v1/roles/{name}/versions", json=body)
@@ -75,7 +75,7 @@ async def test_a_sigkilled_role_manager_converges_after_restart_running_each_scr
         return seen["role_status"] == "ok" and seen["roles"] == names and seen["state"] == "active"
 
     await eventually(converged, timeout=60, interval=0.2)
-    runs = log.read_text().splitlines()
+    runs = installs(log)
     assert sorted(runs) == [f"install {name} 1" for name in names], runs
 
     # After the restart, the next change (an update to version 2) still runs once per host and role.
@@ -84,5 +84,15 @@ async def test_a_sigkilled_role_manager_converges_after_restart_running_each_scr
         assert status == 200
         assert await apply(name) == 200
     await eventually(converged, timeout=60, interval=0.2)
-    runs = log.read_text().splitlines()
+    runs = installs(log)
     assert sorted(runs[3:]) == [f"install {name} 2" for name in names], runs
+
+
+def installs(log: Path) -> list[str]:
+    """The scripts' runs, checked to be one at a time on the host: each begin is followed by its end."""
+    lines = log.read_text().splitlines()
+    begins, ends = lines[0::2], lines[1::2]
+    assert len(begins) == len(ends), lines
+    for begin, end in zip(begins, ends, strict=True):
+        assert begin.startswith("begin ") and end.startswith(f"install {begin.split()[1]} "), lines
+    return ends
