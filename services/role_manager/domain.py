@@ -126,8 +126,10 @@ def apply(host: Document, name: str, active_version: str, requested_by: str) -> 
 
 def remove(host: Document, name: str, requested_by: str) -> dict[str, Document]:
     entry = host["roles"].get(name)
-    if entry is None or entry["target"] is None:
+    if entry is None:
         raise RoleError(404, f"role {name} is not assigned to host {host['id']}")
+    if entry["target"] is None:
+        return host["roles"]  # being removed already: a redelivered (or repeated) remove
     entry = {**entry, "target": None, "attempts": 0, "retry_at": None, "requested_by": requested_by}
     if entry["job_id"] is None:
         entry["status"] = RoleStatus.CONVERGING.value

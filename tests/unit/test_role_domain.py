@@ -98,6 +98,7 @@ def test_removing_the_last_role_runs_its_remove_script_and_makes_the_host_inacti
     host = installed(at="2")
     host["roles"] = domain.remove(host, "a", "admin")
     assert domain.assigned_roles(host) == [] and domain.host_state(host).value == "active"
+    assert domain.remove(host, "a", "admin") == host["roles"]  # again (a redelivery): no change
     assert domain.next_change(host, 0) == Change("a", domain.REMOVE, "2")
     host["roles"] = domain.start(host, Change("a", domain.REMOVE, "2"), "job-9")
     host["roles"] = domain.finish(host, "job-9", {"state": "succeeded"}, 1, BACKOFF)
