@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from broker import codec
 from broker.envelope import Envelope
 from broker.port import Drop, MessageBus, NoRoute
 from broker.router import Router
@@ -33,7 +32,7 @@ from schemas.resources import (
 )
 from services.resource_manager import domain
 from services.resource_manager.repository import silent_candidates
-from services.security import signature_is_valid
+from services.security import signed_by
 from services.store.port import Collection, DuplicateKey, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -195,7 +194,7 @@ class ResourceManager:
         if resource is None:
             self.rejected_events["unknown resource"] += 1
             raise Drop(f"agent event from unknown resource {envelope.resource_id}")
-        if not signature_is_valid(resource["verify_key"], codec.signed_bytes(envelope), envelope.signature):
+        if not signed_by(envelope, resource["verify_key"]):
             self.rejected_events["bad signature"] += 1
             log.warning(
                 "forged agent event %s claiming resource %s",
