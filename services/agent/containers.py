@@ -100,6 +100,12 @@ class Containers:
             )
         if shutil.which("nsenter") is None:
             raise PoolError(501, "containers need nsenter on this node (package util-linux), and it is not installed")
+        if os.geteuid() != 0:
+            raise PoolError(
+                501,
+                "containers need this node's agent to run as root: bubblewrap makes their namespaces as root "
+                "and nsenter enters them",
+            )
 
     # Containers.
 

@@ -2,8 +2,11 @@
 
 Every answer is an envelope caused by the query and signed with this host's key, so the gateway can
 tell it from anything else on the bus before it trusts it. A query is not acted on once its
-``deadline`` has passed (whoever asked has had a 504; a reboot must not happen behind their back),
-and a query delivered again (its reply was lost) gets the answer already given, not a second run.
+``deadline`` has passed (whoever asked has had a 504; a reboot must not happen behind their back):
+the broker expires a query that waited in a queue too long, but not one it had already pushed to
+an agent that then hung. The deadline is the gateway's clock read by this host's, so the fleet's
+clocks are assumed to agree (NTP), as a job's ttl already assumes. A query delivered again (its
+reply was lost) gets the answer already given, not a second run.
 """
 
 from __future__ import annotations

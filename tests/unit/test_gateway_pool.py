@@ -385,6 +385,13 @@ async def test_a_node_without_bubblewrap_says_what_to_install(pool: Pool) -> Non
         assert status == 501 and "apt-get install bubblewrap" in body["error"], body
 
 
+async def test_an_agent_that_is_not_root_says_containers_need_root(pool: Pool, monkeypatch) -> None:
+    need_bubblewrap()
+    monkeypatch.setattr("services.agent.containers.os.geteuid", lambda: 1000)
+    status, body = await pool.call("POST", f"{pool.node}/containers", json={"id": "x"})
+    assert status == 501 and "run as root" in body["error"], body
+
+
 async def test_containers_and_their_jobs_outlive_the_agent(pool: Pool, tmp_path: Path) -> None:
     need_bubblewrap()
     containers = f"{pool.node}/containers"
