@@ -86,7 +86,7 @@ class Containers:
         kill_grace: float = 5.0,
         start_timeout: float = 10.0,
     ) -> None:
-        self.dir = state_dir
+        self.dir = state_dir.absolute()  # bwrap and the detached shells must not depend on a cwd
         self._data = data
         self._tool = tool
         self._kill_grace = kill_grace
