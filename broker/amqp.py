@@ -46,7 +46,7 @@ from yarl import URL
 from broker import codec
 from broker.amqp_batch import BATCH_CONTENT_TYPE, BatchPublisher, unpack
 from broker.amqp_consume import AmqpSubscription
-from broker.amqp_wire import ATTEMPTS, CONTENT_TYPE, EXCHANGE, LOST, QUEUE, REASON, ROUTING_KEY, is_lost
+from broker.amqp_wire import ATTEMPTS, CONTENT_TYPE, EXCHANGE, HANDLING, LOST, QUEUE, REASON, ROUTING_KEY, is_lost
 from broker.envelope import Envelope
 from broker.port import (
     BusUnavailable,
@@ -199,6 +199,18 @@ class AmqpBus:
             self._pending.pop(envelope.message_id, None)
         return codec.decode(body, self.types)
 
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+        request = HANDLING.get()
+        if request is None or not request.reply_to:
+            properties = self._properties(envelope, correlation_id=envelope.correlation_id)
+        else:
+            # The requester matches its reply by this correlation id, on the reply-to of its own channel.
+            properties = self._properties(envelope, correlation_id=request.correlation_id, reply_to=request.reply_to)
+            if request.expiration is not None:
+                properties.expiration = str(max(1, int(request.expiration * 1000)))
+        channel = self._open_channel()
+        await self._send(channel, exchange, routing_key, codec.encode(envelope), properties, mandatory=True)
+
     async def _rpc(self) -> AbstractRobustChannel:
         """The channel that publishes requests and consumes their replies (direct reply-to needs both
         on one channel). Opened on the first request; the robust channel re-consumes after a reconnect."""
@@ -341,8 +353,8 @@ class AmqpBus:
         self._subscriptions.add(subscription)
         return subscription
 
-    async def _reply(self, request: AbstractIncomingMessage, envelope: Envelope, payload: WireModel) -> None:
-        answer = envelope.caused(payload, sender=self.sender)
+    async def _reply(self, request: AbstractIncomingMessage, envelope: Envelope, payload: WireModel | Envelope) -> None:
+        answer = payload if isinstance(payload, Envelope) else envelope.caused(payload, sender=self.sender)
         properties = self._properties(answer, correlation_id=request.correlation_id, persistent=False)
         # mandatory=False: RabbitMQ 3.10 returns a mandatory message to amq.rabbitmq.reply-to even
         # though it delivered it.

@@ -19,7 +19,7 @@ from aiormq.exceptions import ChannelClosed
 
 from broker import codec
 from broker.amqp_batch import BATCH_CONTENT_TYPE, unpack
-from broker.amqp_wire import ATTEMPTS, LOST, is_lost
+from broker.amqp_wire import ATTEMPTS, HANDLING, LOST, is_lost
 from broker.envelope import Envelope
 from broker.port import BusUnavailable, Drop, Handler, PoisonMessage, QueueSpec
 from schemas.base import WireModel
@@ -98,6 +98,7 @@ class AmqpSubscription:
         if message.content_type == BATCH_CONTENT_TYPE:
             await self._consume_batch(message)
             return
+        HANDLING.set(message)
         outcome = await self._judge(message.body, _delivery_count(message) + _attempts(message))
         if outcome.dead is not None:
             await self._give_up(message, outcome.dead)
@@ -202,7 +203,7 @@ class _Outcome(NamedTuple):
     a retry, or a dead letter with the reason."""
 
     envelope: Envelope | None
-    reply: WireModel | None = None
+    reply: WireModel | Envelope | None = None
     retry: bool = False
     dead: str | None = None
 

@@ -3,6 +3,9 @@ connection looks like (worth a retry once the robust connection is back)."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
+from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import (
     AMQPConnectionError,
     ChannelAccessRefused,
@@ -21,6 +24,9 @@ EXCHANGE = "x-skybus-exchange"
 ROUTING_KEY = "x-skybus-routing-key"
 # Failed deliveries of an envelope before it was republished alone out of its batch.
 ATTEMPTS = "x-skybus-attempts"
+
+# The message whose handler runs in this task (unless it came in a batch): what a forward passes on.
+HANDLING: ContextVar[AbstractIncomingMessage | None] = ContextVar("skybus_amqp_message", default=None)
 
 # What a connection or channel loss (or a broker's nack) looks like from a publish or an ack: worth
 # a retry once the robust connection is back. RuntimeError is how aio-pika says a channel or a

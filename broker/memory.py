@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from broker import codec
@@ -29,6 +30,9 @@ from broker.topology import Topology
 from schemas.base import MessageTypes
 
 log = logging.getLogger(__name__)
+
+# The delivery whose handler runs in this task: what :meth:`MemoryBus.forward` passes on.
+_handling: ContextVar[_Delivery | None] = ContextVar("skybus_memory_delivery", default=None)
 
 
 @dataclass(slots=True)
@@ -94,6 +98,7 @@ class _MemorySubscription:
         except codec.UndecodableMessage as error:
             self._bus._dead_letter(delivery, self._queue.spec.name, f"undecodable: {error}")
             return
+        _handling.set(delivery)
         try:
             reply = await self._handler(envelope)
         except Drop as outcome:
@@ -111,7 +116,7 @@ class _MemorySubscription:
                 self._queue.items.put_nowait(delivery)
         else:
             if delivery.reply is not None and not delivery.reply.done() and reply is not None:
-                answer = envelope.caused(reply, sender=envelope.sender)
+                answer = reply if isinstance(reply, Envelope) else envelope.caused(reply, sender=envelope.sender)
                 delivery.reply.set_result(codec.encode(answer))
 
 
@@ -156,6 +161,13 @@ class MemoryBus:
         except TimeoutError:
             raise RequestTimeout(f"no reply to {key!r} within {timeout}s") from None
         return codec.decode(body, self.types)
+
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+        taken = _handling.get()
+        reply = taken.reply if taken is not None else None
+        expires_at = taken.expires_at if taken is not None else None
+        if not self._route(exchange, routing_key, codec.encode(envelope), reply=reply, expires_at=expires_at):
+            raise NoRoute(f"no queue takes {routing_key!r} on {exchange!r}")
 
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
         taken, self._dead = self._dead[:max_count], self._dead[max_count:]

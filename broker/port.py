@@ -9,7 +9,9 @@ Guarantees every adapter gives (the contract suite in ``tests/contract/test_bus.
   must be safe to run twice.
 * The handler's outcome decides the acknowledgement:
 
-  - returns normally: acked; if the message was a request, what it returned is the reply;
+  - returns normally: acked; if the message was a request, what it returned is the reply (a
+    payload, sent in an envelope caused by the request, or a whole :class:`Envelope`, sent as it
+    is: an agent signs its answers);
   - raises :class:`Drop`: an expected domain outcome, logged and acked;
   - raises :class:`PoisonMessage`: dead-lettered at once with the reason;
   - raises anything else: requeued and redelivered, and dead-lettered with the last error as the
@@ -28,7 +30,7 @@ from typing import Protocol
 from broker.envelope import Envelope
 from schemas.base import WireModel
 
-Handler = Callable[[Envelope], Awaitable[WireModel | None]]
+Handler = Callable[[Envelope], Awaitable[WireModel | Envelope | None]]
 
 
 class BusError(Exception):
@@ -108,6 +110,14 @@ class MessageBus(Protocol):
 
         A request that no consumer has taken within ``timeout`` expires unhandled (and is
         dead-lettered as expired), so a caller that gave up never has its command run behind its back.
+        """
+
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+        """Pass the request the running handler took on to another queue, untouched, with its reply
+        address: the consumer there answers the original requester directly, and the handler that
+        forwarded it returns None. The forwarded request expires as a request does (with the
+        original's time to live). Called from a handler of a message that is not a request, it is
+        a plain :meth:`publish`. Either way it raises :class:`NoRoute` when no queue takes it.
         """
 
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:

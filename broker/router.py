@@ -14,7 +14,7 @@ from broker.port import PoisonMessage
 from schemas.base import WireModel
 
 M = TypeVar("M", bound=WireModel)
-TypedHandler = Callable[[Envelope], Awaitable[WireModel | None]]
+TypedHandler = Callable[[Envelope], Awaitable[WireModel | Envelope | None]]
 
 
 class Router:
@@ -30,7 +30,7 @@ class Router:
     def models(self) -> tuple[type[WireModel], ...]:
         return tuple(self._handlers)
 
-    async def __call__(self, envelope: Envelope) -> WireModel | None:
+    async def __call__(self, envelope: Envelope) -> WireModel | Envelope | None:
         handler = self._handlers.get(type(envelope.payload))
         if handler is None:
             raise PoisonMessage(f"no handler here for {envelope.type!r}")

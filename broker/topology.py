@@ -77,8 +77,9 @@ class Topology:
     def resource_manager_commands(self) -> QueueSpec:
         return QueueSpec(
             self.queue_name("resource-manager", "commands"),
-            # resource.*: the registry; agent.*: commands it forwards to one agent (the proxy of seed 000).
-            (Binding(self.commands, "resource.*"), Binding(self.commands, "agent.*")),
+            # resource.*: the registry; agent.*: commands it forwards to one agent (the proxy of seed 000);
+            # node.*: live queries of seed 003 it forwards to one agent with their reply address.
+            (Binding(self.commands, "resource.*"), Binding(self.commands, "agent.*"), Binding(self.commands, "node.*")),
         )
 
     def job_manager_commands(self) -> QueueSpec:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from broker.port import MessageBus
-from services.agent.agent import Agent
+from services.agent.agent import agent_from_settings
 from services.agent.data_client import DataClient, DataClientError
 from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
 from services.content_manager.service import ContentManagerService
@@ -79,11 +79,20 @@ async def _run(settings: Settings, sender: str, build: Any, *, on_ready: Any = N
         await store.close()
 
 
+def reboot_option(command: Any) -> Any:
+    return click.option(
+        "--allow-reboot",
+        is_flag=True,
+        help="[SKYBUS_ALLOW_REBOOT] let an admin reboot this host (POST /nodes/{id}/reboot runs SKYBUS_REBOOT_COMMAND)",
+    )(command)
+
+
 @main.command()
 @listen_options
-def up(host: str | None, port: int | None, data_dir: Path | None) -> None:
+@reboot_option
+def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: bool) -> None:
     """Run the gateway, every manager and a local agent in one process."""
-    settings = load_settings(host=host, port=port, data_dir=data_dir)
+    settings = load_settings(host=host, port=port, data_dir=data_dir, allow_reboot=allow_reboot or None)
 
     def build(settings: Settings, bus: MessageBus, store: DocumentStore) -> list[Service]:
         topology = make_topology(settings)
@@ -154,9 +163,14 @@ for _name, (_service, _summary) in MANAGERS.items():
 @click.option("--token", help="[SKYBUS_TOKEN] the token POST /api/resources returned")
 @click.option("--join-token", help="[SKYBUS_JOIN_TOKEN] join with the cluster's join token instead")
 @click.option("--hostname", help="with --join-token: the name to join as (default: this machine's)")
-def agent(resource_id: str | None, token: str | None, join_token: str | None, hostname: str | None) -> None:
+@reboot_option
+def agent(
+    resource_id: str | None, token: str | None, join_token: str | None, hostname: str | None, allow_reboot: bool
+) -> None:
     """Run the agent of this host."""
-    settings = load_settings(resource_id=resource_id, token=token, join_token=join_token)
+    settings = load_settings(
+        resource_id=resource_id, token=token, join_token=join_token, allow_reboot=allow_reboot or None
+    )
     if not settings.amqp_url:
         raise click.UsageError(
             "skybus agent needs RabbitMQ (SKYBUS_AMQP_URL): the in-process bus of `skybus up` reaches only "
@@ -186,16 +200,13 @@ def agent(resource_id: str | None, token: str | None, join_token: str | None, ho
         bus = make_bus(settings, sender=f"agent:{resource_id}")
         await bus.start()
         try:
-            the_agent = Agent(
+            the_agent = agent_from_settings(
+                settings,
                 bus,
                 make_topology(settings),
                 resource_id=resource_id,
                 token=token,
-                heartbeat_interval=settings.heartbeat_interval,
-                state_dir=settings.data_dir / f"agent-{resource_id}",
                 gateway_url=lambda: settings.gateway_url,
-                kill_grace=settings.kill_grace,
-                max_parallel_tasks=settings.max_parallel_tasks,
             )
             await run_until_signalled([the_agent])
         finally:

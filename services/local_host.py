@@ -19,7 +19,7 @@ from broker.port import MessageBus
 from broker.topology import Topology
 from schemas.base import Accepted
 from schemas.resources import DeleteResource, RegisterResource
-from services.agent.agent import Agent
+from services.agent.agent import Agent, agent_from_settings
 from services.resource_manager.repository import RESOURCES
 from services.security import new_agent_credentials
 from services.settings import Settings
@@ -56,16 +56,13 @@ class LocalAgentService:
     async def start(self) -> None:
         resource_id, token = await self._credentials()
         self.resource_id = resource_id
-        self._agent = Agent(
+        self._agent = agent_from_settings(
+            self._settings,
             self._bus,
             self._topology,
             resource_id=resource_id,
             token=token,
-            heartbeat_interval=self._settings.heartbeat_interval,
-            state_dir=self._settings.data_dir / f"agent-{resource_id}",
             gateway_url=self._gateway_url,
-            kill_grace=self._settings.kill_grace,
-            max_parallel_tasks=self._settings.max_parallel_tasks,
         )
         await self._agent.start()
 

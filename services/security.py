@@ -16,6 +16,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from broker import codec
+from broker.envelope import Envelope
+
 _SIGNING_CONTEXT = b"skybus agent signing key v1\x00"
 
 
@@ -46,6 +49,11 @@ def signature_is_valid(verify_key_hex: str, data: bytes, signature: bytes | None
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def signed_by(envelope: Envelope, verify_key_hex: str) -> bool:
+    """Whether the host whose verify key this is signed ``envelope`` (every field but the signature)."""
+    return signature_is_valid(verify_key_hex, codec.signed_bytes(envelope), envelope.signature)
 
 
 def new_agent_credentials() -> tuple[str, str, str]:

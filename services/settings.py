@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     role_retry_delay: float = Field(default=2.0, description="seconds before the first retry; doubled each time")
     role_sweep_interval: float = 1.0
 
+    # Seed 003's live queries.
+    node_timeout: float = Field(default=10.0, description="seconds the gateway waits for a node's agent to answer")
+    allow_reboot: bool = Field(default=False, description="the agent may reboot its host when an admin asks")
+    reboot_command: str = Field(default="systemctl reboot", description="how the agent reboots its host")
+    container_tool: str = Field(default="bwrap", description="bubblewrap, which makes the agent's containers")
+
     # The agent's own identity (``skybus agent``).
     resource_id: str | None = None
     token: str | None = None

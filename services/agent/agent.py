@@ -1,7 +1,9 @@
 """The agent's lifetime: consume its own queue, heartbeat with host facts, sign what it says.
 
 Agent events go to the untrusted exchange; only the resource manager reads it and republishes an
-event once the signature checks out against this host's verify key.
+event once the signature checks out against this host's verify key. Answers to live queries
+(:mod:`services.agent.node`) are signed the same way. Stopping the agent stops its tasks' reports,
+not its containers, which outlive it (:mod:`services.agent.containers`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from broker.topology import Topology
 from schemas.base import WireModel
 from schemas.jobs import CancelTask, StageInFiles, StageOutFile, SubmitTask
 from schemas.resources import Heartbeat
+from services.agent.containers import Containers
 from services.agent.data_client import DataClient
 from services.agent.facts import read_host_facts
+from services.agent.node import DEFAULT_REBOOT_COMMAND, NodeQueries
 from services.agent.tasks import TaskRunner
 from services.security import signing_key
+from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,9 @@ class Agent:
         kill_grace: float = 5.0,
         max_parallel_tasks: int = 64,
         workdir_retention: float = 3600.0,
+        allow_reboot: bool = False,
+        reboot_command: str = DEFAULT_REBOOT_COMMAND,
+        container_tool: str = "bwrap",
     ) -> None:
         self._bus = bus
         self._topology = topology
@@ -61,6 +69,11 @@ class Agent:
         self.router.add(CancelTask, self.tasks.cancel_task)
         self.router.add(StageInFiles, self.tasks.stage_in_files)
         self.router.add(StageOutFile, self.tasks.stage_out_file)
+        containers = Containers(state_dir / "containers", self._data, tool=container_tool, kill_grace=kill_grace)
+        self.node = NodeQueries(
+            resource_id, self.signed, containers, allow_reboot=allow_reboot, reboot_command=reboot_command
+        )
+        self.node.route(self.router)
 
     async def start(self) -> None:
         self._subscription = await self._bus.subscribe(self._topology.agent_queue(self.resource_id), self.router)
@@ -78,6 +91,10 @@ class Agent:
         await self.tasks.stop()
         await self._data.close()
 
+    def signed(self, envelope: Envelope) -> Envelope:
+        """``envelope`` with this host's signature over every field but the signature."""
+        return envelope.with_signature(self._key.sign(codec.signed_bytes(envelope)))
+
     async def say(self, payload: WireModel, *, caused_by: Envelope | None = None) -> None:
         """Publish a signed event for this host on the untrusted agent-events exchange."""
         sender = f"agent:{self.resource_id}"
@@ -85,8 +102,7 @@ class Agent:
             envelope = caused_by.caused(payload, sender=sender, resource_id=self.resource_id)
         else:
             envelope = Envelope(payload, sender=sender, resource_id=self.resource_id)
-        signature = self._key.sign(codec.signed_bytes(envelope))
-        await self._bus.publish(self._topology.agent_events, envelope.with_signature(signature))
+        await self._bus.publish(self._topology.agent_events, self.signed(envelope))
 
     async def _heartbeat_forever(self) -> None:
         facts = await asyncio.to_thread(read_host_facts)
@@ -104,3 +120,30 @@ class Agent:
                 facts = await asyncio.to_thread(read_host_facts)
                 self.tasks.purge_workdirs(time.time() - self._workdir_retention)
             await asyncio.sleep(self._heartbeat_interval)
+
+
+def agent_from_settings(
+    settings: Settings,
+    bus: MessageBus,
+    topology: Topology,
+    *,
+    resource_id: str,
+    token: str,
+    gateway_url: Callable[[], str],
+) -> Agent:
+    """The agent of resource ``resource_id`` as the settings configure it (``skybus agent`` and the
+    local agent of ``skybus up``)."""
+    return Agent(
+        bus,
+        topology,
+        resource_id=resource_id,
+        token=token,
+        heartbeat_interval=settings.heartbeat_interval,
+        state_dir=settings.data_dir / f"agent-{resource_id}",
+        gateway_url=gateway_url,
+        kill_grace=settings.kill_grace,
+        max_parallel_tasks=settings.max_parallel_tasks,
+        allow_reboot=settings.allow_reboot,
+        reboot_command=settings.reboot_command,
+        container_tool=settings.container_tool,
+    )

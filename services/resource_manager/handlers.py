@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from broker import codec
 from broker.envelope import Envelope
-from broker.port import Drop, MessageBus
+from broker.port import Drop, MessageBus, NoRoute
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
 from schemas.jobs import AGENT_COMMANDS, AgentCommandRefused
+from schemas.pool import NODE_QUERIES
 from schemas.resources import (
     AuthorizeResource,
     DeleteResource,
@@ -33,7 +33,7 @@ from schemas.resources import (
 )
 from services.resource_manager import domain
 from services.resource_manager.repository import silent_candidates
-from services.security import signature_is_valid
+from services.security import signed_by
 from services.store.port import Collection, DuplicateKey, NotFound, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class ResourceManager:
         router.add(DeleteResource, self.delete_resource)
         for command in AGENT_COMMANDS:
             router.add(command, self.forward_to_agent)
+        for query in NODE_QUERIES:
+            router.add(query, self.forward_query)
         return router
 
     # Commands.
@@ -172,6 +174,28 @@ class ResourceManager:
             routing_key=self.topology.agent_routing_key(resource["id"], envelope.type),
         )
 
+    async def forward_query(self, envelope: Envelope) -> WireModel | None:
+        """Pass a live query of seed 003 on to its node's agent, which answers the asker directly.
+
+        The refusals come from here, at once and unsigned: 404 for a node nobody registered, 409
+        for one that is not authorized or not responding (so the asker does not wait for a 504).
+        """
+        node_id = envelope.resource_id or ""
+        resource = await self._resource(node_id) if node_id else None
+        if resource is None:
+            return Rejected(status=404, error=f"node {node_id} not found")
+        if not resource["authorized"]:
+            return Rejected(status=409, error=f"node {node_id} is not authorized yet")
+        if not resource["responding"]:
+            return Rejected(status=409, error=f"node {node_id} is not responding: its agent is not running")
+        try:
+            await self.bus.forward(
+                self.topology.agent_commands, envelope, self.topology.agent_routing_key(node_id, envelope.type)
+            )
+        except NoRoute:
+            return Rejected(status=409, error=f"node {node_id} is not responding: no agent listens for it")
+        return None
+
     async def _resource(self, resource_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """A host's record, read at most once a second per host on the hot path (every task event
         and forwarded command needs it). A verify key changes only when a joining agent adopts a host
@@ -209,7 +233,7 @@ class ResourceManager:
         if resource is None:
             self.rejected_events["unknown resource"] += 1
             raise Drop(f"agent event from unknown resource {envelope.resource_id}")
-        if not signature_is_valid(resource["verify_key"], codec.signed_bytes(envelope), envelope.signature):
+        if not signed_by(envelope, resource["verify_key"]):
             self.rejected_events["bad signature"] += 1
             log.warning(
                 "forged agent event %s claiming resource %s",

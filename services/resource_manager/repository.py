@@ -14,6 +14,7 @@ async def resources_collection(store: DocumentStore) -> Collection:
     await collection.create_index(["hostname"], unique=True)
     await collection.create_index(["responding", "last_response_time"])
     await collection.create_index(["token_hash"])  # the gateway finds an agent by its token
+    await collection.create_index(["user", "hostname"])  # the gateway lists a user's nodes
     return collection
 
 

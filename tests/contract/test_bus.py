@@ -91,6 +91,20 @@ async def take_dead_letters(bus: MessageBus, count: int, timeout: float = 5.0) -
     return taken
 
 
+async def expires_unhandled(bus: MessageBus, topology: Topology, spec: QueueSpec, n: int) -> None:
+    """A request ``ping(n)`` that ends up in ``spec``'s queue while nobody consumes it times out, is
+    never handled later, and is dead-lettered as expired."""
+    await (await bus.subscribe(spec, Recorder())).cancel()  # the queue stays, with no consumer
+    with pytest.raises(RequestTimeout):
+        await bus.request(topology.commands, ping(n), timeout=0.3)
+    await asyncio.sleep(0.4)
+    late = Recorder()
+    await bus.subscribe(spec, late)
+    dead = await take_dead_letters(bus, 1)
+    assert late.numbers() == []
+    assert "expired" in dead[0].reason and dead[0].envelope.payload.n == n
+
+
 class Recorder:
     """A handler that records every delivery, then does what ``then`` says (if anything)."""
 
@@ -289,22 +303,79 @@ class BusContract:
 
     async def test_request_nobody_took_in_time_expires_unhandled(self, bus: MessageBus, topology: Topology) -> None:
         spec = self.spec(topology, "late", Binding(topology.commands, "contract.ping"))
-        await (await bus.subscribe(spec, Recorder())).cancel()  # the queue stays, with no consumer
-
-        with pytest.raises(RequestTimeout):
-            await bus.request(topology.commands, ping(7), timeout=0.2)
-        await asyncio.sleep(0.3)
-        late = Recorder()
-        await bus.subscribe(spec, late)
-        dead = await take_dead_letters(bus, 1)
-        assert late.numbers() == []
-        assert "expired" in dead[0].reason and dead[0].envelope.payload.n == 7
+        await expires_unhandled(bus, topology, spec, 7)
 
     async def test_request_to_nowhere_raises_no_route(self, bus: MessageBus, topology: Topology) -> None:
         await bus.subscribe(self.spec(topology, "elsewhere", Binding(topology.commands, "job.*")), Recorder())
 
         with pytest.raises(NoRoute):
             await bus.request(topology.commands, ping(1), routing_key="nobody.home", timeout=5)
+
+    async def test_a_reply_may_be_a_whole_envelope_sent_as_it_is(self, bus: MessageBus, topology: Topology) -> None:
+        async def signed(envelope: Envelope) -> Envelope:
+            answer = envelope.caused(Pong(n=envelope.payload.n), sender="answerer", resource_id="host-1")
+            return answer.with_signature(b"signed by the answerer")
+
+        await bus.subscribe(self.spec(topology, "signed", Binding(topology.commands, "contract.ping")), signed)
+
+        request = ping(3)
+        reply = await bus.request(topology.commands, request, timeout=5)
+        assert reply.payload == Pong(n=3) and reply.signature == b"signed by the answerer"
+        assert (reply.sender, reply.resource_id, reply.causation_id) == ("answerer", "host-1", request.message_id)
+
+    async def test_a_forwarded_request_is_answered_by_the_next_consumer(
+        self, bus: MessageBus, other_bus: MessageBus, topology: Topology
+    ) -> None:
+        async def proxy(envelope: Envelope) -> WireModel | None:
+            if envelope.payload.n < 0:
+                try:
+                    await other_bus.forward(topology.agent_commands, envelope, "nobody.contract.ping")
+                except NoRoute:
+                    return Pong(n=0)
+            await other_bus.forward(topology.agent_commands, envelope, f"host-{envelope.payload.n % 2}.contract.ping")
+            return None
+
+        async def answer(envelope: Envelope) -> Pong:
+            return Pong(n=envelope.payload.n * 10)
+
+        await other_bus.subscribe(self.spec(topology, "proxy", Binding(topology.commands, "contract.ping")), proxy)
+        for host in ("host-0", "host-1"):
+            await bus.subscribe(self.spec(topology, host, Binding(topology.agent_commands, f"{host}.#")), answer)
+
+        request = ping(4)
+        reply = await bus.request(topology.commands, request, timeout=5)
+        assert reply.payload == Pong(n=40) and reply.causation_id == request.message_id
+        replies = await asyncio.gather(*(bus.request(topology.commands, ping(n), timeout=5) for n in range(1, 20)))
+        assert [reply.payload.n for reply in replies] == [10 * n for n in range(1, 20)]
+        assert (await bus.request(topology.commands, ping(-1), timeout=5)).payload == Pong(n=0)
+
+    async def forward_pings_to_host(self, bus: MessageBus, topology: Topology) -> None:
+        """A proxy on ``bus`` that forwards every ping on the commands exchange to ``host``."""
+
+        async def proxy(envelope: Envelope) -> None:
+            await bus.forward(topology.agent_commands, envelope, "host.contract.ping")
+
+        await bus.subscribe(self.spec(topology, "proxy", Binding(topology.commands, "contract.ping")), proxy)
+
+    async def test_a_forwarded_request_expires_with_the_original(
+        self, bus: MessageBus, other_bus: MessageBus, topology: Topology
+    ) -> None:
+        await self.forward_pings_to_host(other_bus, topology)
+        await expires_unhandled(
+            bus, topology, self.spec(topology, "host", Binding(topology.agent_commands, "host.#")), 9
+        )
+
+    async def test_forwarding_what_is_not_a_request_publishes_it(
+        self, bus: MessageBus, other_bus: MessageBus, topology: Topology
+    ) -> None:
+        await self.forward_pings_to_host(other_bus, topology)
+        received = Recorder()
+        await bus.subscribe(self.spec(topology, "host", Binding(topology.agent_commands, "host.#")), received)
+
+        sent = ping(5)
+        await bus.publish(topology.commands, sent)
+        await eventually(lambda: received.numbers() == [5], "the forwarded message")
+        assert received.seen[0].message_id == sent.message_id
 
     async def test_close_lets_the_running_handler_finish(self, bus: MessageBus, topology: Topology) -> None:
         started, finished = asyncio.Event(), []
@@ -337,6 +408,11 @@ class TestMemoryBus(BusContract):
         await bus.close()
 
     @pytest.fixture
+    def other_bus(self, bus: MemoryBus) -> MemoryBus:
+        """Another process's bus: in-process, the same one."""
+        return bus
+
+    @pytest.fixture
     def inject(self, bus: MemoryBus) -> Inject:
         async def inject(exchange: str, routing_key: str, body: bytes) -> None:
             bus._route(exchange, routing_key, body, reply=None)
@@ -346,12 +422,23 @@ class TestMemoryBus(BusContract):
 
 @pytest.mark.amqp
 class TestAmqpBus(BusContract):
-    @pytest.fixture
-    async def bus(self, amqp_url: str, topology: Topology) -> AsyncIterator[AmqpBus]:
-        bus = AmqpBus(amqp_url, TYPES, topology, publish_timeout=10, sender="contract-test")
+    @staticmethod
+    async def started(amqp_url: str, topology: Topology, sender: str) -> AsyncIterator[AmqpBus]:
+        bus = AmqpBus(amqp_url, TYPES, topology, publish_timeout=10, sender=sender)
         await bus.start()
         yield bus
         await bus.close()
+
+    @pytest.fixture
+    async def bus(self, amqp_url: str, topology: Topology) -> AsyncIterator[AmqpBus]:
+        async for bus in self.started(amqp_url, topology, "contract-test"):
+            yield bus
+
+    @pytest.fixture
+    async def other_bus(self, amqp_url: str, topology: Topology) -> AsyncIterator[AmqpBus]:
+        """Another process's bus: connections of its own."""
+        async for bus in self.started(amqp_url, topology, "contract-test-other"):
+            yield bus
 
     @pytest.fixture
     async def inject(self, amqp_url: str) -> AsyncIterator[Inject]:

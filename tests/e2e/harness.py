@@ -109,8 +109,8 @@ class Skybus(SkybusProcess):
     token: str | None
     local_resource_id: str
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
-        super().__init__(["up", "--port", "0", "--data-dir", str(data_dir)], skybus_env(**env))
+    def __init__(self, data_dir: Path, *flags: str, **env: str) -> None:
+        super().__init__(["up", "--port", "0", "--data-dir", str(data_dir), *flags], skybus_env(**env))
 
     async def start(self) -> Skybus:
         await super().start()

@@ -32,9 +32,13 @@ FACTS = HostFacts(hostname="web-1", os_family="linux", arch="x86_64", os_info="D
 class RecordingBus:
     def __init__(self) -> None:
         self.published: list[tuple[str, Envelope]] = []
+        self.forwarded: list[tuple[str, str, Envelope]] = []
 
     async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
         self.published.append((exchange, envelope))
+
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+        self.forwarded.append((exchange, routing_key, envelope))
 
     async def request(self, exchange: str, envelope: Envelope, *, routing_key=None, timeout: float = 10.0) -> Envelope:
         self.published.append((exchange, envelope))
@@ -348,3 +352,27 @@ async def test_adoption_racing_the_admins_agent_loses_on_redelivery(manager: Res
 
 async def _first_or(reads, fallback, *args):
     return next(reads, None) or await fallback(*args)
+
+
+async def test_live_queries_are_forwarded_with_their_reply_address_or_refused_at_once(manager: ResourceManager) -> None:
+    from schemas.pool import ReadMemory
+
+    resource_id, token = await registered(manager)
+    query = Envelope(ReadMemory(deadline=0.0), resource_id=resource_id)
+    refusal = await manager.forward_query(query)
+    assert isinstance(refusal, Rejected) and refusal.status == 409 and "not responding" in refusal.error
+    unknown = await manager.forward_query(replace(query, resource_id="nobody"))
+    assert isinstance(unknown, Rejected) and unknown.status == 404 and "node nobody not found" in unknown.error
+    assert manager.bus.forwarded == []
+
+    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    received = codec.decode(codec.encode(query), manager_types())
+    assert await manager.forward_query(received) is None  # the agent answers, not the resource manager
+    [(exchange, key, forwarded)] = manager.bus.forwarded
+    assert (exchange, key) == ("t.agent-commands", f"{resource_id}.node.read_memory")
+    assert forwarded is received
+
+    await manager.resources.update(resource_id, {"authorized": False})
+    manager._recent.clear()
+    unauthorized = await manager.forward_query(received)
+    assert isinstance(unauthorized, Rejected) and unauthorized.status == 409 and "not authorized" in unauthorized.error
