@@ -256,7 +256,7 @@ async def role_on_host(request: web.Request) -> web.Response:
     detail = RoleDetail(
         version=entry["version"],
         target_version=entry["target"],
-        status="converging" if entry["job_id"] else entry["status"],
+        status=entry["status"],
         attempts=entry["attempts"],
         job_id=entry["job_id"],
         last_job_id=entry["last_job_id"],

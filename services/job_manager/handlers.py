@@ -133,7 +133,7 @@ class JobManager:
             origin=command.origin,
         )
         # Placed before it is first written, when a host is there: one write instead of two.
-        resource_id = await self._choose_host(command.resource_id)
+        resource_id = domain.choose_host(await self._candidates(command.resource_id) or [], self.load)
         if resource_id is not None:
             job.update(self._placement(job, resource_id, job["created_at"]))
         try:
@@ -358,13 +358,12 @@ class JobManager:
             self._hosts, self._hosts_read_at = found.items, now
         return self._hosts
 
-    async def _choose_host(self, pinned: str | None) -> str | None:
+    async def _candidates(self, pinned: str | None) -> list[dict[str, Any]] | None:
+        """The hosts a job may go to; None when it is pinned to a host that no longer exists."""
         if pinned:
             host = await self.resources.get(pinned)
-            candidates = [host] if host else []
-        else:
-            candidates = await self._responding_hosts()
-        return domain.choose_host(candidates, self.load)
+            return None if host is None else [host]
+        return await self._responding_hosts()
 
     @staticmethod
     def _placement(job: dict[str, Any], resource_id: str, now: float) -> dict[str, Any]:
@@ -373,11 +372,12 @@ class JobManager:
         return changes
 
     async def _place(self, job: dict[str, Any], cause: Envelope | None) -> None:
-        resource_id = await self._choose_host(job["pinned_resource"])
+        candidates = await self._candidates(job["pinned_resource"])
+        if candidates is None:
+            await self._finish(job, JobState.LOST, error=f"its host {job['pinned_resource']} was deleted")
+            return
+        resource_id = domain.choose_host(candidates, self.load)
         if resource_id is None:
-            pinned = job["pinned_resource"]
-            if pinned and await self.resources.get(pinned) is None:
-                await self._finish(job, JobState.LOST, error=f"its host {pinned} was deleted")
             return  # stays waiting; the sweep tries again
         job = await self._update(job, self._placement(job, resource_id, self.clock()))
         if job is None:

@@ -70,9 +70,7 @@ class RoleManager:
         router.add(HostDeleted, self.host_deleted)
         return router
 
-    def _replying(
-        self, handler: Callable[[Envelope], Awaitable[WireModel]]
-    ) -> Callable[[Envelope], Awaitable[WireModel]]:
+    def _replying(self, handler: CommandHandler) -> CommandHandler:
         """A refused command answers with its status; a lost race with a twin is retried at once."""
 
         async def handle(envelope: Envelope) -> WireModel:
