@@ -167,7 +167,9 @@ class AmqpBus:
 
     # Publishing.
 
-    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+    async def publish(
+        self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
+    ) -> None:
         self._open_channel()  # BusUnavailable at once when closed
         await self.batches.publish(exchange, routing_key or envelope.type, envelope, codec.encode(envelope))
 

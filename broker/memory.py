@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from broker import codec
 from broker.envelope import Envelope
@@ -22,6 +23,7 @@ from broker.port import (
     Handler,
     NoRoute,
     PoisonMessage,
+    QueueKind,
     QueueSpec,
     RequestTimeout,
 )
@@ -139,7 +141,9 @@ class MemoryBus:
             await subscription.cancel()
         self._open = False
 
-    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+    async def publish(
+        self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
+    ) -> None:
         self._route(exchange, routing_key or envelope.type, codec.encode(envelope), reply=None)
 
     async def subscribe(self, queue: QueueSpec, handler: Handler) -> _MemorySubscription:
@@ -174,6 +178,8 @@ class MemoryBus:
         return taken
 
     def _declare(self, spec: QueueSpec) -> _Queue:
+        if spec.kind is QueueKind.BROADCAST:  # one queue per subscriber, each gets every message
+            spec = replace(spec, name=f"{spec.name}.{uuid.uuid4().hex[:12]}")
         queue = self._queues.get(spec.name)
         if queue is None:
             queue = self._queues[spec.name] = _Queue(spec)

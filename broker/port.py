@@ -23,6 +23,7 @@ Guarantees every adapter gives (the contract suite in ``tests/contract/test_bus.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -63,6 +64,13 @@ class Binding:
     pattern: str
 
 
+class QueueKind(enum.Enum):
+    SHARED = "shared"
+    AGENT = "agent"
+    BROADCAST = "broadcast"
+    TRANSIENT = "transient"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
     """A durable queue shared by every consumer that subscribes to it (competing consumers)."""
@@ -71,6 +79,7 @@ class QueueSpec:
     bindings: tuple[Binding, ...]
     prefetch: int = 32
     delivery_limit: int = 5
+    kind: QueueKind = QueueKind.SHARED
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +106,9 @@ class MessageBus(Protocol):
     async def close(self) -> None:
         """Cancel every subscription (finishing in-flight handlers), then disconnect."""
 
-    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+    async def publish(
+        self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
+    ) -> None:
         """Publish persistently; return once the broker confirmed. Routing key defaults to the type."""
 
     async def subscribe(self, queue: QueueSpec, handler: Handler) -> Subscription:

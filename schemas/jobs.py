@@ -258,6 +258,21 @@ class JobFinished(WireModel):
     error: str | None = None
 
 
+class JobChanged(WireModel):
+    """A job was created, moved to another state, or deleted: broadcast to every gateway, which wakes
+    its long polls and event streams from it (it reads the store once, when a waiter wakes)."""
+
+    message_type: ClassVar[str] = "job.changed"
+
+    job_id: str
+    user: str
+    state: JobState
+    at: float
+    exit_code: int | None = None
+    answer_id: str | None = None
+    deleted: bool = False
+
+
 class AgentCommandRefused(WireModel):
     """The resource manager did not forward a command: its host is unknown or not responding."""
 
@@ -282,4 +297,5 @@ JOB_MESSAGES: tuple[type[WireModel], ...] = (
     FileStagedOut,
     AgentCommandRefused,
     JobFinished,
+    JobChanged,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
@@ -144,17 +144,32 @@ class Heartbeat(WireModel):
     not in this list is gone (the agent restarted)."""
 
 
-class HostResponding(WireModel):
-    message_type: ClassVar[str] = "host.responding"
+HostChange = Literal["registered", "authorized", "adopted", "responding", "unresponsive", "restarted"]
+
+
+class HostChanged(WireModel):
+    """A transition of a host, carrying all that other managers keep of it (their own view of hosts).
+
+    The resource manager, the one authority on liveness, publishes one for each transition only,
+    never for a plain heartbeat. Consumers keep the one with the highest ``version`` (the record's
+    version after the change): applying one twice, or an older one late, changes nothing.
+    """
+
+    message_type: ClassVar[str] = "host.changed"
 
     resource_id: str
-
-
-class HostUnresponsive(WireModel):
-    message_type: ClassVar[str] = "host.unresponsive"
-
-    resource_id: str
-    last_response_time: float | None
+    change: HostChange
+    at: float
+    version: int
+    user: str
+    authorized: bool
+    joined: bool
+    responding: bool
+    verify_key: str
+    last_response_time: float | None = None
+    agent_started_at: float | None = None
+    running_jobs: list[str] = []
+    """With ``restarted``: the jobs the new agent runs (it re-adopted them)."""
 
 
 class HostDeleted(WireModel):
@@ -168,7 +183,6 @@ RESOURCE_MESSAGES: tuple[type[WireModel], ...] = (
     AuthorizeResource,
     DeleteResource,
     Heartbeat,
-    HostResponding,
-    HostUnresponsive,
+    HostChanged,
     HostDeleted,
 )

@@ -155,6 +155,8 @@ class ApplyRole(WireModel):
     host_id: str
     name: str
     requested_by: str
+    authorize: bool = False
+    """The host is not authorized yet: assigning it a role authorizes it."""
 
 
 class RemoveRole(WireModel):

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     request_timeout: float = 10.0
     heartbeat_interval: float = 5.0
     responding_timeout: float = 15.0
+    liveness_write_interval: float = Field(
+        default=30.0, description="seconds between stores of a responding host's last_response_time"
+    )
     max_upload_bytes: int = 8 * 1024**3
     content_orphan_grace: float = Field(
         default=3600.0, description="seconds an uploaded blob may stay uncommitted before cleanup deletes it"
@@ -36,6 +39,9 @@ class Settings(BaseSettings):
     # Jobs.
     kill_grace: float = Field(default=5.0, description="seconds between SIGTERM and SIGKILL of a job")
     lost_timeout: float = Field(default=30.0, description="a job whose host is silent this long is lost")
+    start_timeout: float = Field(
+        default=60.0, description="seconds after its dispatch within which an agent may start a job, and not after"
+    )
     job_sweep_interval: float = 1.0
     max_parallel_tasks: int = Field(default=64, description="tasks an agent runs at once; more wait, accepted")
 

@@ -1,7 +1,8 @@
 """The agent's lifetime: consume its own queue, heartbeat with host facts, sign what it says.
 
-Agent events go to the untrusted exchange; only the resource manager reads it and republishes an
-event once the signature checks out against this host's verify key. Answers to live queries
+Agent events go to the agent-events exchange under a routing key that starts with this host's id,
+straight to the manager each is for (task events to the job manager, heartbeats to the resource
+manager), which checks the signature against this host's verify key. Answers to live queries
 (:mod:`services.agent.node`) are signed the same way. Stopping the agent stops its tasks' reports,
 not its containers, which outlive it (:mod:`services.agent.containers`).
 """
@@ -60,7 +61,7 @@ class Agent:
         self._key = signing_key(token)
         self._heartbeat_interval = heartbeat_interval
         self._workdir_retention = workdir_retention
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
         self._heartbeats: asyncio.Task[None] | None = None
         self._data = DataClient(gateway_url, token)
         self.tasks = TaskRunner(state_dir, self.say, self._data, kill_grace=kill_grace, max_parallel=max_parallel_tasks)
@@ -76,7 +77,8 @@ class Agent:
         self.node.route(self.router)
 
     async def start(self) -> None:
-        self._subscription = await self._bus.subscribe(self._topology.agent_queue(self.resource_id), self.router)
+        for queue in (self._topology.agent_queue(self.resource_id), self._topology.agent_live_queue(self.resource_id)):
+            self._subscriptions.append(await self._bus.subscribe(queue, self.router))
         await self.tasks.recover()
         self._heartbeats = asyncio.create_task(self._heartbeat_forever())
         log.info("agent for resource %s started", self.resource_id)
@@ -86,8 +88,8 @@ class Agent:
             self._heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeats
-        if self._subscription:
-            await self._subscription.cancel()
+        for subscription in self._subscriptions:
+            await subscription.cancel()
         await self.tasks.stop()
         await self._data.close()
 
@@ -95,14 +97,19 @@ class Agent:
         """``envelope`` with this host's signature over every field but the signature."""
         return envelope.with_signature(self._key.sign(codec.signed_bytes(envelope)))
 
-    async def say(self, payload: WireModel, *, caused_by: Envelope | None = None) -> None:
-        """Publish a signed event for this host on the untrusted agent-events exchange."""
+    async def say(self, payload: WireModel, *, caused_by: Envelope | None = None, transient: bool = False) -> None:
+        """Publish a signed event for this host on the agent-events exchange, under its own id."""
         sender = f"agent:{self.resource_id}"
         if caused_by is not None:
             envelope = caused_by.caused(payload, sender=sender, resource_id=self.resource_id)
         else:
             envelope = Envelope(payload, sender=sender, resource_id=self.resource_id)
-        await self._bus.publish(self._topology.agent_events, self.signed(envelope))
+        await self._bus.publish(
+            self._topology.agent_events,
+            self.signed(envelope),
+            self._topology.agent_routing_key(self.resource_id, payload.message_type),
+            transient=transient,
+        )
 
     async def _heartbeat_forever(self) -> None:
         facts = await asyncio.to_thread(read_host_facts)
@@ -112,7 +119,7 @@ class Agent:
                 facts=facts, agent_started_at=self.tasks.started_at, running_jobs=self.tasks.running_job_ids()
             )
             try:
-                await self.say(beat)
+                await self.say(beat, transient=True)  # the next one replaces a lost one
             except BusError as error:  # the bus is down: the next beat tries again
                 log.warning("heartbeat not sent: %r", error)
             beats += 1

@@ -53,3 +53,9 @@ async def send_command(request: web.Request, command: WireModel) -> Accepted:
     if not isinstance(reply.payload, Accepted):
         raise ApiError(502, f"unexpected reply {reply.type!r}")
     return reply.payload
+
+
+async def publish_command(request: web.Request, command: WireModel) -> None:
+    """Send a command to its owning manager without waiting for it: returns once the broker has it."""
+    app = request.app
+    await app[BUS].publish(app[TOPOLOGY].commands, Envelope(command, sender=SENDER))

@@ -1,7 +1,10 @@
-"""Long polling for ``GET /api/job/job_info/{id}?wait=N``: answer when the job ends, not before.
+"""Waiting on jobs, woken by the job manager's ``job.changed`` broadcast, never by polling the store.
 
-One loop per gateway reads every awaited job in one query a few times a second, however many
-clients wait, instead of each client polling over HTTP.
+Every gateway process subscribes its own broadcast queue of job changes. A long poll
+(``GET /api/job/job_info/{id}?wait=N``) waits here until its job ends or goes; a read that misses a job
+whose id was minted moments ago (the gateway answers ``POST /api/job/run`` once the command is
+confirmed, before the job manager stored it) waits here for that job's first change. The store is
+read once, when a waiter wakes.
 """
 
 from __future__ import annotations
@@ -9,76 +12,73 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from aiohttp import web
 
-from schemas.jobs import FINAL_STATES
-from services.gateway.context import STORE
-from services.job_manager.repository import JOBS
-from services.store.port import Collection, StoreError
+from broker.envelope import Envelope
+from schemas.jobs import FINAL_STATES, JobChanged
+from services.gateway.context import BUS, TOPOLOGY
 
-# Seconds between reads while somebody waits: one query a tick for all waiters, quick for a few
-# (a low latency), slower for many (each read costs more, and the gateway has other work).
-ENDED = sorted(FINAL_STATES)
-MIN_PERIOD, PER_WAITER, MAX_PERIOD = 0.002, 0.0003, 0.02
+Wanted = Callable[[JobChanged], bool]
 
 
-def period(waiters: int) -> float:
-    return min(MAX_PERIOD, MIN_PERIOD + PER_WAITER * waiters)
+def ended(change: JobChanged) -> bool:
+    return change.deleted or change.state in FINAL_STATES
+
+
+def any_change(change: JobChanged) -> bool:
+    return True
 
 
 class JobWatcher:
-    def __init__(self, jobs: Collection) -> None:
-        self._jobs = jobs
-        self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
-        self._wake = asyncio.Event()
+    def __init__(self) -> None:
+        self._waiters: dict[str, list[tuple[Wanted, asyncio.Future[JobChanged]]]] = defaultdict(list)
+        self.heard = 0
 
-    async def wait(self, job_id: str, timeout: float) -> None:
-        """Return when the job is final or gone, or after ``timeout`` seconds, whichever is first."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[job_id].append(future)
-        self._wake.set()
+    @contextlib.contextmanager
+    def watching(self, job_id: str, wanted: Wanted) -> Iterator[asyncio.Future[JobChanged]]:
+        """A future of the first change of ``job_id`` that is ``wanted``, heard while in this block.
+
+        Enter it before reading the job, so a change between the read and the wait is not missed."""
+        future: asyncio.Future[JobChanged] = asyncio.get_running_loop().create_future()
+        entry = (wanted, future)
+        self._waiters[job_id].append(entry)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, timeout)
+            yield future
         finally:
+            future.cancel()
             waiting = self._waiters.get(job_id)
             if waiting is not None:
                 with contextlib.suppress(ValueError):
-                    waiting.remove(future)
+                    waiting.remove(entry)
                 if not waiting:
                     del self._waiters[job_id]
 
-    async def run(self) -> None:
-        while True:
-            if not self._waiters:
-                self._wake.clear()
-                await self._wake.wait()
-            await asyncio.sleep(period(len(self._waiters)))
-            ids = list(self._waiters)
-            if not ids:
-                continue
-            try:
-                # Only the jobs that ended (or went) come back: most waiters' jobs are still running,
-                # and their documents are neither read out of the store nor parsed.
-                ended = await self._jobs.find({"id": {"$in": ids}, "state": {"$in": ENDED}}, limit=len(ids))
-                gone = await self._jobs.find({"id": {"$in": ids}, "deleted": True}, limit=len(ids))
-            except StoreError:
-                continue
-            for job in [*ended.items, *gone.items]:
-                for future in self._waiters.get(job["id"], []):
-                    if not future.done():
-                        future.set_result(None)
+    async def job_changed(self, envelope: Envelope) -> None:
+        """The handler of this gateway's broadcast queue: wake whoever waits for this change."""
+        change = envelope.payload
+        assert isinstance(change, JobChanged)
+        self.heard += 1
+        for wanted, future in self._waiters.get(change.job_id, ()):
+            if not future.done() and wanted(change):
+                future.set_result(change)
+
+
+async def until(future: asyncio.Future[JobChanged], timeout: float) -> JobChanged | None:
+    """What ``future`` brings within ``timeout`` seconds, or None."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(future)
+    except TimeoutError:
+        return None
 
 
 WATCHER = web.AppKey("job_watcher", JobWatcher)
 
 
 async def job_watcher_context(app: web.Application) -> AsyncIterator[None]:
-    watcher = app[WATCHER] = JobWatcher(app[STORE].collection(JOBS))
-    task = asyncio.create_task(watcher.run())
+    watcher = app[WATCHER] = JobWatcher()
+    subscription = await app[BUS].subscribe(app[TOPOLOGY].gateway_job_changes(), watcher.job_changed)
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await subscription.cancel()

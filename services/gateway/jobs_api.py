@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -22,9 +23,10 @@ from schemas.jobs import (
 )
 from services.content_manager.repository import CONTENTS
 from services.gateway.bodies import parse_body, read_fields, validate
-from services.gateway.context import STORE, caller, require_owner, send_command
+from services.gateway.context import SETTINGS, STORE, caller, publish_command, require_owner, send_command
 from services.gateway.errors import ApiError
-from services.gateway.job_watch import WATCHER
+from services.gateway.ids import minted_at, uuid7
+from services.gateway.job_watch import WATCHER, any_change, ended, until
 from services.gateway.openapi import documented
 from services.gateway.resources_api import iso, parse_uuid
 from services.job_manager.repository import JOBS
@@ -56,9 +58,20 @@ def job_info(job: dict[str, Any]) -> JobInfo:
     )
 
 
+FRESH = 30.0
+"""Seconds during which a job id the gateway minted may not be stored yet: a miss waits for the job."""
+
+
 async def load_job(request: web.Request, job_id: str) -> dict[str, Any]:
     """The caller's job: 404 unknown, 403 another user's, 410 deleted or past its ttl."""
-    job = await request.app[STORE].collection(JOBS).get(job_id)
+    jobs = request.app[STORE].collection(JOBS)
+    job = await jobs.get(job_id)
+    if job is None and (born := minted_at(job_id)) is not None and 0 <= time.time() - born < FRESH:
+        # 201 was answered once the command was confirmed: the job manager may not have stored it yet.
+        with request.app[WATCHER].watching(job_id, any_change) as known:
+            job = await jobs.get(job_id)
+            if job is None and await until(known, request.app[SETTINGS].request_timeout) is not None:
+                job = await jobs.get(job_id)
     if job is None:
         raise ApiError(404, f"job {job_id} not found")
     require_owner(request, job["user"], "this job")
@@ -105,12 +118,12 @@ async def pinned_host(request: web.Request, body: RunJobBody) -> str | None:
 IDEMPOTENCY = uuid.UUID("6f1c1f3e-2f1d-4d8e-9a53-8a3c1b0e7d21")
 
 
-def job_id_for(request: web.Request) -> str:
-    """A new id, or with an ``Idempotency-Key`` header the same id for the same key and user, so a
-    client that retries after a timeout gets its first job back instead of a second one."""
+def idempotent_job_id(request: web.Request) -> str | None:
+    """With an ``Idempotency-Key`` header, the same id for the same key and user, so a client that
+    retries after a timeout gets its first job back instead of a second one."""
     key = request.headers.get("Idempotency-Key")
     if not key:
-        return str(uuid.uuid4())
+        return None
     if len(key) > 255:
         raise ApiError(400, "Idempotency-Key is longer than 255 characters")
     return str(uuid.uuid5(IDEMPOTENCY, f"{caller(request).user}\0{key}"))
@@ -122,20 +135,21 @@ async def run_job(request: web.Request) -> web.Response:
     body = await parse_body(request, RunJobBody)
     await check_files(request, body)
     resource_id = await pinned_host(request, body)
-    job_id = job_id_for(request)
-    await send_command(
-        request,
-        RunJob(
-            job_id=job_id,
-            user=caller(request).user,
-            command=body.command,
-            binary=body.binary,
-            input_files=body.input_files,
-            ttl=body.ttl,
-            resource_id=resource_id,
-        ),
+    job_id = idempotent_job_id(request)
+    command = RunJob(
+        job_id=job_id or uuid7(),
+        user=caller(request).user,
+        command=body.command,
+        binary=body.binary,
+        input_files=body.input_files,
+        ttl=body.ttl,
+        resource_id=resource_id,
     )
-    return web.json_response(JobCreated(job_id=job_id).model_dump(), status=201)
+    if job_id is None:
+        await publish_command(request, command)  # the job manager stores it; a read waits for it (load_job)
+    else:
+        await send_command(request, command)  # the reply says whether the key was used for another job
+    return web.json_response(JobCreated(job_id=command.job_id).model_dump(), status=201)
 
 
 MAX_WAIT = 60.0
@@ -146,16 +160,18 @@ MAX_WAIT = 60.0
 async def get_job_info(request: web.Request) -> web.Response:
     job_id = parse_uuid(request.match_info["job_id"], "job id")
     wait = request.query.get("wait")
-    job = await load_job(request, job_id)
-    if wait is not None and job["state"] not in FINAL_STATES:
-        try:
-            seconds = float(wait)
-        except ValueError:
-            raise ApiError(400, "wait must be a number of seconds") from None
-        if not 0 <= seconds <= MAX_WAIT:
-            raise ApiError(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
-        await request.app[WATCHER].wait(job_id, seconds)
+    if wait is None:
+        return web.json_response(job_info(await load_job(request, job_id)).model_dump(mode="json"))
+    try:
+        seconds = float(wait)
+    except ValueError:
+        raise ApiError(400, "wait must be a number of seconds") from None
+    if not 0 <= seconds <= MAX_WAIT:
+        raise ApiError(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
+    with request.app[WATCHER].watching(job_id, ended) as end:  # before the read: no change slips between
         job = await load_job(request, job_id)
+        if job["state"] not in FINAL_STATES and await until(end, seconds) is not None:
+            job = await load_job(request, job_id)
     return web.json_response(job_info(job).model_dump(mode="json"))
 
 

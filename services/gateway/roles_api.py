@@ -231,7 +231,10 @@ async def apply_role(request: web.Request) -> web.Response:
     name = role_name(request)
     resource, _ = await load_host(request)
     await load_role(request, name)
-    await send_command(request, ApplyRole(host_id=resource["id"], name=name, requested_by=principal.user))
+    await send_command(
+        request,
+        ApplyRole(host_id=resource["id"], name=name, requested_by=principal.user, authorize=not resource["authorized"]),
+    )
     return web.json_response(host_view(*await load_host(request)))
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from schemas.jobs import ACTIVE_STATES, FINAL_STATES, JobState
+from services.job_manager.hosts import Host
 
 RANK = {
     JobState.PENDING: 0,
@@ -53,11 +54,13 @@ def new_job(
         "history": [{"state": JobState.PENDING.value, "at": now}],
         "created_at": now,
         "dispatched_at": None,
+        "start_by": None,
         "accepted_at": None,
         "started_at": None,
         "finished_at": None,
         "exit_code": None,
         "answer_id": None,
+        "answer": None,
         "error": None,
         "cancel_requested": False,
         "deleted": False,
@@ -107,9 +110,26 @@ def is_expired(job: Mapping[str, Any], now: float) -> bool:
     return job.get("expires_at") is not None and job["expires_at"] <= now
 
 
-def choose_host(candidates: Iterable[Mapping[str, Any]], load: Mapping[str, int]) -> str | None:
+def choose_host(candidates: Iterable[Host], load: Mapping[str, int]) -> str | None:
     """The authorized, responding host with the fewest jobs in flight (ties: the lowest id)."""
-    usable = [c["id"] for c in candidates if c.get("authorized") and c.get("responding")]
+    usable = [host.id for host in candidates if host.takes_jobs]
     if not usable:
         return None
     return min(usable, key=lambda rid: (load.get(rid, 0), rid))
+
+
+def why_lost(
+    job: Mapping[str, Any], host: Host | None, *, deleted: bool, now: float, lost_timeout: float
+) -> str | None:
+    """Why an active job placed on ``host`` is lost, or None while it may still end.
+
+    A job its host never started is lost only once no agent may start it any more (``start_by``):
+    an agent that comes back later never runs a job that was declared lost."""
+    rid = job["resource_id"]
+    if host is None:
+        return f"its host {rid} was deleted" if deleted else None
+    if host.responding or now - (host.last_response_time or 0.0) <= lost_timeout:
+        return None
+    if state_of(job) is JobState.STAGING and job.get("start_by") is not None and now <= job["start_by"]:
+        return None
+    return f"its host {rid} has not responded for over {lost_timeout:g}s"

@@ -1,5 +1,11 @@
 """Handlers of the job manager: commands from the gateway, events from agents, and the sweep.
 
+No handler waits on another manager: a handler stores its step, publishes what follows and returns;
+the next step runs on the next event, and the sweep is the safety net. Task events come straight
+from agents, signed: each is checked here against the host's verify key (from this manager's own
+view of hosts, :mod:`services.job_manager.hosts`). Every change of a job is broadcast as
+:class:`JobChanged`, which wakes the gateways' long polls.
+
 Delivery: at least once. Every handler is safe to run twice and beside a twin in another process:
 a job is inserted under the id the gateway chose (a redelivered RunJob finds it), every state change
 is a forward step written with the version it read (:func:`domain.advance`), and the agent's ledger
@@ -20,11 +26,11 @@ from typing import Any
 from weakref import WeakValueDictionary
 
 from broker.envelope import Envelope
-from broker.port import Handler, MessageBus
+from broker.port import Drop, Handler, MessageBus
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
-from schemas.content import DeleteContent, StoreInlineData
+from schemas.content import DeleteContent
 from schemas.jobs import (
     FINAL_STATES,
     AgentCommandRefused,
@@ -32,6 +38,7 @@ from schemas.jobs import (
     CancelTask,
     DeleteJob,
     FilesStagedIn,
+    JobChanged,
     JobFinished,
     JobState,
     RunJob,
@@ -42,9 +49,11 @@ from schemas.jobs import (
     TaskCompleted,
     TaskRunning,
 )
-from schemas.resources import Heartbeat, HostDeleted
+from schemas.resources import HostChanged, HostDeleted
 from services.job_manager import domain
+from services.job_manager.hosts import Host, HostView
 from services.job_manager.repository import each
+from services.security import signed_by
 from services.store.port import Collection, DuplicateKey, NotFound, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -53,10 +62,13 @@ SENDER = "job-manager"
 ANSWERS = uuid.UUID("3b4f9e0c-8a51-4d6b-9f1e-2c7d5a8b6e43")  # answer ids are uuid5(ANSWERS, job id)
 CONFLICT_RETRIES = 5
 RESEND_AFTER = 30.0  # seconds a dispatched job may wait for its host to accept before it is sent again
+HOST_REREAD_AFTER = 5.0  # seconds between re-reads of one host whose event failed its signature check
 
 
 FileNames = Callable[[list[str]], Awaitable[dict[str, str]]]
 """The stored names of data items by id: how a job's files are named in its working directory."""
+ReadHost = Callable[[str], Awaitable[Host | None]]
+ReadHosts = Callable[[], Awaitable[list[Host]]]
 
 
 @dataclass
@@ -64,13 +76,20 @@ class JobManager:
     bus: MessageBus
     topology: Topology
     jobs: Collection
-    resources: Collection
     file_names: FileNames
+    read_host: ReadHost
+    read_hosts: ReadHosts
     lost_timeout: float
+    start_timeout: float = 60.0
+    """Seconds after its dispatch within which an agent may start a job (``SubmitTask.start_by``):
+    past it no agent starts it, so a job not started by then on a silent host can be declared lost."""
+    host_refresh_interval: float = 30.0
     clock: Callable[[], float] = time.time
+    hosts: HostView = field(default_factory=HostView)
     load: Counter[str] = field(default_factory=Counter)
-    _hosts: list[dict[str, Any]] = field(default_factory=list)
+    rejected_events: Counter[str] = field(default_factory=Counter)
     _hosts_read_at: float = float("-inf")
+    _host_reread_at: dict[str, float] = field(default_factory=dict)
     _locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary)
 
     def command_router(self) -> Router:
@@ -87,9 +106,18 @@ class JobManager:
         router.add(TaskRunning, self._serialized(self.task_running))
         router.add(TaskCompleted, self._serialized(self.task_completed))
         router.add(AgentCommandRefused, self._serialized(self.command_refused))
-        router.add(Heartbeat, self._serialized(self.heartbeat))
-        router.add(HostDeleted, self._serialized(self.host_deleted))
         return router
+
+    def host_router(self) -> Router:
+        router = Router()
+        router.add(HostChanged, self.host_changed)
+        router.add(HostDeleted, self.host_deleted)
+        return router
+
+    async def load_hosts(self) -> None:
+        """(Re)read every host from the resource manager's records: at start, then now and then."""
+        self.hosts.replace_all(await self.read_hosts())
+        self._hosts_read_at = self.clock()
 
     def _serialized(self, handler: Handler) -> Handler:
         """One message of a job at a time in this process, and a lost race with a twin process (a
@@ -119,6 +147,8 @@ class JobManager:
     # Commands.
 
     async def run_job(self, envelope: Envelope) -> WireModel:
+        """Store the job, placed when a host is there, and send it. A reply goes back only when the
+        gateway asked (an ``Idempotency-Key``); otherwise the gateway answered once this was published."""
         command = envelope.payload
         assert isinstance(command, RunJob)
         job = domain.new_job(
@@ -132,28 +162,37 @@ class JobManager:
             now=self.clock(),
             origin=command.origin,
         )
+        if command.resource_id and self.hosts.was_deleted(command.resource_id):
+            job.update(domain.advance(job, JobState.LOST, job["created_at"], error="its host was deleted") or {})
         # Placed before it is first written, when a host is there: one write instead of two.
-        resource_id = domain.choose_host(await self._candidates(command.resource_id) or [], self.load)
+        resource_id = None if domain.is_final(job) else self._choose(job)
         if resource_id is not None:
             job.update(self._placement(job, resource_id, job["created_at"]))
         try:
             job = await self.jobs.insert(job)
         except DuplicateKey:
-            resource_id = None  # not placed by this delivery
-            job = await self.jobs.get(command.job_id)  # a redelivery, or a retry with the same key
-            if job is None:
-                raise
-            if (job["user"], job["command"]) != (command.user, command.command):
-                return Rejected(status=409, error="this Idempotency-Key was used for another job")
-            if domain.state_of(job) is JobState.STAGING and job["resource_id"]:
-                # Placed before a crash, perhaps never sent: send again (the agent runs it once).
-                await self._dispatch(job, envelope)
-                return Accepted(id=command.job_id)
-        if resource_id is not None:  # inserted placed
+            return await self._run_again(command, envelope)
+        if resource_id is not None:
             self.load[resource_id] += 1
-            await self._dispatch(job, envelope)
-        elif domain.state_of(job) is JobState.PENDING:
-            await self._place(job, envelope)
+            await asyncio.gather(self._changed(job, envelope), self._dispatch(job, envelope))
+        else:
+            await self._changed(job, envelope)
+        return Accepted(id=command.job_id)
+
+    async def _run_again(self, command: RunJob, envelope: Envelope) -> WireModel:
+        """A redelivered RunJob, a retry with the same Idempotency-Key, or a manager asking again for
+        a job it may have missed the end of: the job is never made twice, and what may have been lost
+        after the first delivery (its dispatch, its end) is sent again."""
+        job = await self.jobs.get(command.job_id)
+        if job is None:
+            raise VersionConflict(f"job {command.job_id} clashed on insert and is gone; run again")
+        if (job["user"], job["command"]) != (command.user, command.command):
+            return Rejected(status=409, error="this Idempotency-Key was used for another job")
+        if domain.state_of(job) is JobState.STAGING and job["resource_id"]:
+            await self._dispatch(job, envelope)  # placed before a crash, perhaps never sent: the agent runs it once
+        elif domain.is_final(job) and job.get("origin"):
+            await self._tell_origin(job)
+        await self._changed(job, envelope)
         return Accepted(id=command.job_id)
 
     async def cancel_job(self, envelope: Envelope) -> WireModel:
@@ -185,7 +224,7 @@ class JobManager:
             return job, Rejected(status=410, error=f"job {job_id} is gone ({job['deleted_reason']})")
         return job, None
 
-    # Events from agents (already checked and republished by the resource manager).
+    # Events from agents, straight from them: each is checked against its host's verify key.
 
     async def files_staged_in(self, envelope: Envelope) -> None:
         event = envelope.payload
@@ -218,55 +257,26 @@ class JobManager:
         if changes is not None:
             if job["accepted_at"] is None:
                 changes["accepted_at"] = accepted_at
-            await self._update(job, changes)
+            await self._update(job, changes, envelope)
 
     async def task_completed(self, envelope: Envelope) -> None:
+        """The outcome, with its answer: a small answer is kept in the job's record under the job's
+        answer id (no blob, no request to the data manager); a big one was uploaded by the agent."""
         event = envelope.payload
         assert isinstance(event, TaskCompleted)
         job = await self._job_on_sender(event.job_id, envelope)
-        if job is None:
-            return
-        if domain.is_final(job):
+        if job is None or domain.is_final(job):
             return  # a redelivery: the outcome and its answer are stored already
         outcome = event.outcome if event.outcome in FINAL_STATES else JobState.LOST
-        answer_id, error = event.answer_id, event.error
-        if event.answer is not None and answer_id is None and not job["deleted"]:
-            answer_id, error = await self._store_answer(job, event.answer, envelope, error)
-        fields: dict[str, Any] = {}
+        fields: dict[str, Any] = {"exit_code": event.exit_code, "error": event.error, "answer_id": event.answer_id}
+        if event.answer is not None and event.answer_id is None and not job["deleted"]:
+            fields.update(answer_id=answer_id_of(job["id"]), answer=event.answer)
         if event.accepted_at is not None and job["accepted_at"] is None:
             fields["accepted_at"] = event.accepted_at
         if event.started_at is not None and job["started_at"] is None:
             fields["started_at"] = event.started_at
         earlier = [(JobState.ACCEPTED, event.accepted_at), (JobState.RUNNING, event.started_at)]
-        await self._finish(
-            job,
-            outcome,
-            at=event.at,
-            earlier=earlier,
-            exit_code=event.exit_code,
-            answer_id=answer_id,
-            error=error,
-            **fields,
-        )
-
-    async def _store_answer(
-        self, job: dict[str, Any], answer: str, cause: Envelope, error: str | None
-    ) -> tuple[str | None, str | None]:
-        """Have the data manager store an answer that came inside TaskCompleted, under an id fixed
-        by the job, so a redelivery stores it once. A bus failure raises: the event is redelivered."""
-        answer_id = str(uuid.uuid5(ANSWERS, job["id"]))
-        command = StoreInlineData(
-            item_id=answer_id,
-            owner=job["user"],
-            name=f"answer-{job['id']}.json",
-            content=answer,
-            granted_to=(job["resource_id"],),
-        )
-        reply = await self.bus.request(self.topology.commands, self._envelope(command, cause, job), timeout=30)
-        if isinstance(reply.payload, Accepted):
-            return answer_id, error
-        log.error("answer of job %s not stored: %s", job["id"], reply.payload, extra={"job_id": job["id"]})
-        return None, error or f"answer not stored: {getattr(reply.payload, 'error', reply.payload)}"
+        await self._finish(job, outcome, at=event.at, earlier=earlier, cause=envelope, **fields)
 
     async def command_refused(self, envelope: Envelope) -> None:
         event = envelope.payload
@@ -280,34 +290,37 @@ class JobManager:
         await self._update(job, {"resource_id": None, "error": f"host {event.resource_id}: {event.reason}"})
         self.load[event.resource_id] -= 1
 
-    async def heartbeat(self, envelope: Envelope) -> None:
-        """A restarted agent no longer runs what its predecessor had: those jobs are lost."""
-        beat = envelope.payload
-        assert isinstance(beat, Heartbeat)
-        if beat.agent_started_at is None or envelope.resource_id is None:
-            return
-        running = set(beat.running_jobs)
-        active = {"resource_id": envelope.resource_id, "state": {"$in": ["accepted", "running"]}}
-        async for job in each(self.jobs, active):
-            if job["id"] in running or (job["accepted_at"] or 0) >= beat.agent_started_at:
-                continue
-            await self._finish(job, JobState.LOST, error="the agent on its host restarted and no longer runs it")
+    # Host events: this manager's own view of hosts.
+
+    async def host_changed(self, envelope: Envelope) -> None:
+        event = envelope.payload
+        assert isinstance(event, HostChanged)
+        before, after = self.hosts.apply(event)
+        if after.takes_jobs and (before is None or not before.takes_jobs):
+            await self._sweep_unplaced()  # jobs waiting for a host (or for this one) may go now
 
     async def host_deleted(self, envelope: Envelope) -> None:
         event = envelope.payload
         assert isinstance(event, HostDeleted)
+        self.hosts.remove(event.resource_id)
+        self.load.pop(event.resource_id, None)
+        why = f"its host {event.resource_id} was deleted"
         async for job in each(
             self.jobs, {"resource_id": event.resource_id, "state": {"$in": ["staging", "accepted", "running"]}}
         ):
-            await self._finish(job, JobState.LOST, error=f"its host {event.resource_id} was deleted")
+            with suppress(VersionConflict):  # a twin, or the job's own event, came first
+                await self._finish(job, JobState.LOST, error=why)
         async for job in each(self.jobs, {"pinned_resource": event.resource_id, "state": "pending"}):
-            await self._finish(job, JobState.LOST, error=f"its host {event.resource_id} was deleted")
+            with suppress(VersionConflict):
+                await self._finish(job, JobState.LOST, error=why)
 
-    # The sweep: what no message will trigger (time passing, hosts going silent, hosts coming back).
+    # The sweep: what no message will trigger (time passing, hosts going silent, missed events).
 
     async def sweep(self) -> None:
         """One pass; a job that changed under it (a twin, an event) is left for the next pass."""
         now = self.clock()
+        if now - self._hosts_read_at > self.host_refresh_interval:
+            await self.load_hosts()
         async for job in each(self.jobs, {"deleted": False, "expires_at": {"$lte": now}}):
             with suppress(VersionConflict):
                 await self._delete(job, None, reason="its ttl ran out")
@@ -316,32 +329,29 @@ class JobManager:
 
     async def _sweep_unplaced(self) -> None:
         waiting = {"state": {"$in": ["pending", "staging"]}, "resource_id": None, "deleted": False}
-        hosts = await self._responding_hosts(fresh=True)
+        if not self.hosts.ready():
+            waiting["pinned_resource"] = {"$ne": None}  # only a deletion can move these now
         async for job in each(self.jobs, waiting, sort=[("created_at", 1)]):
-            if hosts or job["pinned_resource"]:
-                with suppress(VersionConflict):
-                    await self._place(job, None)
+            with suppress(VersionConflict):
+                await self._place(job, None)
 
     async def _sweep_active(self, now: float) -> None:
-        hosts: dict[str, dict[str, Any] | None] = {}
         load: Counter[str] = Counter()
         active = {"state": {"$in": ["staging", "accepted", "running"]}}
         async for job in each(self.jobs, active):
             rid = job["resource_id"]
             if rid is None:
                 continue
-            if rid not in hosts:
-                hosts[rid] = await self.resources.get(rid)
-            host = hosts[rid]
-            heard = None if host is None else host.get("last_response_time")
-            if host is None or heard is None or now - heard > self.lost_timeout:
-                why = "was deleted" if host is None else f"has not responded for over {self.lost_timeout:g}s"
+            lost = domain.why_lost(job, self.hosts.get(rid), deleted=self.hosts.was_deleted(rid), now=now,
+                                   lost_timeout=self.lost_timeout)  # fmt: skip
+            if lost is not None:
                 with suppress(VersionConflict):
-                    await self._finish(job, JobState.LOST, error=f"its host {rid} {why}")
+                    await self._finish(job, JobState.LOST, error=lost)
                 continue
             load[rid] += 1
+            host = self.hosts.get(rid)
             stuck = domain.state_of(job) is JobState.STAGING and now - (job["dispatched_at"] or now) > RESEND_AFTER
-            if stuck and host.get("responding"):
+            if stuck and host is not None and host.takes_jobs:
                 with suppress(VersionConflict):
                     job = await self._update(job, {"dispatched_at": now})
                     if job is not None:
@@ -350,40 +360,32 @@ class JobManager:
 
     # Steps.
 
-    async def _responding_hosts(self, *, fresh: bool = False) -> list[dict[str, Any]]:
-        """Hosts that may take jobs, cached for a second: a stale pick is refused and placed again."""
-        now = self.clock()
-        if fresh or now - self._hosts_read_at > 1.0:
-            found = await self.resources.find({"authorized": True, "responding": True}, limit=10_000)
-            self._hosts, self._hosts_read_at = found.items, now
-        return self._hosts
-
-    async def _candidates(self, pinned: str | None) -> list[dict[str, Any]] | None:
-        """The hosts a job may go to; None when it is pinned to a host that no longer exists."""
+    def _choose(self, job: dict[str, Any]) -> str | None:
+        """The host for a job now, from this manager's view of hosts, or None to wait."""
+        pinned = job["pinned_resource"]
         if pinned:
-            host = await self.resources.get(pinned)
-            return None if host is None else [host]
-        return await self._responding_hosts()
+            host = self.hosts.get(pinned)
+            return pinned if host is not None and host.takes_jobs else None
+        return domain.choose_host(self.hosts.ready(), self.load)
 
-    @staticmethod
-    def _placement(job: dict[str, Any], resource_id: str, now: float) -> dict[str, Any]:
+    def _placement(self, job: dict[str, Any], resource_id: str, now: float) -> dict[str, Any]:
         changes = domain.advance(job, JobState.STAGING, now) or {}
-        changes.update(resource_id=resource_id, dispatched_at=now)
+        changes.update(resource_id=resource_id, dispatched_at=now, start_by=now + self.start_timeout)
         return changes
 
     async def _place(self, job: dict[str, Any], cause: Envelope | None) -> None:
-        candidates = await self._candidates(job["pinned_resource"])
-        if candidates is None:
-            await self._finish(job, JobState.LOST, error=f"its host {job['pinned_resource']} was deleted")
+        pinned = job["pinned_resource"]
+        if pinned and self.hosts.was_deleted(pinned):
+            await self._finish(job, JobState.LOST, error=f"its host {pinned} was deleted")
             return
-        resource_id = domain.choose_host(candidates, self.load)
+        resource_id = self._choose(job)
         if resource_id is None:
-            return  # stays waiting; the sweep tries again
-        job = await self._update(job, self._placement(job, resource_id, self.clock()))
-        if job is None:
+            return  # stays waiting; a host event or the sweep tries again
+        placed = await self._update(job, self._placement(job, resource_id, self.clock()), cause)
+        if placed is None:
             return
         self.load[resource_id] += 1
-        await self._dispatch(job, cause)
+        await self._dispatch(placed, cause)
 
     async def _dispatch(self, job: dict[str, Any], cause: Envelope | None) -> None:
         files = [job["binary"]] if job["binary"] else []
@@ -400,25 +402,30 @@ class JobManager:
         await self.bus.publish(self.topology.commands, self._envelope(command, cause, job))
 
     async def _submit(self, job: dict[str, Any], cause: Envelope | None) -> None:
+        """Straight to the agent's own queue: this manager's view says its host takes jobs (the
+        refusal seed 000 asks of the proxy, made without a hop)."""
         command = SubmitTask(job_id=job["id"], command=job["command"], deadline=job["expires_at"])
-        await self.bus.publish(self.topology.commands, self._envelope(command, cause, job))
+        await self._to_agent(command, cause, job)
+
+    async def _to_agent(self, command: WireModel, cause: Envelope | None, job: dict[str, Any]) -> None:
+        key = self.topology.agent_routing_key(job["resource_id"], command.message_type)
+        await self.bus.publish(self.topology.agent_commands, self._envelope(command, cause, job), key)
 
     async def _cancel(self, job: dict[str, Any], cause: Envelope | None, *, reason: str) -> None:
         if job["resource_id"] is None or domain.state_of(job) is JobState.PENDING:
-            await self._finish(job, JobState.CANCELLED, error=reason)
+            await self._finish(job, JobState.CANCELLED, error=reason, cause=cause)
             return
         job = await self._update(job, {"cancel_requested": True}) or job
-        await self.bus.publish(
-            self.topology.commands, self._envelope(CancelTask(job_id=job["id"], reason=reason), cause, job)
-        )
+        await self._to_agent(CancelTask(job_id=job["id"], reason=reason), cause, job)
 
     async def _delete(self, job: dict[str, Any], cause: Envelope | None, *, reason: str) -> None:
         if not domain.is_final(job):
             await self._cancel(job, cause, reason=reason)
             job = await self.jobs.get(job["id"]) or job
-        await self._update(job, {"deleted": True, "deleted_reason": reason, "deleted_at": self.clock()})
-        # The answer goes with the job: the data manager owns it.
-        if job.get("answer_id"):
+        gone = {"deleted": True, "deleted_reason": reason, "deleted_at": self.clock(), "answer": None}
+        await self._update(job, gone, cause)
+        # A big answer is a data item the agent uploaded: the data manager owns it.
+        if job.get("answer_id") and job.get("answer") is None:
             await self._forget_answer(job["answer_id"], job, cause)
 
     async def _finish(
@@ -428,18 +435,21 @@ class JobManager:
         *,
         at: float | None = None,
         earlier: Sequence[tuple[JobState, float | None]] = (),
+        cause: Envelope | None = None,
         **fields: Any,
     ) -> None:
         at = at or self.clock()
+        if job["deleted"]:
+            fields.pop("answer", None)
         changes = domain.advance_through(job, [*earlier, (outcome, at)], finished_at=at, **fields)
         if changes is None:
             return
-        finished = await self._update(job, changes)
+        finished = await self._update(job, changes, cause)
         if finished is not None and job["resource_id"]:
             self.load[job["resource_id"]] -= 1
         if finished is not None and finished.get("origin"):
             await self._tell_origin(finished)
-        if job["deleted"] and fields.get("answer_id"):
+        if job["deleted"] and fields.get("answer_id") and "answer" not in fields:
             await self._forget_answer(fields["answer_id"], job, None)
         log.info(
             "job %s %s",
@@ -450,7 +460,7 @@ class JobManager:
 
     async def _tell_origin(self, job: dict[str, Any]) -> None:
         """The manager that asked for this job hears that it ended. Lost if this process dies right
-        here: that manager also reads the jobs it waits for, now and then."""
+        here: that manager asks for the job again now and then, and hears it then."""
         event = JobFinished(
             job_id=job["id"],
             origin=job["origin"],
@@ -465,20 +475,60 @@ class JobManager:
         changes = domain.advance(job, target, at, **fields)
         return None if changes is None else await self._update(job, changes)
 
-    async def _update(self, job: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any] | None:
-        """Write with the version read. A VersionConflict propagates: the message is redelivered
-        and the handler reads the job again."""
+    async def _update(
+        self, job: dict[str, Any], changes: dict[str, Any], cause: Envelope | None = None
+    ) -> dict[str, Any] | None:
+        """Write with the version read, and broadcast the change when the state moved or the job went.
+        A VersionConflict propagates: the message is redelivered and the handler reads the job again."""
         try:
-            return await self.jobs.update(job["id"], changes, expected_version=job["version"])
+            updated = await self.jobs.update(job["id"], changes, expected_version=job["version"])
         except NotFound:
             return None
+        if "state" in changes or "deleted" in changes:
+            await self._changed(updated, cause)
+        return updated
+
+    async def _changed(self, job: dict[str, Any], cause: Envelope | None) -> None:
+        event = JobChanged(
+            job_id=job["id"],
+            user=job["user"],
+            state=job["state"],
+            at=job["history"][-1]["at"],
+            exit_code=job["exit_code"],
+            answer_id=job["answer_id"],
+            deleted=job["deleted"],
+        )
+        await self.bus.publish(self.topology.events, self._envelope(event, cause, job))
 
     async def _job_on_sender(self, job_id: str, envelope: Envelope) -> dict[str, Any] | None:
-        """The job, if the agent reporting on it is the one its host runs (no host speaks for another's job)."""
+        """The job, if the event is signed by the host that runs it (no host speaks for another's job)."""
+        await self._verify(envelope)
         job = await self.jobs.get(job_id)
         if job is None or job["resource_id"] != envelope.resource_id:
             return None
         return job
+
+    async def _verify(self, envelope: Envelope) -> None:
+        """Drop (and count) an event not signed by the host it names. A host this view does not know
+        yet, or whose key changed (a joining agent adopted it), is read again, at most every few seconds."""
+        rid = envelope.resource_id
+        if not rid or not envelope.signature:
+            self.rejected_events["unsigned"] += 1
+            raise Drop(f"unsigned agent event {envelope.type} {envelope.message_id}")
+        host = self.hosts.get(rid)
+        if host is not None and signed_by(envelope, host.verify_key):
+            return
+        now = self.clock()
+        if now - self._host_reread_at.get(rid, float("-inf")) > HOST_REREAD_AFTER:
+            self._host_reread_at[rid] = now
+            fresh = await self.read_host(rid)
+            if fresh is not None:
+                self.hosts.replace(fresh)
+                if signed_by(envelope, fresh.verify_key):
+                    return
+        self.rejected_events["unknown host" if host is None else "bad signature"] += 1
+        log.warning("rejected agent event %s claiming host %s", envelope.type, rid, extra={"resource_id": rid})
+        raise Drop(f"agent event {envelope.type} not signed by host {rid}")
 
     async def _forget_answer(self, answer_id: str, job: dict[str, Any], cause: Envelope | None) -> None:
         forget = DeleteContent(item_id=answer_id)
@@ -488,3 +538,8 @@ class JobManager:
         if cause is not None:
             return cause.caused(payload, sender=SENDER, resource_id=job["resource_id"])
         return Envelope(payload, sender=SENDER, correlation_id=job["id"], resource_id=job["resource_id"])
+
+
+def answer_id_of(job_id: str) -> str:
+    """The id under which a job's answer is found, fixed by the job: a redelivery stores it once."""
+    return str(uuid.uuid5(ANSWERS, job_id))

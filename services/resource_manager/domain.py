@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.resources import Heartbeat, HostChange
+
 INACTIVE = "inactive"
 
 
@@ -59,6 +61,15 @@ def is_fresh_heartbeat(stored: dict[str, Any], sent_at: float) -> bool:
     return last is None or sent_at > last
 
 
-def has_gone_silent(stored: dict[str, Any], now: float, timeout: float) -> bool:
-    last = stored.get("last_response_time")
-    return bool(stored.get("responding")) and (last is None or now - last > timeout)
+def heartbeat_changes(stored: dict[str, Any], beat: Heartbeat, *, now: float) -> tuple[HostChange | None, dict]:
+    """What a heartbeat changes in a host's record: a transition (it responds again, or its agent
+    restarted) and the fields to store; nothing, most of the time."""
+    facts = beat.facts.model_dump()
+    changes: dict[str, Any] = {} if facts == stored.get("facts") else {"facts": facts}
+    restarted = beat.agent_started_at is not None and beat.agent_started_at != stored.get("agent_started_at")
+    if restarted:
+        changes["agent_started_at"] = beat.agent_started_at
+    if not stored["responding"]:
+        changes["responding"] = True
+        return "responding", changes
+    return ("restarted" if restarted and stored.get("agent_started_at") is not None else None), changes

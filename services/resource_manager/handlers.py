@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.envelope import Envelope
@@ -26,13 +26,13 @@ from schemas.resources import (
     AuthorizeResource,
     DeleteResource,
     Heartbeat,
+    HostChange,
+    HostChanged,
     HostDeleted,
-    HostResponding,
-    HostUnresponsive,
     RegisterResource,
 )
 from services.resource_manager import domain
-from services.resource_manager.repository import silent_candidates
+from services.resource_manager.repository import responding_hosts
 from services.security import signed_by
 from services.store.port import Collection, DuplicateKey, NotFound, VersionConflict
 
@@ -40,6 +40,25 @@ log = logging.getLogger(__name__)
 
 SENDER = "resource-manager"
 CACHE_SECONDS = 1.0
+HEARTBEAT_CACHE_SECONDS = 300.0
+"""A heartbeat needs a host's verify key and its stored transitions, which only change through this
+manager (its own writes refresh the cache) or a twin (its adoption fails the signature check here,
+which reads the host again; its transitions are found on the next write)."""
+
+
+@dataclass(slots=True)
+class Liveness:
+    """What this process heard of one host lately; only transitions reach the store."""
+
+    heard_at: float
+    """When the newest heartbeat arrived here (this process's clock)."""
+    sent_at: float
+    """When the agent sent it (a replay is older)."""
+    written_at: float
+    """When ``last_response_time`` was last stored."""
+    heard: bool = True
+    """False for a host read from the store at start and not heard since (``heard_at`` is then when
+    this process started judging it)."""
 
 
 @dataclass
@@ -48,9 +67,13 @@ class ResourceManager:
     topology: Topology
     resources: Collection
     responding_timeout: float
+    liveness_write_interval: float = 30.0
+    """Seconds between stores of a responding host's ``last_response_time`` (transitions are stored at once)."""
     clock: Callable[[], float] = time.time
     rejected_events: Counter[str] = field(default_factory=Counter)
     _recent: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    _liveness: dict[str, Liveness] = field(default_factory=dict)
+    _started_at: float | None = None
 
     def router(self) -> Router:
         router = Router()
@@ -79,14 +102,16 @@ class ResourceManager:
             joined=command.joined,
         )
         try:
-            await self.resources.insert(document)
+            document = await self.resources.insert(document)
         except DuplicateKey:
-            return await self._registered_before(command)
+            return await self._registered_before(command, envelope)
+        self._remember(document)
+        await self._tell(document, "registered", envelope)
         how = "joined (unauthorized)" if command.joined else f"registered for {command.user}"
         log.info("resource %s (%s) %s", command.resource_id, command.hostname, how)
         return Accepted(id=command.resource_id)
 
-    async def _registered_before(self, command: RegisterResource) -> WireModel:
+    async def _registered_before(self, command: RegisterResource, envelope: Envelope) -> WireModel:
         """The id or the hostname is taken: by this very registration (a redelivery, or an agent that
         joins again with its saved credentials), by a registration a joining agent adopts, or by
         another host (a clash). A document that vanished meanwhile raises: the command is retried."""
@@ -96,6 +121,7 @@ class ResourceManager:
         if stored is None:
             raise VersionConflict(f"the resource that {command.hostname!r} clashed with is gone; register again")
         if domain.is_same_registration(stored, hostname=command.hostname, token_hash=command.token_hash):
+            await self._tell(stored, "registered", envelope)  # the first delivery may have died before it
             return Accepted(id=stored["id"])
         if not command.joined:
             return Rejected(status=400, error=f"hostname {command.hostname!r} is already registered")
@@ -106,7 +132,9 @@ class ResourceManager:
         # A concurrent write (the admin's own agent heartbeating first) raises VersionConflict: the
         # command is redelivered and finds the host in use.
         changes = domain.adoption(token_hash=command.token_hash, verify_key=command.verify_key)
-        self._remember(await self.resources.update(stored["id"], changes, expected_version=stored["version"]))
+        adopted = await self.resources.update(stored["id"], changes, expected_version=stored["version"])
+        self._remember(adopted)
+        await self._tell(adopted, "adopted", envelope)
         log.info(
             "resource %s (%s) adopted by the agent that joined as %s",
             stored["id"],
@@ -123,6 +151,7 @@ class ResourceManager:
         if stored is None:
             return Rejected(status=404, error=f"resource {command.resource_id} not found")
         if stored["authorized"]:
+            await self._tell(stored, "authorized", envelope)  # the first delivery may have died before it
             return Accepted(id=command.resource_id)
         # A concurrent write (a heartbeat) raises VersionConflict: the command is redelivered.
         try:
@@ -132,6 +161,7 @@ class ResourceManager:
         except NotFound:
             return Rejected(status=404, error=f"resource {command.resource_id} not found")
         self._remember(updated)
+        await self._tell(updated, "authorized", envelope)
         log.info("resource %s authorized", command.resource_id, extra={"resource_id": command.resource_id})
         return Accepted(id=command.resource_id)
 
@@ -139,6 +169,7 @@ class ResourceManager:
         command = envelope.payload
         assert isinstance(command, DeleteResource)
         self._recent.pop(command.resource_id, None)
+        self._liveness.pop(command.resource_id, None)
         if not await self.resources.delete(command.resource_id):
             return Rejected(status=404, error=f"resource {command.resource_id} not found")
         await self.bus.publish(
@@ -196,14 +227,16 @@ class ResourceManager:
             return Rejected(status=409, error=f"node {node_id} is not responding: no agent listens for it")
         return None
 
-    async def _resource(self, resource_id: str, *, fresh: bool = False) -> dict[str, Any] | None:
+    async def _resource(
+        self, resource_id: str, *, fresh: bool = False, max_age: float = CACHE_SECONDS
+    ) -> dict[str, Any] | None:
         """A host's record, read at most once a second per host on the hot path (every task event
         and forwarded command needs it). A verify key changes only when a joining agent adopts a host
         no agent has spoken for yet, and a host that just stopped responding (or was just authorized
         by a twin process) is refused a second late at worst."""
         now = time.monotonic()
         cached = self._recent.get(resource_id)
-        if cached is not None and not fresh and now - cached[0] < CACHE_SECONDS:
+        if cached is not None and not fresh and now - cached[0] < max_age:
             return cached[1]
         resource = await self.resources.get(resource_id)
         if resource is None:
@@ -216,20 +249,57 @@ class ResourceManager:
         """What this process wrote or read last about a host: its own writes are never stale here."""
         self._recent[resource["id"]] = (time.monotonic(), resource)
 
-    # Agent events: check the signature, then act and republish as trusted.
+    # Heartbeats: verified here, kept in memory; only transitions are stored and published.
 
-    async def agent_event(self, envelope: Envelope) -> None:
-        """The handler of the untrusted agent-events queue: verify, keep host state, republish."""
-        resource = await self._verified_sender(envelope)
-        if isinstance(envelope.payload, Heartbeat):
-            await self.heartbeat(envelope, resource)
-        await self.bus.publish(self.topology.events, replace(envelope, signature=None))
+    async def heartbeat(self, envelope: Envelope) -> None:
+        """One signed heartbeat. Every copy of this manager hears each one (a broadcast queue), so each
+        knows every host's liveness; a transition written twice by two copies is written once (the
+        second finds it done) and published at most twice, which consumers take as one."""
+        beat = envelope.payload
+        assert isinstance(beat, Heartbeat)
+        resource = await self._verified_sender(envelope, max_age=HEARTBEAT_CACHE_SECONDS)
+        now, sent_at = self.clock(), envelope.time.timestamp()
+        seen = self._liveness.get(resource["id"])
+        if (seen is not None and sent_at <= seen.sent_at) or not domain.is_fresh_heartbeat(resource, sent_at):
+            raise Drop(f"stale heartbeat from {resource['id']}")
+        if seen is None:
+            seen = self._liveness[resource["id"]] = Liveness(now, sent_at, resource.get("last_response_time") or 0.0)
+        seen.heard_at, seen.sent_at, seen.heard = now, sent_at, True
+        change, changes = domain.heartbeat_changes(resource, beat, now=now)
+        if change is None and not changes and now - seen.written_at < self.liveness_write_interval:
+            return
+        changes.update(last_response_time=now, last_heartbeat_sent_at=sent_at)
+        updated = await self._write(resource, changes)
+        if updated is None:
+            return
+        seen.written_at = now
+        if change is not None:
+            await self._tell(updated, change, envelope, running_jobs=beat.running_jobs)
 
-    async def _verified_sender(self, envelope: Envelope) -> dict:
+    async def _write(self, resource: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any] | None:
+        """Store ``changes`` with the version read; after a twin's write, read again and retry once."""
+        for _ in range(2):
+            try:
+                updated = await self.resources.update(resource["id"], changes, expected_version=resource["version"])
+            except NotFound:
+                return None
+            except VersionConflict:
+                fresh = await self._resource(resource["id"], fresh=True)
+                if fresh is None:
+                    return None
+                resource = fresh
+                continue
+            self._remember(updated)
+            return updated
+        return None
+
+    async def _verified_sender(self, envelope: Envelope, *, max_age: float = CACHE_SECONDS) -> dict[str, Any]:
         if not envelope.resource_id or not envelope.signature:
             self.rejected_events["unsigned"] += 1
             raise Drop(f"unsigned agent event {envelope.type} {envelope.message_id}")
-        resource = await self._resource(envelope.resource_id)
+        resource = await self._resource(envelope.resource_id, max_age=max_age)
+        if resource is not None and not signed_by(envelope, resource["verify_key"]):
+            resource = await self._resource(envelope.resource_id, fresh=True)  # adopted since it was read?
         if resource is None:
             self.rejected_events["unknown resource"] += 1
             raise Drop(f"agent event from unknown resource {envelope.resource_id}")
@@ -244,56 +314,61 @@ class ResourceManager:
             raise Drop(f"bad signature on {envelope.type} from {envelope.resource_id}")
         return resource
 
-    async def heartbeat(self, envelope: Envelope, resource: dict) -> None:
-        beat = envelope.payload
-        assert isinstance(beat, Heartbeat)
-        resource = await self._resource(resource["id"], fresh=True) or resource
-        sent_at = envelope.time.timestamp()
-        if not domain.is_fresh_heartbeat(resource, sent_at):
-            raise Drop(f"stale heartbeat from {resource['id']}")
-        was_responding = resource["responding"]
-        # A concurrent write raises VersionConflict: the heartbeat is redelivered and read again.
-        updated = await self.resources.update(
-            resource["id"],
-            {
-                "responding": True,
-                "last_response_time": self.clock(),
-                "last_heartbeat_sent_at": sent_at,
-                "facts": beat.facts.model_dump(),
-            },
-            expected_version=resource["version"],
+    async def _tell(
+        self, resource: dict[str, Any], change: HostChange, cause: Envelope | None, *, running_jobs: list[str] = ()
+    ) -> None:
+        event = HostChanged(
+            resource_id=resource["id"],
+            change=change,
+            at=self.clock(),
+            version=resource["version"],
+            user=resource["user"],
+            authorized=resource["authorized"],
+            joined=resource.get("joined", False),
+            responding=resource["responding"],
+            verify_key=resource["verify_key"],
+            last_response_time=resource.get("last_response_time"),
+            agent_started_at=resource.get("agent_started_at"),
+            running_jobs=list(running_jobs),
         )
-        self._remember(updated)
-        if not was_responding:
-            await self.bus.publish(
-                self.topology.events,
-                envelope.caused(HostResponding(resource_id=resource["id"]), sender=SENDER),
-            )
+        if cause is not None:
+            envelope = cause.caused(event, sender=SENDER, resource_id=resource["id"])
+        else:
+            envelope = Envelope(event, sender=SENDER, resource_id=resource["id"])
+        await self.bus.publish(self.topology.events, envelope)
 
     # Periodic.
 
     async def sweep_silent_hosts(self) -> int:
-        """Mark hosts whose heartbeats stopped as not responding; return how many."""
+        """Mark hosts whose heartbeats stopped as not responding; return how many.
+
+        Liveness is this process's memory, so the sweep reads the store only once, at its first pass:
+        a host stored as responding that this process has not heard yet is given ``responding_timeout``
+        from then before it is judged."""
         now = self.clock()
+        if self._started_at is None:
+            self._started_at = now
+            for resource in await responding_hosts(self.resources):
+                if resource["id"] not in self._liveness:
+                    self._remember(resource)
+                    sent = resource.get("last_heartbeat_sent_at") or 0.0
+                    written = resource["last_response_time"] or 0.0
+                    self._liveness[resource["id"]] = Liveness(now, sent, written, heard=False)
         marked = 0
-        for resource in await silent_candidates(self.resources, now - self.responding_timeout):
-            if not domain.has_gone_silent(resource, now, self.responding_timeout):
+        for resource_id, seen in list(self._liveness.items()):
+            if now - seen.heard_at <= self.responding_timeout:
                 continue
-            try:
-                updated = await self.resources.update(
-                    resource["id"], {"responding": False}, expected_version=resource["version"]
-                )
-            except VersionConflict:
-                continue  # a heartbeat arrived meanwhile
-            self._remember(updated)
+            del self._liveness[resource_id]  # heard again, it is a transition
+            resource = await self._resource(resource_id, fresh=True)
+            if resource is None or not resource["responding"]:
+                continue
+            changes: dict[str, Any] = {"responding": False}
+            if seen.heard:  # the stored time may be older (it is written now and then)
+                changes["last_response_time"] = seen.heard_at
+            updated = await self._write(resource, changes)
+            if updated is None or updated["responding"]:
+                continue
             marked += 1
-            await self.bus.publish(
-                self.topology.events,
-                Envelope(
-                    HostUnresponsive(resource_id=resource["id"], last_response_time=resource["last_response_time"]),
-                    sender=SENDER,
-                    resource_id=resource["id"],
-                ),
-            )
-            log.info("resource %s stopped responding", resource["id"])
+            await self._tell(updated, "unresponsive", None)
+            log.info("resource %s stopped responding", resource_id, extra={"resource_id": resource_id})
         return marked

@@ -18,14 +18,12 @@ async def resources_collection(store: DocumentStore) -> Collection:
     return collection
 
 
-async def silent_candidates(resources: Collection, older_than: float) -> list[dict[str, Any]]:
-    """Responding hosts whose last heartbeat is older than ``older_than``."""
+async def responding_hosts(resources: Collection) -> list[dict[str, Any]]:
+    """Hosts stored as responding."""
     found: list[dict[str, Any]] = []
     cursor = None
     while True:
-        page = await resources.find(
-            {"responding": True, "last_response_time": {"$lt": older_than}}, limit=500, cursor=cursor
-        )
+        page = await resources.find({"responding": True}, limit=500, cursor=cursor)
         found.extend(page.items)
         if page.next_cursor is None:
             return found

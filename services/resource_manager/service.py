@@ -28,12 +28,13 @@ class ResourceManagerService:
             topology=self._topology,
             resources=await resources_collection(self._store),
             responding_timeout=self._settings.responding_timeout,
+            liveness_write_interval=self._settings.liveness_write_interval,
         )
         self._lifetime.hold(
             await self._bus.subscribe(self._topology.resource_manager_commands(), self.manager.router())
         )
         self._lifetime.hold(
-            await self._bus.subscribe(self._topology.resource_manager_agent_events(), self.manager.agent_event)
+            await self._bus.subscribe(self._topology.resource_manager_heartbeats(), self.manager.heartbeat)
         )
         interval = max(0.2, self._settings.responding_timeout / 4)
         self._lifetime.every(interval, self.manager.sweep_silent_hosts, what="sweep of silent hosts")

@@ -27,7 +27,7 @@ from broker.port import MessageBus
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
-from schemas.jobs import FINAL_STATES, JobFinished, RunJob
+from schemas.jobs import JobFinished, RunJob
 from schemas.resources import AuthorizeResource, HostDeleted
 from schemas.roles import ActivateRoleVersion, ApplyRole, DeleteHostRoles, RegisterRoleVersion, RemoveRole
 from services.role_manager import domain
@@ -48,11 +48,12 @@ class RoleManager:
     topology: Topology
     roles: Collection
     hosts: Collection
-    resources: Collection
-    jobs: Collection
     backoff: domain.Backoff = field(default_factory=domain.Backoff)
-    request_timeout: float = 30.0
+    reask_after: float = 10.0
+    """Seconds before the job of a running change is asked for again: the job manager answers a repeated
+    ask for a job that ended with its end again, so an end missed here (or an ask lost) is caught."""
     clock: Callable[[], float] = time.time
+    _asked: dict[str, float] = field(default_factory=dict)
     _locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary)
 
     def command_router(self) -> Router:
@@ -131,9 +132,9 @@ class RoleManager:
         command = envelope.payload
         assert isinstance(command, ApplyRole)
         role = await self._role(command.name)
-        resource = await self._resource(command.host_id)
-        if not resource["authorized"]:
-            await self._authorize(resource, envelope)  # assigning a role is how an admin authorizes a host
+        if command.authorize:  # assigning a role is how an admin authorizes a host
+            authorize = envelope.caused(AuthorizeResource(resource_id=command.host_id), sender=SENDER)
+            await self.bus.publish(self.topology.commands, authorize)
         async with self._lock(command.host_id):
             host = await self._host(command.host_id)
             roles = domain.apply(host, command.name, role["active_version"], command.requested_by)
@@ -148,7 +149,6 @@ class RoleManager:
     async def remove_role(self, envelope: Envelope) -> WireModel:
         command = envelope.payload
         assert isinstance(command, RemoveRole)
-        await self._resource(command.host_id)
         async with self._lock(command.host_id):
             host = await self._host(command.host_id)
             host = await self._write(host, domain.remove(host, command.name, command.requested_by))
@@ -159,7 +159,6 @@ class RoleManager:
         """Seed 002: remove every role; an inactive host without roles is left as it is."""
         command = envelope.payload
         assert isinstance(command, DeleteHostRoles)
-        await self._resource(command.host_id)
         async with self._lock(command.host_id):
             host = await self._host(command.host_id)
             if not host["roles"]:
@@ -167,19 +166,6 @@ class RoleManager:
             host = await self._write(host, domain.remove_all(host, command.requested_by), deleting=True)
             await self._converge(host, envelope)
         return Accepted(id=command.host_id)
-
-    async def _resource(self, host_id: str) -> Document:
-        resource = await self.resources.get(host_id)
-        if resource is None:
-            raise domain.RoleError(404, f"host {host_id} not found")
-        return resource
-
-    async def _authorize(self, resource: Document, cause: Envelope) -> None:
-        request = cause.caused(AuthorizeResource(resource_id=resource["id"]), sender=SENDER)
-        reply = await self.bus.request(self.topology.commands, request, timeout=self.request_timeout)
-        if isinstance(reply.payload, Rejected):
-            raise domain.RoleError(reply.payload.status, reply.payload.error)
-        log.info("host %s authorized by its first role", resource["id"], extra={"resource_id": resource["id"]})
 
     # The end of a change's job.
 
@@ -239,29 +225,30 @@ class RoleManager:
             origin=SENDER,
         )
         if cause is None:
-            request = Envelope(command, sender=SENDER, correlation_id=entry["job_id"], resource_id=host["id"])
+            ask = Envelope(command, sender=SENDER, correlation_id=entry["job_id"], resource_id=host["id"])
         else:
-            request = cause.caused(command, sender=SENDER, resource_id=host["id"])
-        reply = await self.bus.request(self.topology.commands, request, timeout=self.request_timeout)
-        if isinstance(reply.payload, Rejected):
-            log.error("job for role %s on %s refused: %s", name, host["id"], reply.payload.error)
+            ask = cause.caused(command, sender=SENDER, resource_id=host["id"])
+        await self.bus.publish(self.topology.commands, ask)
+        self._asked[entry["job_id"]] = self.clock()
 
     async def sweep(self) -> None:
-        """Start changes whose retry time came, and look at the jobs of running changes: one never
-        asked for (this manager died in between) is asked for; one that ended unheard is finished."""
+        """Start changes whose retry time came, and ask again for the jobs of running changes not asked
+        for lately: one never asked for (this manager died in between) is made then, and the end of one
+        that ended unheard is told again."""
+        now = self.clock()
         found = await self.hosts.find({"needs_work": True}, limit=10_000)
+        running: set[str] = set()
         for host in found.items:
             for name, entry in host["roles"].items():
                 if entry["job_id"] is None:
                     continue
-                job = await self.jobs.get(entry["job_id"])
-                if job is None:
+                running.add(entry["job_id"])
+                if now - self._asked.get(entry["job_id"], float("-inf")) > self.reask_after:
                     role = await self.roles.get(name)
                     if role is not None:
                         await self._ask_for_job(host, name, role, None)
-                elif job["state"] in FINAL_STATES:
-                    await self._retrying(lambda h=host, j=job: self._finish(h["id"], j["id"], j, None))
             await self._retrying(lambda h=host: self._converge_fresh(h["id"]))
+        self._asked = {job_id: at for job_id, at in self._asked.items() if job_id in running}
 
     async def _converge_fresh(self, host_id: str) -> None:
         async with self._lock(host_id):

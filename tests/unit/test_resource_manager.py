@@ -17,8 +17,7 @@ from schemas.resources import (
     Heartbeat,
     HostDeleted,
     HostFacts,
-    HostResponding,
-    HostUnresponsive,
+    HostChanged,
     RegisterResource,
 )
 from services.resource_manager.handlers import ResourceManager
@@ -34,7 +33,9 @@ class RecordingBus:
         self.published: list[tuple[str, Envelope]] = []
         self.forwarded: list[tuple[str, str, Envelope]] = []
 
-    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+    async def publish(
+        self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
+    ) -> None:
         self.published.append((exchange, envelope))
 
     async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
@@ -85,6 +86,9 @@ def signed(envelope: Envelope, token: str) -> Envelope:
 async def registered(manager: ResourceManager, hostname: str = "web-1") -> tuple[str, str]:
     command, token = registration(hostname)
     assert await manager.register_resource(Envelope(command)) == Accepted(id=command.resource_id)
+    [registered] = manager.bus.payloads(HostChanged)
+    assert registered.change == "registered" and registered.resource_id == command.resource_id
+    manager.bus.published.clear()
     return command.resource_id, token
 
 
@@ -120,16 +124,34 @@ async def test_delete_then_again_is_404_and_publishes_once(manager: ResourceMana
     assert manager.bus.payloads(HostDeleted) == [HostDeleted(resource_id=resource_id)]
 
 
-async def test_signed_heartbeat_marks_responding_and_is_republished(manager: ResourceManager) -> None:
+async def test_a_heartbeat_is_stored_only_on_a_transition_and_never_republished(manager: ResourceManager) -> None:
     resource_id, token = await registered(manager)
-    beat = signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token)
-    await manager.agent_event(codec.decode(codec.encode(beat), manager_types()))
+    beat = signed(Envelope(Heartbeat(facts=FACTS, agent_started_at=5.0), resource_id=resource_id), token)
+    await manager.heartbeat(codec.decode(codec.encode(beat), manager_types()))
     stored = await manager.resources.get(resource_id)
     assert stored["responding"] is True and stored["last_response_time"] == manager.clock()
     assert stored["facts"]["os_family"] == "linux"
-    trusted = [e for x, e in manager.bus.published if x == "t.events" and isinstance(e.payload, Heartbeat)]
-    assert len(trusted) == 1 and trusted[0].signature is None and trusted[0].message_id == beat.message_id
-    assert manager.bus.payloads(HostResponding) == [HostResponding(resource_id=resource_id)]
+    [(exchange, changed)] = manager.bus.published  # the transition, not the heartbeat
+    assert exchange == "t.events" and changed.causation_id == beat.message_id
+    assert changed.payload.change == "responding" and changed.payload.responding is True
+    assert changed.payload.version == stored["version"] and changed.payload.verify_key == stored["verify_key"]
+
+    # More beats of a responding host: kept in memory; stored now and then, never published.
+    manager.bus.published.clear()
+    for _ in range(7):
+        manager.clock.now += 5
+        await manager.heartbeat(
+            signed(Envelope(Heartbeat(facts=FACTS, agent_started_at=5.0), resource_id=resource_id), token)
+        )
+    assert manager.bus.published == []
+    assert (await manager.resources.get(resource_id))["version"] == stored["version"] + 1  # one write in 35 s (every 30)
+
+    # A restarted agent is a transition.
+    manager.clock.now += 1
+    restarted = Heartbeat(facts=FACTS, agent_started_at=manager.clock.now, running_jobs=["j1"])
+    await manager.heartbeat(signed(Envelope(restarted, resource_id=resource_id), token))
+    [changed] = manager.bus.payloads(HostChanged)
+    assert changed.change == "restarted" and changed.running_jobs == ["j1"]
 
 
 @pytest.mark.parametrize("forgery", ["unsigned", "wrong token", "other host", "unknown host"])
@@ -146,7 +168,7 @@ async def test_forged_events_are_dropped_and_counted(manager: ResourceManager, f
     else:
         event = signed(replace(beat, resource_id="no-such-host"), token)
     with pytest.raises(Drop):
-        await manager.agent_event(event)
+        await manager.heartbeat(event)
     assert sum(manager.rejected_events.values()) == 1
     for rid in (resource_id, victim_id):
         assert (await manager.resources.get(rid))["responding"] is False
@@ -156,21 +178,30 @@ async def test_forged_events_are_dropped_and_counted(manager: ResourceManager, f
 async def test_replayed_heartbeat_is_dropped(manager: ResourceManager) -> None:
     resource_id, token = await registered(manager)
     beat = signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token)
-    await manager.agent_event(beat)
+    await manager.heartbeat(beat)
     with pytest.raises(Drop, match="stale"):
-        await manager.agent_event(beat)
+        await manager.heartbeat(beat)
 
 
 async def test_sweep_marks_silent_hosts_once(manager: ResourceManager) -> None:
     resource_id, token = await registered(manager)
-    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    silent_id, _ = await registered(manager, "web-2")
+    await manager.resources.update(silent_id, {"responding": True, "last_response_time": manager.clock.now - 100})
+    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     manager.clock.now += 10
     assert await manager.sweep_silent_hosts() == 0
     manager.clock.now += 10
     assert await manager.sweep_silent_hosts() == 1
     assert await manager.sweep_silent_hosts() == 0
-    assert (await manager.resources.get(resource_id))["responding"] is False
-    assert [p.resource_id for p in manager.bus.payloads(HostUnresponsive)] == [resource_id]
+    stored = await manager.resources.get(resource_id)
+    assert stored["responding"] is False and stored["last_response_time"] == manager.clock.now - 20
+    # A host stored as responding but not heard since this process started is judged from its start.
+    manager.clock.now += 10
+    assert await manager.sweep_silent_hosts() == 1
+    assert (await manager.resources.get(silent_id))["last_response_time"] == manager.clock.now - 130
+    [responding, changed, _] = manager.bus.payloads(HostChanged)
+    assert responding.change == "responding"
+    assert changed.change == "unresponsive" and changed.resource_id == resource_id and not changed.responding
 
 
 def manager_types():
@@ -191,7 +222,7 @@ async def test_commands_for_an_agent_are_forwarded_untouched_or_refused_at_once(
         resource_id=resource_id, command_type="agent.submit_task", job_id="j1", reason="host is not responding"
     )
 
-    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     manager.bus.published.clear()
     received = codec.decode(codec.encode(command), manager_types())
     await manager.forward_to_agent(received)
@@ -236,7 +267,7 @@ async def test_a_hostname_in_use_is_a_409_for_a_joining_host(manager: ResourceMa
         await manager.register_resource(Envelope(taken))
     else:  # registered by an admin, and its agent already spoke with the admin's token
         resource_id, token = await registered(manager)
-        await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+        await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     before = (await manager.resources.find({}, limit=10)).items
     reply = await manager.register_resource(Envelope(joining(resource_id="second")[0]))
     assert isinstance(reply, Rejected) and reply.status == 409 and "in use" in reply.error
@@ -261,8 +292,8 @@ async def test_a_joining_host_adopts_a_registration_no_agent_used(manager: Resou
 
     # The joined agent speaks for the host; the token the admin was given no longer does.
     with pytest.raises(Drop, match="bad signature"):
-        await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
-    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+        await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
+    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     assert (await manager.resources.get(resource_id))["responding"] is True
 
     # Adopted once: another agent joining as the same hostname is refused.
@@ -281,7 +312,7 @@ async def test_an_unauthorized_host_heartbeats_but_takes_no_commands(manager: Re
 
     command, token = joining()
     await manager.register_resource(Envelope(command))
-    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id="joiner"), token))
+    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id="joiner"), token))
     stored = await manager.resources.get("joiner")
     assert stored["responding"] is True and stored["facts"]["hostname"] == "web-1"
     manager.bus.published.clear()
@@ -338,7 +369,7 @@ async def test_adoption_racing_the_admins_agent_loses_on_redelivery(manager: Res
 
     resource_id, admins_token = await registered(manager)
     stale = await manager.resources.get(resource_id)
-    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
+    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
     reads = iter([stale])
     real_find_one = manager.resources.find_one
     monkeypatch.setattr(manager.resources, "find_one", lambda filter: _first_or(reads, real_find_one, filter))
@@ -365,7 +396,7 @@ async def test_live_queries_are_forwarded_with_their_reply_address_or_refused_at
     assert isinstance(unknown, Rejected) and unknown.status == 404 and "node nobody not found" in unknown.error
     assert manager.bus.forwarded == []
 
-    await manager.agent_event(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     received = codec.decode(codec.encode(query), manager_types())
     assert await manager.forward_query(received) is None  # the agent answers, not the resource manager
     [(exchange, key, forwarded)] = manager.bus.forwarded
