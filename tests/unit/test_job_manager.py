@@ -6,16 +6,20 @@ import asyncio
 
 import pytest
 
+from broker import codec
 from broker.envelope import Envelope
+from broker.port import Drop
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected
-from schemas.content import DeleteContent, StoreInlineData
+from schemas.content import DeleteContent
 from schemas.jobs import (
     AgentCommandRefused,
     CancelJob,
     CancelTask,
     DeleteJob,
     FilesStagedIn,
+    JobChanged,
+    JobFinished,
     JobState,
     RunJob,
     StageJobFiles,
@@ -24,17 +28,17 @@ from schemas.jobs import (
     TaskCompleted,
     TaskRunning,
 )
-from schemas.resources import Heartbeat, HostDeleted, HostFacts
-from services.job_manager.handlers import JobManager
+from schemas.resources import HostChanged, HostDeleted
+from services.job_manager.handlers import JobManager, answer_id_of
+from services.job_manager.hosts import Host, HostView
 from services.job_manager.repository import jobs_collection
-from services.resource_manager.domain import new_resource
-from services.resource_manager.repository import resources_collection
+from services.security import new_token, signing_key, verify_key
 from services.store.sqlite import SqliteDocumentStore
 from tests.unit.test_resource_manager import Clock, RecordingBus
 
 HOST_A = "aaaaaaaa-0000-4000-8000-000000000001"
 HOST_B = "bbbbbbbb-0000-4000-8000-000000000002"
-FACTS = HostFacts(hostname="h", os_family="linux", arch="x86_64", os_info="Debian")
+TOKENS = {HOST_A: new_token(), HOST_B: new_token()}
 
 
 @pytest.fixture
@@ -42,35 +46,58 @@ async def manager(tmp_path):
     store = await SqliteDocumentStore.open(tmp_path / "jm.db")
     clock = Clock()
     names = {"bin-1": "tool", "in-1": "data.txt"}
+    records: dict[str, Host] = {}  # what the resource manager's records would answer
 
     async def file_names(ids: list[str]) -> dict[str, str]:
         return {i: names[i] for i in ids if i in names}
+
+    async def read_host(resource_id: str) -> Host | None:
+        return records.get(resource_id)
+
+    async def read_hosts() -> list[Host]:
+        return list(records.values())
 
     manager = JobManager(
         bus=RecordingBus(),  # type: ignore[arg-type]
         topology=Topology("t"),
         jobs=await jobs_collection(store),
-        resources=await resources_collection(store),
         file_names=file_names,
+        read_host=read_host,
+        read_hosts=read_hosts,
         lost_timeout=30.0,
+        start_timeout=60.0,
         clock=clock,
     )
+    manager.records = records  # type: ignore[attr-defined]
     yield manager
     await store.close()
 
 
+def host_changed(manager: JobManager, resource_id: str, change: str = "registered", **fields) -> Envelope:
+    """The resource manager's event for a host (each one a newer version of its record)."""
+    known = manager.hosts.get(resource_id)
+    state = {"authorized": True, "responding": True, "last_response_time": manager.clock(), "user": "admin"}
+    if known is not None:
+        state.update(
+            authorized=known.authorized, responding=known.responding, last_response_time=known.last_response_time
+        )
+    state.update(fields)
+    version = (known.version if known is not None else 0) + 1
+    event = HostChanged(
+        resource_id=resource_id, change=change, at=manager.clock(), version=version, joined=False,
+        verify_key=verify_key(TOKENS[resource_id]), **state,
+    )  # fmt: skip
+    manager.records[resource_id] = host_from_event(event)  # stored before it was published
+    return Envelope(event, sender="resource-manager", resource_id=resource_id)
+
+
+def host_from_event(event: HostChanged) -> Host:
+    view = HostView()
+    return view.apply(event)[1]
+
+
 async def add_host(manager: JobManager, resource_id: str, *, responding: bool = True, authorized: bool = True) -> None:
-    host = new_resource(
-        resource_id=resource_id,
-        hostname=resource_id,
-        user="admin",
-        token_hash=resource_id,
-        verify_key="",
-        now=0,
-        authorized=authorized,
-    )
-    host.update(responding=responding, last_response_time=manager.clock() if responding else None)
-    await manager.resources.insert(host)
+    await manager.host_changed(host_changed(manager, resource_id, responding=responding, authorized=authorized))
 
 
 async def run(manager: JobManager, job_id: str = "job-1", **fields) -> Envelope:
@@ -79,22 +106,29 @@ async def run(manager: JobManager, job_id: str = "job-1", **fields) -> Envelope:
     return envelope
 
 
-def from_host(payload, resource_id: str = HOST_A) -> Envelope:
-    return Envelope(payload, resource_id=resource_id, sender=f"agent:{resource_id}")
+def from_host(payload, resource_id: str = HOST_A, *, token: str | None = None) -> Envelope:
+    """An event as the agent of ``resource_id`` sends it: signed with its token."""
+    envelope = Envelope(payload, resource_id=resource_id, sender=f"agent:{resource_id}")
+    key = signing_key(token or TOKENS[resource_id])
+    return envelope.with_signature(key.sign(codec.signed_bytes(envelope)))
 
 
 async def state(manager: JobManager, job_id: str = "job-1") -> dict:
     return await manager.jobs.get(job_id)
 
 
-async def test_a_job_is_placed_and_submitted_through_the_proxy(manager: JobManager) -> None:
+async def test_a_job_is_placed_and_submitted_straight_to_its_agent(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager)
     job = await state(manager)
     assert job["state"] == "staging" and job["resource_id"] == HOST_A
-    submitted = [e for _, e in manager.bus.published if isinstance(e.payload, SubmitTask)]
-    assert len(submitted) == 1 and submitted[0].resource_id == HOST_A
-    assert [x for x, _ in manager.bus.published] == ["t.commands"]
+    assert job["start_by"] == job["dispatched_at"] + 60.0
+    sent = {type(e.payload): (x, manager.bus.routing_keys[e.message_id], e) for x, e in manager.bus.published}
+    assert set(sent) == {SubmitTask, JobChanged}  # two messages, and nothing waited on
+    exchange, key, submitted = sent[SubmitTask]
+    assert (exchange, key, submitted.resource_id) == ("t.agent-commands", f"{HOST_A}.agent.submit_task", HOST_A)
+    exchange, _, changed = sent[JobChanged]
+    assert exchange == "t.events" and changed.payload.state == "staging" and changed.payload.user == "steve"
 
 
 async def test_fewest_running_jobs_wins(manager: JobManager) -> None:
@@ -119,8 +153,15 @@ async def test_no_host_waits_pending_then_is_placed_by_the_sweep(manager: JobMan
     assert (await state(manager))["state"] == "pending"
     await manager.sweep()
     assert (await state(manager))["state"] == "pending"
-    await add_host(manager, HOST_A)
+    manager.records[HOST_A] = Host(HOST_A, "admin", True, False, True, "", manager.clock(), None, 1)
+    manager.clock.now += 31  # the periodic re-read of every host finds it (its event was missed)
     await manager.sweep()
+    assert (await state(manager))["resource_id"] == HOST_A
+
+
+async def test_a_host_that_comes_up_takes_the_waiting_jobs_at_once(manager: JobManager) -> None:
+    await run(manager)
+    await add_host(manager, HOST_A)
     assert (await state(manager))["resource_id"] == HOST_A
 
 
@@ -129,8 +170,7 @@ async def test_pinned_job_waits_for_its_host(manager: JobManager) -> None:
     await add_host(manager, HOST_B, responding=False)
     await run(manager, resource_id=HOST_B)
     assert (await state(manager))["state"] == "pending"
-    await manager.resources.update(HOST_B, {"responding": True, "last_response_time": manager.clock()})
-    await manager.sweep()
+    await manager.host_changed(host_changed(manager, HOST_B, "responding", responding=True))
     assert (await state(manager))["resource_id"] == HOST_B
 
 
@@ -138,7 +178,6 @@ async def test_a_pending_job_whose_pinned_host_is_deleted_is_lost_not_pending_fo
     await add_host(manager, HOST_B, responding=False)
     await run(manager, "job-1", resource_id=HOST_B)
     await run(manager, "job-2", resource_id=HOST_B)
-    await manager.resources.delete(HOST_B)
     await manager.host_deleted(Envelope(HostDeleted(resource_id=HOST_B)))
     job = await state(manager, "job-1")
     assert job["state"] == "lost" and "was deleted" in job["error"]
@@ -157,10 +196,9 @@ async def test_an_unauthorized_host_is_never_chosen(manager: JobManager) -> None
     for job_id in ("anywhere", "pinned"):
         job = await state(manager, job_id)
         assert job["state"] == "pending" and job["resource_id"] is None
-    assert manager.bus.published == []
+    assert {type(e.payload) for _, e in manager.bus.published} == {JobChanged}
 
-    await manager.resources.update(HOST_A, {"authorized": True})  # an admin authorized it
-    await manager.sweep()
+    await manager.host_changed(host_changed(manager, HOST_A, "authorized", authorized=True))  # an admin did
     assert {(await state(manager, job_id))["resource_id"] for job_id in ("anywhere", "pinned")} == {HOST_A}
 
 
@@ -168,10 +206,13 @@ def test_choose_host_takes_only_authorized_responding_hosts() -> None:
     from services.job_manager.domain import choose_host
 
     hosts = [
-        {"id": "a", "authorized": False, "responding": True},
-        {"id": "b", "authorized": True, "responding": False},
-        {"id": "c", "authorized": True, "responding": True},
-    ]
+        Host("a", "u", authorized=False, joined=False, responding=True, verify_key="", last_response_time=None,
+             agent_started_at=None, version=1),
+        Host("b", "u", authorized=True, joined=False, responding=False, verify_key="", last_response_time=None,
+             agent_started_at=None, version=1),
+        Host("c", "u", authorized=True, joined=False, responding=True, verify_key="", last_response_time=None,
+             agent_started_at=None, version=1),
+    ]  # fmt: skip
     assert choose_host(hosts, {"c": 9}) == "c"
     assert choose_host(hosts[:2], {}) is None
 
@@ -212,10 +253,38 @@ async def test_running_before_accepted_still_records_both(manager: JobManager) -
 
 async def test_another_host_cannot_report_on_a_job(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
-    await run(manager)
+    await add_host(manager, HOST_B)
+    await run(manager, resource_id=HOST_A)
     forged = TaskCompleted(job_id="job-1", at=1.0, outcome=JobState.SUCCEEDED, exit_code=0)
     await manager.task_completed(from_host(forged, HOST_B))
     assert (await state(manager))["state"] == "staging"
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "another token", "unknown host"])
+async def test_an_event_not_signed_by_its_host_is_dropped_and_counted(manager: JobManager, forgery: str) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    done = TaskCompleted(job_id="job-1", at=1.0, outcome=JobState.SUCCEEDED, exit_code=0, answer="{}")
+    if forgery == "unsigned":
+        event = Envelope(done, resource_id=HOST_A)
+    elif forgery == "another token":
+        event = from_host(done, token=TOKENS[HOST_B])
+    else:
+        event = from_host(done, HOST_B)  # a host this manager never heard of, nor its records
+    with pytest.raises(Drop):
+        await manager.event_router()(event)
+    assert sum(manager.rejected_events.values()) == 1
+    assert (await state(manager))["state"] == "staging"
+
+
+async def test_a_host_adopted_since_it_was_heard_of_is_read_again(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    new_owner = new_token()  # a joining agent adopted the host: its key changed, the event is not here yet
+    manager.records[HOST_A] = Host(HOST_A, "admin", True, True, True, verify_key(new_owner), None, None, 9)
+    done = TaskCompleted(job_id="job-1", at=1.0, outcome=JobState.SUCCEEDED, exit_code=0)
+    await manager.task_completed(from_host(done, token=new_owner))
+    assert (await state(manager))["state"] == "succeeded"
 
 
 async def test_cancel(manager: JobManager) -> None:
@@ -228,7 +297,6 @@ async def test_cancel(manager: JobManager) -> None:
     assert isinstance(missing, Rejected) and missing.status == 404
 
     await add_host(manager, HOST_A)
-    manager.clock.now += 2  # past the one-second cache of responding hosts
     await run(manager, "busy")
     await manager.cancel_job(Envelope(CancelJob(job_id="busy")))
     cancels = [e for _, e in manager.bus.published if isinstance(e.payload, CancelTask)]
@@ -264,7 +332,6 @@ async def test_ttl_runs_out(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager, ttl=10)
     manager.clock.now += 11
-    await manager.resources.update(HOST_A, {"last_response_time": manager.clock()})
     await manager.sweep()
     job = await state(manager)
     assert job["deleted"] is True and job["deleted_reason"] == "its ttl ran out"
@@ -275,7 +342,12 @@ async def test_silent_host_makes_its_jobs_lost(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager)
     await manager.task_running(from_host(TaskRunning(job_id="job-1", at=1.0, pid=1)))
-    manager.clock.now += 29
+    heard = manager.clock()
+    manager.clock.now += 15
+    await manager.host_changed(
+        host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=heard)
+    )
+    manager.clock.now += 14
     await manager.sweep()
     assert (await state(manager))["state"] == "running"
     manager.clock.now += 2
@@ -284,16 +356,19 @@ async def test_silent_host_makes_its_jobs_lost(manager: JobManager) -> None:
     assert job["state"] == "lost" and "has not responded for over 30s" in job["error"]
 
 
-async def test_restarted_agent_makes_what_it_forgot_lost(manager: JobManager) -> None:
+async def test_a_job_its_silent_host_never_started_is_lost_only_once_no_agent_may_start_it(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
-    await run(manager, "old")
-    await run(manager, "kept")
-    for job_id in ("old", "kept"):
-        await manager.task_running(from_host(TaskRunning(job_id=job_id, at=100.0, pid=1)))
-    beat = Heartbeat(facts=FACTS, agent_started_at=200.0, running_jobs=["kept"])
-    await manager.heartbeat(from_host(beat))
-    assert (await state(manager, "old"))["state"] == "lost"
-    assert (await state(manager, "kept"))["state"] == "running"
+    await run(manager)
+    job = await state(manager)
+    await manager.host_changed(
+        host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=manager.clock())
+    )
+    manager.clock.now = job["start_by"]  # silent for 60 s, but an agent back now could still start it
+    await manager.sweep()
+    assert (await state(manager))["state"] == "staging"
+    manager.clock.now += 0.1  # from here on, no agent starts it (SubmitTask.start_by)
+    await manager.sweep()
+    assert (await state(manager))["state"] == "lost"
 
 
 async def test_refused_dispatch_is_placed_again(manager: JobManager) -> None:
@@ -359,15 +434,43 @@ async def test_one_message_can_carry_several_steps(manager: JobManager) -> None:
     assert [(s["state"], s["at"]) for s in job["history"][2:]] == [("accepted", 4.0), ("running", 5.0)]
 
 
-async def test_an_answer_that_came_inline_is_stored_once_under_the_jobs_user(manager: JobManager) -> None:
+async def test_a_small_answer_is_kept_in_the_jobs_record_without_asking_anyone(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager)
+    manager.bus.published.clear()
     done = from_host(TaskCompleted(job_id="job-1", at=3.0, outcome=JobState.SUCCEEDED, exit_code=0, answer="{}"))
     await manager.task_completed(done)
     await manager.task_completed(done)
-    [stored] = [e.payload for _, e in manager.bus.published if isinstance(e.payload, StoreInlineData)]
-    assert stored.owner == "steve" and stored.content == "{}" and stored.granted_to == (HOST_A,)
-    assert (await state(manager))["answer_id"] == stored.item_id
+    job = await state(manager)
+    assert job["answer"] == "{}" and job["answer_id"] == answer_id_of("job-1")
+    [changed] = [e.payload for _, e in manager.bus.published]  # one message: the change, and no request
+    assert changed == JobChanged(
+        job_id="job-1", user="steve", state="succeeded", at=3.0, exit_code=0, answer_id=answer_id_of("job-1")
+    )
+    await manager.delete_job(Envelope(DeleteJob(job_id="job-1")))
+    job = await state(manager)
+    assert job["answer"] is None and job["deleted"] is True  # the answer goes with its job
+    assert not [e for _, e in manager.bus.published if isinstance(e.payload, DeleteContent)]
+    assert manager.bus.payloads(JobChanged)[-1].deleted is True
+
+
+async def test_every_change_of_a_job_is_broadcast(manager: JobManager) -> None:
+    await run(manager)
+    await add_host(manager, HOST_A)
+    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=5.0, pid=9)))
+    await manager.task_completed(from_host(TaskCompleted(job_id="job-1", at=6.0, outcome="failed", exit_code=2)))
+    states = [(c.state, c.exit_code) for c in manager.bus.payloads(JobChanged)]
+    assert states == [("pending", None), ("staging", None), ("running", None), ("failed", 2)]
+
+
+async def test_asking_again_for_a_finished_job_tells_its_end_again(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    envelope = await run(manager, origin="role-manager")
+    await manager.task_completed(from_host(TaskCompleted(job_id="job-1", at=6.0, outcome="succeeded", exit_code=0)))
+    assert len(manager.bus.payloads(JobFinished)) == 1
+    assert await manager.run_job(envelope) == Accepted(id="job-1")  # the role manager missed the end
+    assert [f.state for f in manager.bus.payloads(JobFinished)] == ["succeeded", "succeeded"]
+    assert await manager.jobs.count() == 1
 
 
 async def test_a_run_redelivered_after_placement_sends_the_task_again(manager: JobManager) -> None:
@@ -375,4 +478,4 @@ async def test_a_run_redelivered_after_placement_sends_the_task_again(manager: J
     envelope = await run(manager)
     manager.bus.published.clear()  # as if the job manager died before its SubmitTask left
     assert await manager.run_job(envelope) == Accepted(id="job-1")
-    assert [type(e.payload) for _, e in manager.bus.published] == [SubmitTask]
+    assert {type(e.payload) for _, e in manager.bus.published} == {SubmitTask, JobChanged}

@@ -31,12 +31,14 @@ FACTS = HostFacts(hostname="web-1", os_family="linux", arch="x86_64", os_info="D
 class RecordingBus:
     def __init__(self) -> None:
         self.published: list[tuple[str, Envelope]] = []
+        self.routing_keys: dict[str, str | None] = {}  # by message id
         self.forwarded: list[tuple[str, str, Envelope]] = []
 
     async def publish(
         self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
     ) -> None:
         self.published.append((exchange, envelope))
+        self.routing_keys[envelope.message_id] = routing_key
 
     async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
         self.forwarded.append((exchange, routing_key, envelope))
