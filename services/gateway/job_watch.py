@@ -13,14 +13,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from schemas.jobs import FINAL_STATES
 from services.gateway.context import STORE
-from services.job_manager.repository import JOBS
-from services.store.port import Collection, StoreError
+from services.job_manager import records as jobs
+from services.store.port import DocumentStore, StoreError
 
 # Seconds between reads while somebody waits: one query a tick for all waiters, quick for a few
 # (a low latency), slower for many (each read costs more, and the gateway has other work).
-ENDED = sorted(FINAL_STATES)
 MIN_PERIOD, PER_WAITER, MAX_PERIOD = 0.002, 0.0003, 0.02
 
 
@@ -29,8 +27,8 @@ def period(waiters: int) -> float:
 
 
 class JobWatcher:
-    def __init__(self, jobs: Collection) -> None:
-        self._jobs = jobs
+    def __init__(self, store: DocumentStore) -> None:
+        self._store = store
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._wake = asyncio.Event()
 
@@ -60,14 +58,11 @@ class JobWatcher:
             if not ids:
                 continue
             try:
-                # Only the jobs that ended (or went) come back: most waiters' jobs are still running,
-                # and their documents are neither read out of the store nor parsed.
-                ended = await self._jobs.find({"id": {"$in": ids}, "state": {"$in": ENDED}}, limit=len(ids))
-                gone = await self._jobs.find({"id": {"$in": ids}, "deleted": True}, limit=len(ids))
+                done = await jobs.ended_or_gone(self._store, ids)
             except StoreError:
                 continue
-            for job in [*ended.items, *gone.items]:
-                for future in self._waiters.get(job["id"], []):
+            for job_id in done:
+                for future in self._waiters.get(job_id, []):
                     if not future.done():
                         future.set_result(None)
 
@@ -76,7 +71,7 @@ WATCHER = web.AppKey("job_watcher", JobWatcher)
 
 
 async def job_watcher_context(app: web.Application) -> AsyncIterator[None]:
-    watcher = app[WATCHER] = JobWatcher(app[STORE].collection(JOBS))
+    watcher = app[WATCHER] = JobWatcher(app[STORE])
     task = asyncio.create_task(watcher.run())
     yield
     task.cancel()
