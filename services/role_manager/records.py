@@ -56,7 +56,7 @@ class RoleOnHost:
 
     version: str | None
     target: str | None
-    status: str
+    status: RoleStatus
     attempts: int
     job_id: str | None
     last_job_id: str | None
@@ -70,7 +70,7 @@ class RoleOnHost:
         return cls(
             version=entry["version"],
             target=entry["target"],
-            status=entry["status"],
+            status=RoleStatus(entry["status"]),
             attempts=entry["attempts"],
             job_id=entry["job_id"],
             last_job_id=entry["last_job_id"],
