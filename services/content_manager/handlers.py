@@ -47,10 +47,11 @@ from schemas.content import (
     StoreInlineData,
     TransferData,
 )
+from schemas.content_rules import UNKNOWN, ContentError, patched
 from schemas.jobs import FilesStagedIn, StageInFiles, StageJobFiles
 from services.content_manager import domain
 from services.content_manager.cleanup import Cleanup, collect_orphans
-from services.content_manager.domain import DATA, RESOURCE, UNKNOWN, ContentError
+from services.content_manager.domain import DATA, RESOURCE
 from services.store.port import BlobStore, Collection, DuplicateKey, StoreError, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class ContentManager:
         def change(document: dict[str, Any]) -> ResourceSettings | None:
             if not command.changes.given:
                 return None
-            return domain.patched(document["resource"], command.changes)
+            return patched(document["resource"], command.changes)
 
         return await self._update(envelope, command.item_id, command.blob, command.filename, change)
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.content_manager.domain import DATA
 from services.content_manager.repository import CONTENTS, resource_at, resources_of
 from services.store.port import DocumentStore
 
@@ -19,27 +20,33 @@ class ContentRecord:
     are None on data files."""
 
     id: str
-    kind: str | None
+    kind: str
     owner: str
     name: str | None
     path: str | None
-    blob_id: str | None
+    blob_id: str
     size: int
+    sha256: str | None
     settings: Mapping[str, Any] | None
     granted_to: Collection[str]
+    created_at: float | None
+    updated_at: float | None
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> ContentRecord:
         return cls(
             id=document["id"],
-            kind=document.get("kind"),
+            kind=document.get("kind", DATA),
             owner=document["owner"],
             name=document.get("name"),
             path=document.get("path"),
-            blob_id=document.get("blob_id"),
+            blob_id=document.get("blob_id", ""),
             size=document.get("size", 0),
+            sha256=document.get("sha256"),
             settings=document.get("resource"),
             granted_to=document.get("granted_to", ()),
+            created_at=document.get("created_at"),
+            updated_at=document.get("updated_at"),
         )
 
     def may_read(self, *, user: str, admin: bool, resource_id: str | None) -> bool:

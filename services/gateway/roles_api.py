@@ -149,7 +149,7 @@ async def content_text(request: web.Request, content_id: str | None) -> str:
         raise ApiError(400, f"content {content_id} is {item.size} bytes; a script is at most {SCRIPT_LIMIT}")
     chunks = []
     try:
-        async for chunk in request.app[BLOBS].open(item.blob_id or ""):
+        async for chunk in request.app[BLOBS].open(item.blob_id):
             chunks.append(chunk)
     except BlobNotFound:
         raise ApiError(400, f"content {content_id} has no stored bytes") from None
