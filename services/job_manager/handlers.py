@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +35,6 @@ from schemas.jobs import (
     JobFinished,
     JobState,
     RunJob,
-    StagedFile,
     StageJobFiles,
     SubmitTask,
     TaskAccepted,
@@ -55,17 +54,12 @@ CONFLICT_RETRIES = 5
 RESEND_AFTER = 30.0  # seconds a dispatched job may wait for its host to accept before it is sent again
 
 
-FileNames = Callable[[list[str]], Awaitable[dict[str, str]]]
-"""The stored names of data items by id: how a job's files are named in its working directory."""
-
-
 @dataclass
 class JobManager:
     bus: MessageBus
     topology: Topology
     jobs: Collection
     resources: Collection
-    file_names: FileNames
     lost_timeout: float
     clock: Callable[[], float] = time.time
     load: Counter[str] = field(default_factory=Counter)
@@ -391,12 +385,7 @@ class JobManager:
         if not files:
             await self._submit(job, cause)
             return
-        names = await self.file_names(files)
-        staged = [
-            StagedFile(data_id=data_id, name=names.get(data_id, data_id), executable=data_id == job["binary"])
-            for data_id in files
-        ]
-        command = StageJobFiles(job_id=job["id"], resource_id=job["resource_id"], files=staged)
+        command = StageJobFiles(job_id=job["id"], resource_id=job["resource_id"], data_ids=files, binary=job["binary"])
         await self.bus.publish(self.topology.commands, self._envelope(command, cause, job))
 
     async def _submit(self, job: dict[str, Any], cause: Envelope | None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.content_manager.repository import CONTENTS
 from services.job_manager.handlers import JobManager
 from services.job_manager.repository import jobs_collection
 from services.lifetime import Lifetime
@@ -30,7 +29,6 @@ class JobManagerService:
             topology=self._topology,
             jobs=await jobs_collection(self._store),
             resources=await resources_collection(self._store),
-            file_names=self._file_names,
             lost_timeout=self._settings.lost_timeout,
         )
         self._lifetime.hold(
@@ -41,8 +39,3 @@ class JobManagerService:
 
     async def stop(self) -> None:
         await self._lifetime.close()
-
-    async def _file_names(self, data_ids: list[str]) -> dict[str, str]:
-        """Stored names of a job's files, read (never written) from the data manager's records."""
-        found = await self._store.collection(CONTENTS).find({"id": {"$in": data_ids}}, limit=len(data_ids))
-        return {item["id"]: item.get("name") or item["id"] for item in found.items}

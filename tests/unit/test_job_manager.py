@@ -41,17 +41,11 @@ FACTS = HostFacts(hostname="h", os_family="linux", arch="x86_64", os_info="Debia
 async def manager(tmp_path):
     store = await SqliteDocumentStore.open(tmp_path / "jm.db")
     clock = Clock()
-    names = {"bin-1": "tool", "in-1": "data.txt"}
-
-    async def file_names(ids: list[str]) -> dict[str, str]:
-        return {i: names[i] for i in ids if i in names}
-
     manager = JobManager(
         bus=RecordingBus(),  # type: ignore[arg-type]
         topology=Topology("t"),
         jobs=await jobs_collection(store),
         resources=await resources_collection(store),
-        file_names=file_names,
         lost_timeout=30.0,
         clock=clock,
     )
@@ -312,7 +306,7 @@ async def test_files_are_staged_before_the_task_is_submitted(manager: JobManager
     await run(manager, binary="bin-1", input_files=["in-1"])
     staged = [e.payload for _, e in manager.bus.published if isinstance(e.payload, StageJobFiles)]
     assert len(staged) == 1 and staged[0].resource_id == HOST_A
-    assert [(f.name, f.executable) for f in staged[0].files] == [("tool", True), ("data.txt", False)]
+    assert (staged[0].data_ids, staged[0].binary) == (["bin-1", "in-1"], "bin-1")  # the content manager names them
     assert not any(isinstance(e.payload, SubmitTask) for _, e in manager.bus.published)
     await manager.files_staged_in(from_host(FilesStagedIn(job_id="job-1", ok=True)))
     assert any(isinstance(e.payload, SubmitTask) for _, e in manager.bus.published)
