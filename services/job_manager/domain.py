@@ -8,7 +8,7 @@ that would not move a job forward (a redelivery, a late or out-of-order message)
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from schemas.jobs import ACTIVE_STATES, FINAL_STATES, JobState
 
@@ -107,9 +107,20 @@ def is_expired(job: Mapping[str, Any], now: float) -> bool:
     return job.get("expires_at") is not None and job["expires_at"] <= now
 
 
-def choose_host(candidates: Iterable[Mapping[str, Any]], load: Mapping[str, int]) -> str | None:
+class Host(Protocol):
+    """What placement reads of a host (a resource manager's ``ResourceRecord``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def authorized(self) -> bool: ...
+    @property
+    def responding(self) -> bool: ...
+
+
+def choose_host(candidates: Iterable[Host], load: Mapping[str, int]) -> str | None:
     """The authorized, responding host with the fewest jobs in flight (ties: the lowest id)."""
-    usable = [c["id"] for c in candidates if c.get("authorized") and c.get("responding")]
+    usable = [c.id for c in candidates if c.authorized and c.responding]
     if not usable:
         return None
     return min(usable, key=lambda rid: (load.get(rid, 0), rid))

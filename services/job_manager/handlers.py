@@ -44,7 +44,9 @@ from schemas.jobs import (
 from schemas.resources import Heartbeat, HostDeleted
 from services.job_manager import domain
 from services.job_manager.repository import each
-from services.store.port import Collection, DuplicateKey, NotFound, VersionConflict
+from services.resource_manager import records as resources
+from services.resource_manager.records import ResourceRecord
+from services.store.port import Collection, DocumentStore, DuplicateKey, NotFound, VersionConflict
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +61,11 @@ class JobManager:
     bus: MessageBus
     topology: Topology
     jobs: Collection
-    resources: Collection
+    store: DocumentStore  # the resource manager's hosts, read through its records only
     lost_timeout: float
     clock: Callable[[], float] = time.time
     load: Counter[str] = field(default_factory=Counter)
-    _hosts: list[dict[str, Any]] = field(default_factory=list)
+    _hosts: list[ResourceRecord] = field(default_factory=list)
     _hosts_read_at: float = float("-inf")
     _locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary)
 
@@ -317,7 +319,7 @@ class JobManager:
                     await self._place(job, None)
 
     async def _sweep_active(self, now: float) -> None:
-        hosts: dict[str, dict[str, Any] | None] = {}
+        hosts: dict[str, ResourceRecord | None] = {}
         load: Counter[str] = Counter()
         active = {"state": {"$in": ["staging", "accepted", "running"]}}
         async for job in each(self.jobs, active):
@@ -325,9 +327,9 @@ class JobManager:
             if rid is None:
                 continue
             if rid not in hosts:
-                hosts[rid] = await self.resources.get(rid)
+                hosts[rid] = await resources.get_resource(self.store, rid)
             host = hosts[rid]
-            heard = None if host is None else host.get("last_response_time")
+            heard = None if host is None else host.last_response_time
             if host is None or heard is None or now - heard > self.lost_timeout:
                 why = "was deleted" if host is None else f"has not responded for over {self.lost_timeout:g}s"
                 with suppress(VersionConflict):
@@ -335,7 +337,7 @@ class JobManager:
                 continue
             load[rid] += 1
             stuck = domain.state_of(job) is JobState.STAGING and now - (job["dispatched_at"] or now) > RESEND_AFTER
-            if stuck and host.get("responding"):
+            if stuck and host.responding:
                 with suppress(VersionConflict):
                     job = await self._update(job, {"dispatched_at": now})
                     if job is not None:
@@ -344,18 +346,17 @@ class JobManager:
 
     # Steps.
 
-    async def _responding_hosts(self, *, fresh: bool = False) -> list[dict[str, Any]]:
+    async def _responding_hosts(self, *, fresh: bool = False) -> list[ResourceRecord]:
         """Hosts that may take jobs, cached for a second: a stale pick is refused and placed again."""
         now = self.clock()
         if fresh or now - self._hosts_read_at > 1.0:
-            found = await self.resources.find({"authorized": True, "responding": True}, limit=10_000)
-            self._hosts, self._hosts_read_at = found.items, now
+            self._hosts, self._hosts_read_at = await resources.responding_resources(self.store), now
         return self._hosts
 
-    async def _candidates(self, pinned: str | None) -> list[dict[str, Any]] | None:
+    async def _candidates(self, pinned: str | None) -> list[ResourceRecord] | None:
         """The hosts a job may go to; None when it is pinned to a host that no longer exists."""
         if pinned:
-            host = await self.resources.get(pinned)
+            host = await resources.get_resource(self.store, pinned)
             return None if host is None else [host]
         return await self._responding_hosts()
 

@@ -7,7 +7,6 @@ from broker.topology import Topology
 from services.job_manager.handlers import JobManager
 from services.job_manager.repository import jobs_collection
 from services.lifetime import Lifetime
-from services.resource_manager.repository import resources_collection
 from services.settings import Settings
 from services.store.port import DocumentStore
 
@@ -28,7 +27,7 @@ class JobManagerService:
             bus=self._bus,
             topology=self._topology,
             jobs=await jobs_collection(self._store),
-            resources=await resources_collection(self._store),
+            store=self._store,
             lost_timeout=self._settings.lost_timeout,
         )
         self._lifetime.hold(

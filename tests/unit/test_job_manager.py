@@ -28,7 +28,9 @@ from schemas.resources import Heartbeat, HostDeleted, HostFacts
 from services.job_manager.handlers import JobManager
 from services.job_manager.repository import jobs_collection
 from services.resource_manager.domain import new_resource
-from services.resource_manager.repository import resources_collection
+from services.resource_manager.records import ResourceRecord
+from services.resource_manager.repository import RESOURCES
+from services.store.port import Collection
 from services.store.sqlite import SqliteDocumentStore
 from tests.unit.test_resource_manager import Clock, RecordingBus
 
@@ -45,12 +47,17 @@ async def manager(tmp_path):
         bus=RecordingBus(),  # type: ignore[arg-type]
         topology=Topology("t"),
         jobs=await jobs_collection(store),
-        resources=await resources_collection(store),
+        store=store,
         lost_timeout=30.0,
         clock=clock,
     )
     yield manager
     await store.close()
+
+
+def hosts_of(manager: JobManager) -> Collection:
+    """The resource manager's collection, written here as only the resource manager would."""
+    return manager.store.collection(RESOURCES)
 
 
 async def add_host(manager: JobManager, resource_id: str, *, responding: bool = True, authorized: bool = True) -> None:
@@ -64,7 +71,7 @@ async def add_host(manager: JobManager, resource_id: str, *, responding: bool = 
         authorized=authorized,
     )
     host.update(responding=responding, last_response_time=manager.clock() if responding else None)
-    await manager.resources.insert(host)
+    await hosts_of(manager).insert(host)
 
 
 async def run(manager: JobManager, job_id: str = "job-1", **fields) -> Envelope:
@@ -123,7 +130,7 @@ async def test_pinned_job_waits_for_its_host(manager: JobManager) -> None:
     await add_host(manager, HOST_B, responding=False)
     await run(manager, resource_id=HOST_B)
     assert (await state(manager))["state"] == "pending"
-    await manager.resources.update(HOST_B, {"responding": True, "last_response_time": manager.clock()})
+    await hosts_of(manager).update(HOST_B, {"responding": True, "last_response_time": manager.clock()})
     await manager.sweep()
     assert (await state(manager))["resource_id"] == HOST_B
 
@@ -132,7 +139,7 @@ async def test_a_pending_job_whose_pinned_host_is_deleted_is_lost_not_pending_fo
     await add_host(manager, HOST_B, responding=False)
     await run(manager, "job-1", resource_id=HOST_B)
     await run(manager, "job-2", resource_id=HOST_B)
-    await manager.resources.delete(HOST_B)
+    await hosts_of(manager).delete(HOST_B)
     await manager.host_deleted(Envelope(HostDeleted(resource_id=HOST_B)))
     job = await state(manager, "job-1")
     assert job["state"] == "lost" and "was deleted" in job["error"]
@@ -153,7 +160,7 @@ async def test_an_unauthorized_host_is_never_chosen(manager: JobManager) -> None
         assert job["state"] == "pending" and job["resource_id"] is None
     assert manager.bus.published == []
 
-    await manager.resources.update(HOST_A, {"authorized": True})  # an admin authorized it
+    await hosts_of(manager).update(HOST_A, {"authorized": True})  # an admin authorized it
     await manager.sweep()
     assert {(await state(manager, job_id))["resource_id"] for job_id in ("anywhere", "pinned")} == {HOST_A}
 
@@ -161,10 +168,16 @@ async def test_an_unauthorized_host_is_never_chosen(manager: JobManager) -> None
 def test_choose_host_takes_only_authorized_responding_hosts() -> None:
     from services.job_manager.domain import choose_host
 
+    def host(resource_id: str, *, authorized: bool, responding: bool) -> ResourceRecord:
+        document = new_resource(
+            resource_id=resource_id, hostname=resource_id, user="u", token_hash="", verify_key="", now=0
+        )
+        return ResourceRecord.from_document({**document, "authorized": authorized, "responding": responding})
+
     hosts = [
-        {"id": "a", "authorized": False, "responding": True},
-        {"id": "b", "authorized": True, "responding": False},
-        {"id": "c", "authorized": True, "responding": True},
+        host("a", authorized=False, responding=True),
+        host("b", authorized=True, responding=False),
+        host("c", authorized=True, responding=True),
     ]
     assert choose_host(hosts, {"c": 9}) == "c"
     assert choose_host(hosts[:2], {}) is None
@@ -258,7 +271,7 @@ async def test_ttl_runs_out(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager, ttl=10)
     manager.clock.now += 11
-    await manager.resources.update(HOST_A, {"last_response_time": manager.clock()})
+    await hosts_of(manager).update(HOST_A, {"last_response_time": manager.clock()})
     await manager.sweep()
     job = await state(manager)
     assert job["deleted"] is True and job["deleted_reason"] == "its ttl ran out"
