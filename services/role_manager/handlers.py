@@ -27,11 +27,14 @@ from broker.port import MessageBus
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
-from schemas.jobs import FINAL_STATES, JobFinished, RunJob
+from schemas.jobs import JobFinished, RunJob
 from schemas.resources import AuthorizeResource, HostDeleted
 from schemas.roles import ActivateRoleVersion, ApplyRole, DeleteHostRoles, RegisterRoleVersion, RemoveRole
+from services.job_manager import records as jobs
+from services.resource_manager import records as resources
+from services.resource_manager.records import ResourceRecord
 from services.role_manager import domain
-from services.store.port import Collection, DuplicateKey, VersionConflict
+from services.store.port import Collection, DocumentStore, DuplicateKey, VersionConflict
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,7 @@ class RoleManager:
     topology: Topology
     roles: Collection
     hosts: Collection
-    resources: Collection
-    jobs: Collection
+    store: DocumentStore  # the resource manager's hosts and the job manager's jobs, read through their records
     backoff: domain.Backoff = field(default_factory=domain.Backoff)
     request_timeout: float = 30.0
     clock: Callable[[], float] = time.time
@@ -132,7 +134,7 @@ class RoleManager:
         assert isinstance(command, ApplyRole)
         role = await self._role(command.name)
         resource = await self._resource(command.host_id)
-        if not resource["authorized"]:
+        if not resource.authorized:
             await self._authorize(resource, envelope)  # assigning a role is how an admin authorizes a host
         async with self._lock(command.host_id):
             host = await self._host(command.host_id)
@@ -168,18 +170,18 @@ class RoleManager:
             await self._converge(host, envelope)
         return Accepted(id=command.host_id)
 
-    async def _resource(self, host_id: str) -> Document:
-        resource = await self.resources.get(host_id)
+    async def _resource(self, host_id: str) -> ResourceRecord:
+        resource = await resources.get_resource(self.store, host_id)
         if resource is None:
             raise domain.RoleError(404, f"host {host_id} not found")
         return resource
 
-    async def _authorize(self, resource: Document, cause: Envelope) -> None:
-        request = cause.caused(AuthorizeResource(resource_id=resource["id"]), sender=SENDER)
+    async def _authorize(self, resource: ResourceRecord, cause: Envelope) -> None:
+        request = cause.caused(AuthorizeResource(resource_id=resource.id), sender=SENDER)
         reply = await self.bus.request(self.topology.commands, request, timeout=self.request_timeout)
         if isinstance(reply.payload, Rejected):
             raise domain.RoleError(reply.payload.status, reply.payload.error)
-        log.info("host %s authorized by its first role", resource["id"], extra={"resource_id": resource["id"]})
+        log.info("host %s authorized by its first role", resource.id, extra={"resource_id": resource.id})
 
     # The end of a change's job.
 
@@ -254,13 +256,19 @@ class RoleManager:
             for name, entry in host["roles"].items():
                 if entry["job_id"] is None:
                     continue
-                job = await self.jobs.get(entry["job_id"])
+                job = await jobs.get_job(self.store, entry["job_id"])
                 if job is None:
                     role = await self.roles.get(name)
                     if role is not None:
                         await self._ask_for_job(host, name, role, None)
-                elif job["state"] in FINAL_STATES:
-                    await self._retrying(lambda h=host, j=job: self._finish(h["id"], j["id"], j, None))
+                elif job.is_final:
+                    ended = {
+                        "state": job.state,
+                        "exit_code": job.exit_code,
+                        "answer_id": job.answer_id,
+                        "error": job.error,
+                    }
+                    await self._retrying(lambda h=host, j=job.id, e=ended: self._finish(h["id"], j, e, None))
             await self._retrying(lambda h=host: self._converge_fresh(h["id"]))
 
     async def _converge_fresh(self, host_id: str) -> None:

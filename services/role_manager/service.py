@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.job_manager.repository import jobs_collection
 from services.lifetime import Lifetime
-from services.resource_manager.repository import resources_collection
 from services.role_manager.domain import Backoff
 from services.role_manager.handlers import RoleManager
 from services.role_manager.repository import role_hosts_collection, roles_collection
@@ -32,8 +30,7 @@ class RoleManagerService:
             topology=self._topology,
             roles=await roles_collection(self._store),
             hosts=await role_hosts_collection(self._store),
-            resources=await resources_collection(self._store),
-            jobs=await jobs_collection(self._store),
+            store=self._store,
             backoff=Backoff(attempts=settings.role_attempts, first_delay=settings.role_retry_delay),
             request_timeout=settings.request_timeout,
         )
