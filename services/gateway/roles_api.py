@@ -1,6 +1,6 @@
 """Seed 002 under ``/v1``: roles with their active version, hosts with their state and roles.
 
-Reads come straight from the store: a host is a resource of seed 000 (the resource manager's
+Reads go through the managers' records: a host is a resource of seed 000 (the resource manager's
 registry and heartbeats: ``info``, ``responding``) seen through the role manager's record of its
 roles (``state``, ``roles``, ``role_status``). Writes are commands to the role manager, admin only.
 """
