@@ -146,11 +146,15 @@ class StagedFile(WireModel):
 
 
 class StageJobFiles(WireModel):
+    """The job manager's request to the content manager, which owns the files and so names each one
+    (its stored name, else its id) in the ``StageInFiles`` it sends on to the agent."""
+
     message_type: ClassVar[str] = "data.stage_job_files"
 
     job_id: str
     resource_id: str
-    files: list[StagedFile]
+    data_ids: list[str]
+    binary: str | None = None  # the one of ``data_ids`` staged executable
 
 
 # Seed 000's proxy methods: commands that the resource manager forwards to one agent.

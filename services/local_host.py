@@ -20,7 +20,7 @@ from broker.topology import Topology
 from schemas.base import Accepted
 from schemas.resources import DeleteResource, RegisterResource
 from services.agent.agent import Agent, agent_from_settings
-from services.resource_manager.repository import RESOURCES
+from services.resource_manager import records as resources
 from services.security import new_agent_credentials
 from services.settings import Settings
 from services.store.port import DocumentStore
@@ -71,16 +71,15 @@ class LocalAgentService:
             await self._agent.stop()
 
     async def _credentials(self) -> tuple[str, str]:
-        resources = self._store.collection(RESOURCES)
         if self._credentials_file.exists():
             saved = json.loads(self._credentials_file.read_text())
-            if await resources.get(saved["resource_id"]) is not None:
+            if await resources.get_resource(self._store, saved["resource_id"]) is not None:
                 return saved["resource_id"], saved["token"]
         hostname = socket.gethostname()
-        stale = await resources.find_one({"hostname": hostname})
+        stale = await resources.resource_by_hostname(self._store, hostname)
         if stale is not None:
-            log.warning("this host was registered as %s without saved credentials: registering anew", stale["id"])
-            await self._command(DeleteResource(resource_id=stale["id"]))
+            log.warning("this host was registered as %s without saved credentials: registering anew", stale.id)
+            await self._command(DeleteResource(resource_id=stale.id))
         token, token_hash, verify_key = new_agent_credentials()
         resource_id = str(uuid.uuid4())
         await self._command(

@@ -47,10 +47,11 @@ from schemas.content import (
     StoreInlineData,
     TransferData,
 )
-from schemas.jobs import FilesStagedIn, StageInFiles, StageJobFiles
+from schemas.content_rules import UNKNOWN, ContentError, patched
+from schemas.jobs import FilesStagedIn, StagedFile, StageInFiles, StageJobFiles
 from services.content_manager import domain
 from services.content_manager.cleanup import Cleanup, collect_orphans
-from services.content_manager.domain import DATA, RESOURCE, UNKNOWN, ContentError
+from services.content_manager.domain import DATA, RESOURCE
 from services.store.port import BlobStore, Collection, DuplicateKey, StoreError, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class ContentManager:
         def change(document: dict[str, Any]) -> ResourceSettings | None:
             if not command.changes.given:
                 return None
-            return domain.patched(document["resource"], command.changes)
+            return patched(document["resource"], command.changes)
 
         return await self._update(envelope, command.item_id, command.blob, command.filename, change)
 
@@ -215,7 +216,7 @@ class ContentManager:
         command = envelope.payload
         assert isinstance(command, StageJobFiles)
         assert self.bus is not None and self.topology is not None
-        documents, refusal = await self._load_all(tuple(f.data_id for f in command.files), owner=None)
+        documents, refusal = await self._load_all(tuple(command.data_ids), owner=None)
         if refusal is not None:
             failed = FilesStagedIn(job_id=command.job_id, ok=False, error=refusal.error)
             await self.bus.publish(
@@ -223,7 +224,12 @@ class ContentManager:
             )
             return
         await self._grant(documents, command.resource_id)
-        stage_in = StageInFiles(job_id=command.job_id, files=command.files)
+        names = {document["id"]: document.get("name") or document["id"] for document in documents}
+        files = [
+            StagedFile(data_id=data_id, name=names[data_id], executable=data_id == command.binary)
+            for data_id in command.data_ids
+        ]
+        stage_in = StageInFiles(job_id=command.job_id, files=files)
         await self.bus.publish(
             self.topology.commands, envelope.caused(stage_in, sender=SENDER, resource_id=command.resource_id)
         )

@@ -1,4 +1,4 @@
-"""The content manager's store access. It alone writes these collections; the gateway reads ``contents``.
+"""The content manager's store access. It alone writes these collections; others read them through records.py.
 
 * ``contents``: every stored item (seed 004 resources and data files), by id; ``path`` is unique
   among the documents that have one (resources).

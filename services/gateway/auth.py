@@ -21,7 +21,7 @@ from aiohttp import web
 
 from services.gateway.context import JOIN_TOKENS, PRINCIPAL, STORE, TOKENS
 from services.gateway.errors import ApiError, Handler
-from services.resource_manager.repository import RESOURCES
+from services.resource_manager import records as resources
 from services.security import hash_token
 from services.store.port import DocumentStore
 from services.tokens import Principal, is_join_token, principal_for
@@ -35,10 +35,10 @@ REMEMBERED = web.AppKey("remembered_tokens", dict[str, tuple[float, Principal]])
 
 
 async def agent_principal_for(store: DocumentStore, token: str) -> Principal | None:
-    resource = await store.collection(RESOURCES).find_one({"token_hash": hash_token(token)})
-    if resource is None or not resource.get("authorized", False):
+    resource = await resources.resource_by_token_hash(store, hash_token(token))
+    if resource is None or not resource.authorized:
         return None
-    return Principal(user=f"agent:{resource['id']}", admin=False, resource_id=resource["id"])
+    return Principal(user=f"agent:{resource.id}", admin=False, resource_id=resource.id)
 
 
 def agent_may_use(path: str) -> bool:

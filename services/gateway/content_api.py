@@ -13,7 +13,6 @@ routes come before the catch-all ``{path}``.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from aiohttp import web
 
@@ -27,9 +26,10 @@ from schemas.content import (
     ResourceSettingsPatch,
     StoreContent,
 )
-from services.content_manager import domain
-from services.content_manager.domain import UNKNOWN, ContentError
-from services.content_manager.repository import CONTENTS, resource_at, resources_of
+from schemas.content_rules import UNKNOWN, ContentError
+from services.content_manager import records as contents
+from services.content_manager.records import ContentRecord
+from services.gateway import content_views as views
 from services.gateway.context import SETTINGS, STORE, caller, send_command
 from services.gateway.downloads import stream_item
 from services.gateway.errors import ApiError
@@ -51,20 +51,20 @@ def _refused(error: ContentError) -> ApiError:
 
 def url_path(request: web.Request) -> str:
     try:
-        return domain.check_path(request.match_info["path"])
+        return views.check_path(request.match_info["path"])
     except ContentError as error:
         raise _refused(error) from None
 
 
-async def load_resource(request: web.Request, path: str, *, to_change: bool = False) -> dict[str, Any]:
-    document = await resource_at(request.app[STORE].collection(CONTENTS), path)
+async def load_resource(request: web.Request, path: str, *, to_change: bool = False) -> ContentRecord:
+    document = await contents.item_at(request.app[STORE], path)
     if document is None:
         raise ApiError(404, UNKNOWN)
     principal = caller(request)
     allowed = (
-        domain.may_change(document, user=principal.user, admin=principal.admin)
+        document.may_change(user=principal.user, admin=principal.admin)
         if to_change
-        else domain.may_read(document, user=principal.user, admin=principal.admin, resource_id=principal.resource_id)
+        else document.may_read(user=principal.user, admin=principal.admin, resource_id=principal.resource_id)
     )
     if not allowed:
         raise ApiError(403, "The resource belongs to another user.")
@@ -91,9 +91,9 @@ async def application_server_info(request: web.Request) -> web.Response:
 async def get_contents(request: web.Request) -> web.StreamResponse:
     path = url_path(request)
 
-    def headers(document: dict[str, Any]) -> dict[str, str]:
-        mime_type = document["resource"]["mime_type"]
-        return {"Content-Type": domain.content_type(mime_type, path, document["name"]), ID_HEADER: document["id"]}
+    def headers(document: ContentRecord) -> dict[str, str]:
+        mime_type = (document.settings or {})["mime_type"]
+        return {"Content-Type": views.content_type(mime_type, path, document.name), ID_HEADER: document.id}
 
     return await stream_item(request, lambda: load_resource(request, path), headers)
 
@@ -102,8 +102,8 @@ async def get_contents(request: web.Request) -> web.StreamResponse:
 @documented(response=ResourceInfo, summary="The ResourceInfo of a resource")
 async def get_metadata(request: web.Request) -> web.Response:
     document = await load_resource(request, url_path(request))
-    info = domain.resource_info(document)
-    return web.json_response(info.model_dump(), headers={ID_HEADER: document["id"]})
+    info = views.resource_info(document)
+    return web.json_response(info.model_dump(), headers={ID_HEADER: document.id})
 
 
 @routes.get("/resources")
@@ -113,8 +113,8 @@ async def list_resources(request: web.Request) -> web.Response:
     principal = caller(request)
     owner = None if principal.admin else principal.user
     listing = {
-        document["path"]: domain.resource_info(document).model_dump()
-        async for document in resources_of(request.app[STORE].collection(CONTENTS), owner)
+        document.path: views.resource_info(document).model_dump()
+        async for document in contents.items_of(request.app[STORE], owner)
     }
     return web.json_response(listing)
 
@@ -126,7 +126,7 @@ async def create_resource(request: web.Request) -> web.Response:
     upload = await read_upload(request)
     async with releasing(request, upload):
         try:
-            path, settings = domain.full_settings(domain.parse_resource_info(upload.fields.get(INFO_PART)))
+            path, settings = views.full_settings(views.parse_resource_info(upload.fields.get(INFO_PART)))
         except ContentError as error:
             raise _refused(error) from None
         if upload.blob is None:
@@ -152,12 +152,12 @@ async def replace_resource(request: web.Request) -> web.Response:
     upload = await read_upload(request)
     async with releasing(request, upload):
         try:
-            _, settings = domain.full_settings(domain.parse_resource_info(upload.fields.get(INFO_PART)), url_path=path)
+            _, settings = views.full_settings(views.parse_resource_info(upload.fields.get(INFO_PART)), url_path=path)
         except ContentError as error:
             raise _refused(error) from None
         if upload.blob is None:
             raise ApiError(400, NO_FILE)
-        command = ReplaceContent(item_id=document["id"], filename=upload.filename, blob=upload.ref(), settings=settings)
+        command = ReplaceContent(item_id=document.id, filename=upload.filename, blob=upload.ref(), settings=settings)
         await send_command(request, command)
     return web.Response(status=202)
 
@@ -172,13 +172,13 @@ async def patch_resource(request: web.Request) -> web.Response:
         changes = ResourceSettingsPatch()
         if INFO_PART in upload.fields:
             try:
-                changes = domain.settings_patch(domain.parse_resource_info(upload.fields[INFO_PART]), url_path=path)
+                changes = views.settings_patch(views.parse_resource_info(upload.fields[INFO_PART]), url_path=path)
             except ContentError as error:
                 raise _refused(error) from None
         elif upload.blob is None:
             raise ApiError(400, f"Nothing to modify: send a '{FILE_PART}' part, a '{INFO_PART}' part or both.")
         command = PatchContent(
-            item_id=document["id"],
+            item_id=document.id,
             filename=upload.filename if upload.blob else None,
             blob=upload.ref() if upload.blob else None,
             changes=changes,
@@ -191,5 +191,5 @@ async def patch_resource(request: web.Request) -> web.Response:
 @documented(status=202, summary="Delete a resource")
 async def delete_resource(request: web.Request) -> web.Response:
     document = await load_resource(request, url_path(request), to_change=True)
-    await send_command(request, DeleteContent(item_id=document["id"]))
+    await send_command(request, DeleteContent(item_id=document.id))
     return web.Response(status=202)

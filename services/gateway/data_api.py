@@ -10,21 +10,21 @@ Errors are ``{"error": ...}``.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from aiohttp import BodyPartReader, web
 
 from schemas.content import DataId, DataInfo, DeleteContent, StoreData
-from services.content_manager import domain
-from services.content_manager.domain import ContentError
-from services.content_manager.repository import CONTENTS
+from schemas.content_rules import ContentError
+from services.content_manager import records as contents
+from services.content_manager.records import ContentRecord
+from services.gateway.content_views import check_name
 from services.gateway.context import SETTINGS, STORE, caller, send_command
 from services.gateway.downloads import stream_item
 from services.gateway.errors import ApiError
 from services.gateway.openapi import documented
 from services.gateway.resources_api import iso, parse_uuid
 from services.gateway.uploads import read_multipart, read_raw, releasing
-from services.job_manager.repository import JOBS
+from services.job_manager import records as jobs
 
 routes = web.RouteTableDef()
 
@@ -36,43 +36,43 @@ def _is_file(part: BodyPartReader) -> bool:
     return part.name == FILE_PART or (part.filename is not None and part.name != NAME_PART)
 
 
-async def load_item(request: web.Request, *, to_change: bool = False) -> dict[str, Any]:
+async def load_item(request: web.Request, *, to_change: bool = False) -> ContentRecord:
     item_id = parse_uuid(request.match_info["item_id"], "data id")
-    document = await request.app[STORE].collection(CONTENTS).get(item_id)
+    document = await contents.get_item(request.app[STORE], item_id)
     if document is None:
         raise ApiError(404, f"data {item_id} not found")
     principal = caller(request)
     allowed = (
-        domain.may_change(document, user=principal.user, admin=principal.admin)
+        document.may_change(user=principal.user, admin=principal.admin)
         if to_change
-        else domain.may_read(document, user=principal.user, admin=principal.admin, resource_id=principal.resource_id)
+        else document.may_read(user=principal.user, admin=principal.admin, resource_id=principal.resource_id)
     )
     if not allowed:
         raise ApiError(403, f"data {item_id} belongs to another user")
     return document
 
 
-def data_info(document: dict[str, Any]) -> DataInfo:
+def data_info(document: ContentRecord) -> DataInfo:
     return DataInfo(
-        id=document["id"],
-        kind=document["kind"],
-        name=document["name"],
-        path=document.get("path"),
-        size=document["size"],
-        sha256=document["sha256"],
-        owner=document["owner"],
-        granted_to=document["granted_to"],
-        created_at=iso(document["created_at"]) or "",
-        updated_at=iso(document["updated_at"]) or "",
+        id=document.id,
+        kind=document.kind,
+        name=document.name,
+        path=document.path,
+        size=document.size,
+        sha256=document.sha256,
+        owner=document.owner,
+        granted_to=list(document.granted_to),
+        created_at=iso(document.created_at) or "",
+        updated_at=iso(document.updated_at) or "",
     )
 
 
 async def owner_of_job_on_host(request: web.Request, job_id: str, resource_id: str) -> str:
     """What an agent uploads for a job it runs (its answer, a staged-out file) belongs to the job's user."""
-    job = await request.app[STORE].collection(JOBS).get(job_id)
-    if job is None or job["resource_id"] != resource_id:
+    job = await jobs.get_job(request.app[STORE], job_id)
+    if job is None or job.resource_id != resource_id:
         raise ApiError(403, f"this host does not run job {job_id}")
-    return job["user"]
+    return job.user
 
 
 @routes.post("/api/data")
@@ -88,7 +88,7 @@ async def upload_data(request: web.Request) -> web.Response:
         if upload.blob is None:
             raise ApiError(400, f"no file in the multipart body: send it as a part named {FILE_PART!r}")
         try:
-            name = domain.check_name(request.query.get(NAME_PART) or upload.fields.get(NAME_PART) or upload.filename)
+            name = check_name(request.query.get(NAME_PART) or upload.fields.get(NAME_PART) or upload.filename)
         except ContentError as error:
             raise ApiError(error.status, error.message) from None
         principal = caller(request)
@@ -112,7 +112,7 @@ async def upload_data(request: web.Request) -> web.Response:
 @routes.get("/api/data/{item_id}")
 @documented(summary="Download a data file (any stored item) by id")
 async def download_data(request: web.Request) -> web.StreamResponse:
-    def headers(document: dict[str, Any]) -> dict[str, str]:
+    def headers(document: ContentRecord) -> dict[str, str]:
         return {"Content-Type": "application/octet-stream"}
 
     return await stream_item(request, lambda: load_item(request), headers)
@@ -128,5 +128,5 @@ async def data_info_route(request: web.Request) -> web.Response:
 @documented(response=DataId, summary="Delete a data file (any stored item) by id")
 async def delete_data(request: web.Request) -> web.Response:
     document = await load_item(request, to_change=True)
-    await send_command(request, DeleteContent(item_id=document["id"]))
-    return web.json_response(DataId(id=document["id"]).model_dump())
+    await send_command(request, DeleteContent(item_id=document.id))
+    return web.json_response(DataId(id=document.id).model_dump())

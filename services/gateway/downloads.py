@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
+from services.content_manager.records import ContentRecord
 from services.gateway.context import BLOBS
 from services.gateway.errors import ApiError
 from services.store.port import BlobNotFound
@@ -23,31 +23,31 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 ATTEMPTS = 3
 
-Resolve = Callable[[], Awaitable[dict[str, Any]]]
+Resolve = Callable[[], Awaitable[ContentRecord]]
 
 
 async def stream_item(
-    request: web.Request, resolve: Resolve, headers: Callable[[dict[str, Any]], dict[str, str]]
+    request: web.Request, resolve: Resolve, headers: Callable[[ContentRecord], dict[str, str]]
 ) -> web.StreamResponse:
     """Resolve the item (raising the API's 404/403), then stream its blob with ``headers(item)``."""
     blobs = request.app[BLOBS]
     if request.method == "HEAD":
         item = await resolve()
         response = web.StreamResponse(headers=headers(item))
-        response.content_length = item["size"]
+        response.content_length = item.size
         await response.prepare(request)
         await response.write_eof()
         return response
     for _ in range(ATTEMPTS):
         item = await resolve()
-        chunks = blobs.open(item["blob_id"], chunk_size=CHUNK)
+        chunks = blobs.open(item.blob_id, chunk_size=CHUNK)
         try:
             first = await anext(chunks, b"")
         except BlobNotFound:
             await chunks.aclose()
             continue  # replaced (or deleted) since we read the metadata: read it again
         response = web.StreamResponse(headers=headers(item))
-        response.content_length = item["size"]
+        response.content_length = item.size
         await response.prepare(request)
         try:
             if first:
@@ -57,7 +57,7 @@ async def stream_item(
         except BlobNotFound:
             # Only a store without unlink semantics (GridFS) loses a blob under a reader: cut the
             # connection, so the client sees a short body and not a complete-looking one.
-            log.warning("blob %s of %s was deleted while being sent", item["blob_id"], item["id"])
+            log.warning("blob %s of %s was deleted while being sent", item.blob_id, item.id)
             response.force_close()
             return response
         except ConnectionResetError:

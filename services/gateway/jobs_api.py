@@ -5,12 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
 from schemas.jobs import (
-    FINAL_STATES,
     CancelJob,
     DeleteJob,
     JobCreated,
@@ -21,7 +19,7 @@ from schemas.jobs import (
     RunJob,
     RunJobBody,
 )
-from services.content_manager.repository import CONTENTS
+from services.content_manager import records as contents
 from services.gateway.bodies import parse_body, read_fields, validate
 from services.gateway.context import SETTINGS, STORE, caller, publish_command, require_owner, send_command
 from services.gateway.errors import ApiError
@@ -29,8 +27,9 @@ from services.gateway.ids import minted_at, uuid7
 from services.gateway.job_watch import WATCHER, any_change, ended, until
 from services.gateway.openapi import documented
 from services.gateway.resources_api import iso, parse_uuid
-from services.job_manager.repository import JOBS
-from services.resource_manager.repository import RESOURCES
+from services.job_manager import records as jobs
+from services.job_manager.records import JobRecord
+from services.resource_manager import records as resources
 
 routes = web.RouteTableDef()
 
@@ -38,23 +37,23 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
-def job_info(job: dict[str, Any]) -> JobInfo:
+def job_info(job: JobRecord) -> JobInfo:
     return JobInfo(
-        job_id=job["id"],
-        state=JobState(job["state"]),
-        answer_id=job["answer_id"],
-        command=job["command"],
-        user=job["user"],
-        resource_id=job["resource_id"],
-        binary=job["binary"],
-        input_files=job["input_files"],
-        ttl=job["ttl"],
-        created_at=iso(job["created_at"]) or "",
-        started_at=iso(job["started_at"]),
-        finished_at=iso(job["finished_at"]),
-        exit_code=job["exit_code"],
-        error=job["error"],
-        history=[{"state": step["state"], "at": iso(step["at"]) or ""} for step in job["history"]],
+        job_id=job.id,
+        state=job.state,
+        answer_id=job.answer_id,
+        command=job.command,
+        user=job.user,
+        resource_id=job.resource_id,
+        binary=job.binary,
+        input_files=list(job.input_files),
+        ttl=job.ttl,
+        created_at=iso(job.created_at) or "",
+        started_at=iso(job.started_at),
+        finished_at=iso(job.finished_at),
+        exit_code=job.exit_code,
+        error=job.error,
+        history=[{"state": step["state"], "at": iso(step["at"]) or ""} for step in job.history],
     )
 
 
@@ -62,22 +61,22 @@ FRESH = 30.0
 """Seconds during which a job id the gateway minted may not be stored yet: a miss waits for the job."""
 
 
-async def load_job(request: web.Request, job_id: str) -> dict[str, Any]:
+async def load_job(request: web.Request, job_id: str) -> JobRecord:
     """The caller's job: 404 unknown, 403 another user's, 410 deleted or past its ttl."""
-    jobs = request.app[STORE].collection(JOBS)
-    job = await jobs.get(job_id)
+    store = request.app[STORE]
+    job = await jobs.get_job(store, job_id)
     if job is None and (born := minted_at(job_id)) is not None and 0 <= time.time() - born < FRESH:
         # 201 was answered once the command was confirmed: the job manager may not have stored it yet.
         with request.app[WATCHER].watching(job_id, any_change) as known:
-            job = await jobs.get(job_id)
+            job = await jobs.get_job(store, job_id)
             if job is None and await until(known, request.app[SETTINGS].request_timeout) is not None:
-                job = await jobs.get(job_id)
+                job = await jobs.get_job(store, job_id)
     if job is None:
         raise ApiError(404, f"job {job_id} not found")
-    require_owner(request, job["user"], "this job")
-    if job["deleted"]:
-        raise ApiError(410, f"job {job_id} is gone ({job['deleted_reason']})")
-    if job["expires_at"] is not None and job["expires_at"] <= datetime.now(UTC).timestamp():
+    require_owner(request, job.user, "this job")
+    if job.deleted:
+        raise ApiError(410, f"job {job_id} is gone ({job.deleted_reason})")
+    if job.is_expired(datetime.now(UTC).timestamp()):
         raise ApiError(410, f"job {job_id} is gone (its ttl ran out)")
     return job
 
@@ -87,32 +86,31 @@ async def check_files(request: web.Request, body: RunJobBody) -> None:
     wanted = ([body.binary] if body.binary else []) + body.input_files
     if not wanted:
         return
-    found = await request.app[STORE].collection(CONTENTS).find({"id": {"$in": wanted}}, limit=len(wanted))
-    items = {item["id"]: item for item in found.items}
+    items = await contents.get_items(request.app[STORE], wanted)
     principal = caller(request)
     for data_id in wanted:
         item = items.get(data_id)
         if item is None:
             raise ApiError(400, f"unknown data id {data_id}: upload it with POST /api/data first")
-        if not principal.admin and item["owner"] != principal.user:
+        if not item.may_change(user=principal.user, admin=principal.admin):
             raise ApiError(403, f"data {data_id} belongs to another user")
 
 
 async def pinned_host(request: web.Request, body: RunJobBody) -> str | None:
-    resources = request.app[STORE].collection(RESOURCES)
+    store = request.app[STORE]
     if body.resource_id:
-        host = await resources.get(body.resource_id)
+        host = await resources.get_resource(store, body.resource_id)
         if host is None:
             raise ApiError(400, f"unknown resource {body.resource_id}")
     elif body.hostname:
-        host = await resources.find_one({"hostname": body.hostname})
+        host = await resources.resource_by_hostname(store, body.hostname)
         if host is None:
             raise ApiError(400, f"no resource with hostname {body.hostname!r}")
     else:
         return None
     # A host that is not authorized yet (it joined and waits for an admin) is like one that is not
     # responding: the job waits pending, and placement takes it there once it may take jobs.
-    return host["id"]
+    return host.id
 
 
 IDEMPOTENCY = uuid.UUID("6f1c1f3e-2f1d-4d8e-9a53-8a3c1b0e7d21")
@@ -170,7 +168,7 @@ async def get_job_info(request: web.Request) -> web.Response:
         raise ApiError(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
     with request.app[WATCHER].watching(job_id, ended) as end:  # before the read: no change slips between
         job = await load_job(request, job_id)
-        if job["state"] not in FINAL_STATES and await until(end, seconds) is not None:
+        if not job.is_final and await until(end, seconds) is not None:
             job = await load_job(request, job_id)
     return web.json_response(job_info(job).model_dump(mode="json"))
 
@@ -196,26 +194,21 @@ async def list_jobs(request: web.Request) -> web.Response:
     known = {"state", "user", "resource_id", "since", "until", "limit", "cursor"}
     if unknown := sorted(set(query) - known):
         raise ApiError(400, f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    filter: dict[str, Any] = {"deleted": False}
     user = query.get("user")
     if user is not None and user != principal.user and not principal.admin:
         raise ApiError(403, "only an admin may list another user's jobs")
     if user is not None or not principal.admin:
-        filter["user"] = user or principal.user
+        user = user or principal.user
+    states = None
     if (state := query.get("state")) is not None:
         states = state.split(",")
         if bad := [s for s in states if s not in JobState.__members__.values()]:
             raise ApiError(400, f"unknown state {bad[0]!r}; states: {', '.join(JobState)}")
-        filter["state"] = {"$in": states}
-    if (resource_id := query.get("resource_id")) is not None:
-        filter["resource_id"] = parse_uuid(resource_id, "resource_id")
-    created: dict[str, float] = {}
-    if (since := query.get("since")) is not None:
-        created["$gte"] = parse_time("since", since)
-    if (until := query.get("until")) is not None:
-        created["$lt"] = parse_time("until", until)
-    if created:
-        filter["created_at"] = created
+    resource_id = query.get("resource_id")
+    if resource_id is not None:
+        resource_id = parse_uuid(resource_id, "resource_id")
+    since = None if (text := query.get("since")) is None else parse_time("since", text)
+    until = None if (text := query.get("until")) is None else parse_time("until", text)
     try:
         limit = int(query.get("limit", DEFAULT_PAGE))
     except ValueError:
@@ -223,14 +216,19 @@ async def list_jobs(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}")
     try:
-        page = (
-            await request.app[STORE]
-            .collection(JOBS)
-            .find(filter, sort=[("created_at", -1)], limit=limit, cursor=query.get("cursor"))
+        page = await jobs.find_jobs(
+            request.app[STORE],
+            user=user,
+            states=states,
+            resource_id=resource_id,
+            created_since=since,
+            created_until=until,
+            limit=limit,
+            cursor=query.get("cursor"),
         )
     except ValueError as error:
         raise ApiError(400, f"bad cursor: {error}") from None
-    body = JobList(job_ids=[job["id"] for job in page.items], next_cursor=page.next_cursor)
+    body = JobList(job_ids=[job.id for job in page.items], next_cursor=page.next_cursor)
     return web.json_response(body.model_dump())
 
 

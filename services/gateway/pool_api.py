@@ -60,7 +60,7 @@ from schemas.pool import (
     StartContainerProcess,
     check_container_id,
 )
-from services.content_manager.repository import CONTENTS, resource_at
+from services.content_manager import records as contents
 from services.gateway.bodies import parse_body
 from services.gateway.context import (
     BUS,
@@ -75,7 +75,8 @@ from services.gateway.context import (
 )
 from services.gateway.errors import ApiError
 from services.gateway.openapi import documented
-from services.resource_manager.repository import RESOURCES
+from services.resource_manager import records as resources
+from services.resource_manager.records import ResourceRecord
 from services.security import signed_by
 
 routes = web.RouteTableDef()
@@ -89,26 +90,26 @@ CONTAINER = NODE + "/containers/{container_id}"
 # Asking a node.
 
 
-async def load_node(request: web.Request) -> dict[str, Any]:
+async def load_node(request: web.Request) -> ResourceRecord:
     """The node of the URL, if the caller may see it."""
     text = request.match_info["node_id"]
     try:
         node_id = str(uuid.UUID(text))
     except ValueError:
         raise ApiError(404, f"node {text} not found") from None
-    node = await request.app[STORE].collection(RESOURCES).get(node_id)
+    node = await resources.get_resource(request.app[STORE], node_id)
     if node is None:
         raise ApiError(404, f"node {node_id} not found")
-    require_owner(request, node["user"], "this node")
+    require_owner(request, node.user, "this node")
     return node
 
 
-def container_id(request: web.Request, node: dict[str, Any]) -> str:
+def container_id(request: web.Request, node: ResourceRecord) -> str:
     text = request.match_info["container_id"]
     try:
         return check_container_id(text)
     except ValueError:
-        raise ApiError(404, f"container {text} not found on node {node['id']}") from None
+        raise ApiError(404, f"container {text} not found on node {node.id}") from None
 
 
 def deadline(request: web.Request) -> float:
@@ -125,35 +126,35 @@ async def ask_node(
     return await ask(request, node, query(deadline=deadline(request), **fields), answer)
 
 
-async def ask(request: web.Request, node: dict[str, Any], query: NodeQuery, answer: type[A]) -> A:
+async def ask(request: web.Request, node: ResourceRecord, query: NodeQuery, answer: type[A]) -> A:
     """Send ``query`` to the node's agent (through the resource manager) and return its checked answer."""
     app = request.app
     timeout = app[SETTINGS].node_timeout
-    envelope = Envelope(query, sender=SENDER, resource_id=node["id"])
+    envelope = Envelope(query, sender=SENDER, resource_id=node.id)
     try:
         reply = await app[BUS].request(app[TOPOLOGY].commands, envelope, timeout=timeout)
     except RequestTimeout:
-        raise ApiError(504, f"node {node['id']} did not answer within {timeout:g}s") from None
+        raise ApiError(504, f"node {node.id} did not answer within {timeout:g}s") from None
     payload = trusted(reply, envelope, node)
     if isinstance(payload, Rejected):
         raise ApiError(payload.status, payload.error)
     if not isinstance(payload, answer):
-        raise ApiError(502, f"node {node['id']} answered {reply.type!r} to {envelope.type!r}")
+        raise ApiError(502, f"node {node.id} answered {reply.type!r} to {envelope.type!r}")
     return payload
 
 
-def trusted(reply: Envelope, query: Envelope, node: dict[str, Any]) -> WireModel:
+def trusted(reply: Envelope, query: Envelope, node: ResourceRecord) -> WireModel:
     """The payload of ``reply`` if the node signed it in answer to ``query``, or an unsigned refusal."""
     if reply.signature is None:
         if isinstance(reply.payload, Rejected):
             return reply.payload
-        raise ApiError(502, f"node {node['id']} answered without its signature: the answer is refused")
+        raise ApiError(502, f"node {node.id} answered without its signature: the answer is refused")
     if (
-        reply.resource_id != node["id"]
+        reply.resource_id != node.id
         or reply.causation_id != query.message_id
-        or not signed_by(reply, node["verify_key"])
+        or not signed_by(reply, node.verify_key)
     ):
-        raise ApiError(502, f"an answer for node {node['id']} failed its signature check and is refused")
+        raise ApiError(502, f"an answer for node {node.id} failed its signature check and is refused")
     return reply.payload
 
 
@@ -165,19 +166,13 @@ def trusted(reply: Envelope, query: Envelope, node: dict[str, Any]) -> WireModel
 @documented(response=NodeView, summary="Nodes: running while their agent heartbeats, else halted (seed 003)")
 async def list_nodes(request: web.Request) -> web.Response:
     principal = caller(request)
-    query = {} if principal.admin else {"user": principal.user}
-    resources = request.app[STORE].collection(RESOURCES)
-    nodes, cursor = [], None
-    while True:
-        page = await resources.find(query, sort=[("hostname", 1)], limit=500, cursor=cursor)
-        nodes += [node_view(document) for document in page.items]
-        if (cursor := page.next_cursor) is None:
-            return web.json_response(nodes)
+    found = await resources.resources_of_user(request.app[STORE], None if principal.admin else principal.user)
+    return web.json_response([node_view(node) for node in found])
 
 
-def node_view(document: dict[str, Any]) -> dict[str, Any]:
-    status = "running" if document["responding"] else "halted"
-    return NodeView(hostname=document["hostname"], id=document["id"], status=status).model_dump()
+def node_view(node: ResourceRecord) -> dict[str, Any]:
+    status = "running" if node.responding else "halted"
+    return NodeView(hostname=node.hostname, id=node.id, status=status).model_dump()
 
 
 @routes.get(NODE + "/mem")
@@ -211,7 +206,7 @@ async def create_container(request: web.Request) -> web.Response:
     require_admin(request)
     node = await load_node(request)
     spec = await parse_body(request, ContainerSpec)
-    rootfs_id = await root_filesystem(request, node["id"], spec.flist)
+    rootfs_id = await root_filesystem(request, node.id, spec.flist)
     query = CreateContainer(deadline=deadline(request), spec=spec, rootfs_id=rootfs_id)
     await ask(request, node, query, Accepted)
     return web.Response(status=204)
@@ -227,15 +222,15 @@ async def root_filesystem(request: web.Request, node_id: str, flist: str) -> str
             f"flist: {flist!r} is a URL, and nodes fetch nothing from URLs: store the root filesystem tarball "
             "(POST /resources or /api/data) and give its resource path or data id",
         )
-    contents = request.app[STORE].collection(CONTENTS)
+    store = request.app[STORE]
     try:
-        document = await contents.get(str(uuid.UUID(flist)))
+        item = await contents.get_item(store, str(uuid.UUID(flist)))
     except ValueError:
-        document = await resource_at(contents, flist)
-    if document is None:
+        item = await contents.item_at(store, flist)
+    if item is None:
         raise ApiError(400, f"flist: no stored content has the id or resource path {flist!r}")
-    await send_command(request, GrantData(item_ids=(document["id"],), resource_id=node_id))
-    return document["id"]
+    await send_command(request, GrantData(item_ids=(item.id,), resource_id=node_id))
+    return item.id
 
 
 @routes.delete(CONTAINER)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
@@ -21,7 +20,8 @@ from services.gateway.bodies import parse_body
 from services.gateway.context import STORE, caller, require_owner, send_command
 from services.gateway.errors import ApiError
 from services.gateway.openapi import documented
-from services.resource_manager.repository import RESOURCES
+from services.resource_manager import records as resources
+from services.resource_manager.records import ResourceRecord
 from services.security import new_agent_credentials
 
 routes = web.RouteTableDef()
@@ -38,26 +38,26 @@ def iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
-def resource_view(document: dict[str, Any]) -> ResourceView:
+def resource_view(resource: ResourceRecord) -> ResourceView:
     return ResourceView(
-        id=document["id"],
-        hostname=document["hostname"],
-        user=document["user"],
-        state=document["state"],
-        authorized=document["authorized"],
-        responding=document["responding"],
-        last_response_time=iso(document["last_response_time"]),
-        created_at=iso(document["created_at"]) or "",
-        info=HostInfo(**document.get("facts", {})),
+        id=resource.id,
+        hostname=resource.hostname,
+        user=resource.user,
+        state=resource.state,
+        authorized=resource.authorized,
+        responding=resource.responding,
+        last_response_time=iso(resource.last_response_time),
+        created_at=iso(resource.created_at) or "",
+        info=HostInfo(**resource.facts),
     )
 
 
-async def load_resource(request: web.Request, resource_id: str) -> dict[str, Any]:
-    document = await request.app[STORE].collection(RESOURCES).get(resource_id)
-    if document is None:
+async def load_resource(request: web.Request, resource_id: str) -> ResourceRecord:
+    resource = await resources.get_resource(request.app[STORE], resource_id)
+    if resource is None:
         raise ApiError(404, f"resource {resource_id} not found")
-    require_owner(request, document["user"], "this resource")
-    return document
+    require_owner(request, resource.user, "this resource")
+    return resource
 
 
 @routes.post("/api/resources")
@@ -88,20 +88,19 @@ async def find_resource(request: web.Request) -> web.Response:
     hostname = request.query.get("hostname")
     if hostname is None:
         raise ApiError(400, "query parameter 'hostname' is required")
-    resources = request.app[STORE].collection(RESOURCES)
-    document = await resources.find_one({"hostname": hostname})
+    resource = await resources.resource_by_hostname(request.app[STORE], hostname)
     principal = caller(request)
-    if document is None or (not principal.admin and document["user"] != principal.user):
+    if resource is None or (not principal.admin and resource.user != principal.user):
         raise ApiError(404, f"no resource with hostname {hostname!r}")
-    return web.json_response(ResourceId(id=document["id"]).model_dump())
+    return web.json_response(ResourceId(id=resource.id).model_dump())
 
 
 @routes.get("/api/resources/{resource_id}")
 @documented(response=ResourceView, summary="Information about a resource")
 async def get_resource(request: web.Request) -> web.Response:
     resource_id = parse_uuid(request.match_info["resource_id"], "resource id")
-    document = await load_resource(request, resource_id)
-    return web.json_response(resource_view(document).model_dump())
+    resource = await load_resource(request, resource_id)
+    return web.json_response(resource_view(resource).model_dump())
 
 
 @routes.delete("/api/resources/{resource_id}")

@@ -1,6 +1,6 @@
 """Seed 002 under ``/v1``: roles with their active version, hosts with their state and roles.
 
-Reads come straight from the store: a host is a resource of seed 000 (the resource manager's
+Reads go through the managers' records: a host is a resource of seed 000 (the resource manager's
 registry and heartbeats: ``info``, ``responding``) seen through the role manager's record of its
 roles (``state``, ``roles``, ``role_status``). Writes are commands to the role manager, admin only.
 """
@@ -25,15 +25,16 @@ from schemas.roles import (
     RoleView,
     check_name,
 )
-from services.content_manager.repository import CONTENTS
+from services.content_manager import records as contents
 from services.gateway.bodies import parse_body
 from services.gateway.context import BLOBS, STORE, caller, require_admin, send_command
 from services.gateway.errors import ApiError
 from services.gateway.openapi import documented
 from services.gateway.resources_api import iso
-from services.resource_manager.repository import RESOURCES
-from services.role_manager import domain
-from services.role_manager.repository import ROLE_HOSTS, ROLES
+from services.resource_manager import records as resources
+from services.resource_manager.records import ResourceRecord
+from services.role_manager import records as roles
+from services.role_manager.records import RoleHostRecord, RoleRecord, RoleVersionRecord
 from services.store.port import BlobNotFound
 
 routes = web.RouteTableDef()
@@ -47,11 +48,21 @@ def role_name(request: web.Request) -> str:
         raise ApiError(400, str(error)) from None
 
 
-async def load_role(request: web.Request, name: str) -> dict[str, Any]:
-    role = await request.app[STORE].collection(ROLES).get(name)
+async def load_role(request: web.Request, name: str) -> RoleRecord:
+    role = await roles.get_role(request.app[STORE], name)
     if role is None:
         raise ApiError(404, f"role {name} not found")
     return role
+
+
+def role_view(role: RoleRecord) -> dict[str, str]:
+    active = role.version(role.active_version)
+    return {
+        "name": role.name,
+        "display_name": (active and active.display_name) or role.name,
+        "description": active.description if active else "",
+        "active_version": role.active_version,
+    }
 
 
 # Roles.
@@ -60,14 +71,13 @@ async def load_role(request: web.Request, name: str) -> dict[str, Any]:
 @routes.get("/v1/roles")
 @documented(response=RoleView, summary="Every role, with its active version (seed 002)")
 async def list_roles(request: web.Request) -> web.Response:
-    found = await request.app[STORE].collection(ROLES).find({}, sort=[("name", 1)], limit=10_000)
-    return web.json_response([domain.role_view(role) for role in found.items])
+    return web.json_response([role_view(role) for role in await roles.all_roles(request.app[STORE])])
 
 
 @routes.get("/v1/roles/{role_name}")
 @documented(response=RoleView, summary="One role")
 async def get_role(request: web.Request) -> web.Response:
-    return web.json_response(domain.role_view(await load_role(request, role_name(request))))
+    return web.json_response(role_view(await load_role(request, role_name(request))))
 
 
 @routes.put("/v1/roles/{role_name}")
@@ -78,7 +88,7 @@ async def activate_version(request: web.Request) -> web.Response:
     body = await parse_body(request, ActivateVersionBody)
     await load_role(request, name)
     await send_command(request, ActivateRoleVersion(name=name, version=body.active_version))
-    return web.json_response(domain.role_view(await load_role(request, name)))
+    return web.json_response(role_view(await load_role(request, name)))
 
 
 @routes.post("/v1/roles/{role_name}/versions")
@@ -103,39 +113,43 @@ async def register_version(request: web.Request) -> web.Response:
         ),
     )
     role = await load_role(request, name)
-    return web.json_response(version_view(role, domain.find_version(role, body.version) or {}), status=201)
+    version = role.version(body.version)
+    if version is None:
+        raise ApiError(502, f"version {body.version} of role {name} was accepted but is not stored")
+    return web.json_response(version_view(role, version), status=201)
 
 
 @routes.get("/v1/roles/{role_name}/versions")
 @documented(response=RoleVersionView, summary="Every version of a role")
 async def list_versions(request: web.Request) -> web.Response:
     role = await load_role(request, role_name(request))
-    return web.json_response([version_view(role, version) for version in role["versions"]])
+    return web.json_response([version_view(role, version) for version in role.versions])
 
 
-def version_view(role: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
+def version_view(role: RoleRecord, version: RoleVersionRecord) -> dict[str, Any]:
     return RoleVersionView(
-        name=role["name"],
-        version=version["version"],
-        display_name=version["display_name"],
-        description=version["description"],
-        active=role["active_version"] == version["version"],
-        created_at=iso(version["created_at"]) or "",
+        name=role.name,
+        version=version.version,
+        display_name=version.display_name,
+        description=version.description,
+        active=role.active_version == version.version,
+        created_at=iso(version.created_at) or "",
     ).model_dump()
 
 
 async def content_text(request: web.Request, content_id: str | None) -> str:
     """A script stored as a content item (seed 004), copied as text: a version never changes."""
-    item = await request.app[STORE].collection(CONTENTS).get(content_id or "")
-    if item is None or item.get("deleted"):
+    item = await contents.get_item(request.app[STORE], content_id or "")
+    if item is None:
         raise ApiError(400, f"content {content_id} not found")
-    if not caller(request).admin and item["owner"] != caller(request).user:
+    principal = caller(request)
+    if not item.may_change(user=principal.user, admin=principal.admin):
         raise ApiError(400, f"content {content_id} belongs to another user")
-    if item["size"] > SCRIPT_LIMIT:
-        raise ApiError(400, f"content {content_id} is {item['size']} bytes; a script is at most {SCRIPT_LIMIT}")
+    if item.size > SCRIPT_LIMIT:
+        raise ApiError(400, f"content {content_id} is {item.size} bytes; a script is at most {SCRIPT_LIMIT}")
     chunks = []
     try:
-        async for chunk in request.app[BLOBS].open(item["blob_id"]):
+        async for chunk in request.app[BLOBS].open(item.blob_id):
             chunks.append(chunk)
     except BlobNotFound:
         raise ApiError(400, f"content {content_id} has no stored bytes") from None
@@ -148,62 +162,60 @@ async def content_text(request: web.Request, content_id: str | None) -> str:
 # Hosts.
 
 
-def host_view(resource: dict[str, Any], host: dict[str, Any] | None) -> dict[str, Any]:
+def host_view(resource: ResourceRecord, host: RoleHostRecord) -> dict[str, Any]:
     """Seed 002's host: ``responding``, ``last_response_time`` and ``role_status`` only when authorized."""
-    facts = resource.get("facts") or {}
+    facts = resource.facts
     info: dict[str, Any] = {
-        "hostname": facts.get("hostname") or resource["hostname"],
+        "hostname": facts.get("hostname") or resource.hostname,
         "os_family": facts.get("os_family"),
         "arch": facts.get("arch"),
         "os_info": facts.get("os_info"),
     }
     view: dict[str, Any] = {
-        "id": resource["id"],
-        "state": domain.host_state(host).value,
+        "id": resource.id,
+        "state": host.state.value,
         "info": info,
-        "roles": domain.assigned_roles(host),
+        "roles": list(host.assigned_roles),
     }
-    if resource["authorized"]:
-        info["responding"] = resource["responding"]
-        info["last_response_time"] = iso(resource["last_response_time"])
-        view["role_status"] = domain.role_status(host).value
+    if resource.authorized:
+        info["responding"] = resource.responding
+        info["last_response_time"] = iso(resource.last_response_time)
+        view["role_status"] = host.role_status.value
     return view
 
 
-def forgotten(resource: dict[str, Any], host: dict[str, Any] | None) -> bool:
+def forgotten(resource: ResourceRecord, host: RoleHostRecord) -> bool:
     """A host deleted through ``DELETE /v1/hosts/{id}`` is not listed until it is seen again."""
-    deleted_at = (host or {}).get("deleted_at")
-    heard = resource.get("last_response_time")
+    deleted_at = host.deleted_at
+    heard = resource.last_response_time
     return deleted_at is not None and (heard is None or heard <= deleted_at)
 
 
-def visible(request: web.Request, resource: dict[str, Any]) -> bool:
+def visible(request: web.Request, resource: ResourceRecord) -> bool:
     principal = caller(request)
-    return principal.admin or resource["user"] == principal.user
+    return principal.admin or resource.user == principal.user
 
 
 @routes.get("/v1/hosts")
 @documented(summary="Every host you may see, with its state and roles (seed 002)")
 async def list_hosts(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    resources = (await store.collection(RESOURCES).find({}, sort=[("created_at", 1)], limit=100_000)).items
-    resources = [resource for resource in resources if visible(request, resource)]
-    ids = [resource["id"] for resource in resources]
-    found = await store.collection(ROLE_HOSTS).find({"id": {"$in": ids}}, limit=len(ids) or 1)
-    hosts = {host["id"]: host for host in found.items}
+    principal = caller(request)
+    found = await resources.resources_of_user(store, None if principal.admin else principal.user, order="created_at")
+    hosts = await roles.role_hosts(store, [resource.id for resource in found])
     views = [
-        host_view(resource, hosts.get(resource["id"]))
-        for resource in resources
-        if not forgotten(resource, hosts.get(resource["id"]))
+        host_view(resource, hosts.get(resource.id, roles.NO_ROLES))
+        for resource in found
+        if not forgotten(resource, hosts.get(resource.id, roles.NO_ROLES))
     ]
     return web.json_response(views)
 
 
-async def load_host(request: web.Request) -> tuple[dict[str, Any], dict[str, Any] | None]:
+async def load_host(request: web.Request) -> tuple[ResourceRecord, RoleHostRecord]:
     host_id = request.match_info["host_id"]
     store = request.app[STORE]
-    resource = await store.collection(RESOURCES).get(host_id)
-    host = await store.collection(ROLE_HOSTS).get(host_id)
+    resource = await resources.get_resource(store, host_id)
+    host = await roles.role_host(store, host_id)
     if resource is None or not visible(request, resource) or forgotten(resource, host):
         raise ApiError(404, f"host {host_id} not found")
     return resource, host
@@ -220,7 +232,7 @@ async def get_host(request: web.Request) -> web.Response:
 async def delete_host(request: web.Request) -> web.Response:
     principal = require_admin(request)
     resource, _ = await load_host(request)
-    await send_command(request, DeleteHostRoles(host_id=resource["id"], requested_by=principal.user))
+    await send_command(request, DeleteHostRoles(host_id=resource.id, requested_by=principal.user))
     return web.Response(status=204)
 
 
@@ -233,7 +245,7 @@ async def apply_role(request: web.Request) -> web.Response:
     await load_role(request, name)
     await send_command(
         request,
-        ApplyRole(host_id=resource["id"], name=name, requested_by=principal.user, authorize=not resource["authorized"]),
+        ApplyRole(host_id=resource.id, name=name, requested_by=principal.user, authorize=not resource.authorized),
     )
     return web.json_response(host_view(*await load_host(request)))
 
@@ -244,7 +256,7 @@ async def remove_role(request: web.Request) -> web.Response:
     principal = require_admin(request)
     name = role_name(request)
     resource, _ = await load_host(request)
-    await send_command(request, RemoveRole(host_id=resource["id"], name=name, requested_by=principal.user))
+    await send_command(request, RemoveRole(host_id=resource.id, name=name, requested_by=principal.user))
     return web.json_response(host_view(*await load_host(request)))
 
 
@@ -253,19 +265,19 @@ async def remove_role(request: web.Request) -> web.Response:
 async def role_on_host(request: web.Request) -> web.Response:
     name = role_name(request)
     _, host = await load_host(request)
-    entry = (host or {}).get("roles", {}).get(name)
+    entry = host.roles.get(name)
     if entry is None:
         raise ApiError(404, f"role {name} is not on host {request.match_info['host_id']}")
     detail = RoleDetail(
-        version=entry["version"],
-        target_version=entry["target"],
-        status=entry["status"],
-        attempts=entry["attempts"],
-        job_id=entry["job_id"],
-        last_job_id=entry["last_job_id"],
-        answer_id=entry["answer_id"],
-        exit_code=entry["exit_code"],
-        error=entry["error"],
-        retry_at=iso(entry["retry_at"]),
+        version=entry.version,
+        target_version=entry.target,
+        status=entry.status,
+        attempts=entry.attempts,
+        job_id=entry.job_id,
+        last_job_id=entry.last_job_id,
+        answer_id=entry.answer_id,
+        exit_code=entry.exit_code,
+        error=entry.error,
+        retry_at=iso(entry.retry_at),
     )
     return web.json_response(detail.model_dump())

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import BodyPartReader, web
 
 from schemas.content import BlobRef
-from services.content_manager.domain import upload_file_name
+from services.gateway.content_views import upload_file_name
 from services.gateway.context import BLOBS
 from services.gateway.errors import ApiError
 from services.store.port import BlobInfo, BlobStore, BlobTooLarge, StoreError

@@ -42,7 +42,6 @@ from schemas.jobs import (
     JobFinished,
     JobState,
     RunJob,
-    StagedFile,
     StageJobFiles,
     SubmitTask,
     TaskAccepted,
@@ -65,8 +64,6 @@ RESEND_AFTER = 30.0  # seconds a dispatched job may wait for its host to accept 
 HOST_REREAD_AFTER = 5.0  # seconds between re-reads of one host whose event failed its signature check
 
 
-FileNames = Callable[[list[str]], Awaitable[dict[str, str]]]
-"""The stored names of data items by id: how a job's files are named in its working directory."""
 ReadHost = Callable[[str], Awaitable[Host | None]]
 ReadHosts = Callable[[], Awaitable[list[Host]]]
 
@@ -76,7 +73,6 @@ class JobManager:
     bus: MessageBus
     topology: Topology
     jobs: Collection
-    file_names: FileNames
     read_host: ReadHost
     read_hosts: ReadHosts
     lost_timeout: float
@@ -393,12 +389,7 @@ class JobManager:
         if not files:
             await self._submit(job, cause)
             return
-        names = await self.file_names(files)
-        staged = [
-            StagedFile(data_id=data_id, name=names.get(data_id, data_id), executable=data_id == job["binary"])
-            for data_id in files
-        ]
-        command = StageJobFiles(job_id=job["id"], resource_id=job["resource_id"], files=staged)
+        command = StageJobFiles(job_id=job["id"], resource_id=job["resource_id"], data_ids=files, binary=job["binary"])
         await self.bus.publish(self.topology.commands, self._envelope(command, cause, job))
 
     async def _submit(self, job: dict[str, Any], cause: Envelope | None) -> None:

@@ -9,11 +9,11 @@ each process; a periodic re-read catches an event missed while the process was a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from schemas.resources import HostChanged
+from services.resource_manager.records import ResourceRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +93,16 @@ def _host(event: HostChanged) -> Host:
     )
 
 
-def host_from_document(document: Mapping[str, Any]) -> Host:
+def host_from_record(record: ResourceRecord) -> Host:
     """A host as the resource manager's records hold it."""
     return Host(
-        id=document["id"],
-        user=document["user"],
-        authorized=document["authorized"],
-        joined=document.get("joined", False),
-        responding=document["responding"],
-        verify_key=document["verify_key"],
-        last_response_time=document.get("last_response_time"),
-        agent_started_at=document.get("agent_started_at"),
-        version=document["version"],
+        id=record.id,
+        user=record.user,
+        authorized=record.authorized,
+        joined=record.joined,
+        responding=record.responding,
+        verify_key=record.verify_key,
+        last_response_time=record.last_response_time,
+        agent_started_at=record.agent_started_at,
+        version=record.version,
     )

@@ -1,4 +1,4 @@
-"""The job manager's store access: the ``jobs`` collection, which only it writes."""
+"""The job manager's store access: the ``jobs`` collection, which only it writes (others read it through records.py)."""
 
 from __future__ import annotations
 

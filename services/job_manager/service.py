@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.content_manager.repository import CONTENTS
 from services.job_manager.handlers import JobManager
-from services.job_manager.hosts import Host, host_from_document
+from services.job_manager.hosts import Host, host_from_record
 from services.job_manager.repository import jobs_collection
 from services.lifetime import Lifetime
-from services.resource_manager.repository import resources_collection
+from services.resource_manager import records as resources
 from services.settings import Settings
 from services.store.port import DocumentStore
 
@@ -26,12 +25,10 @@ class JobManagerService:
         self.manager: JobManager | None = None
 
     async def start(self) -> None:
-        self._resources = await resources_collection(self._store)
         self.manager = JobManager(
             bus=self._bus,
             topology=self._topology,
             jobs=await jobs_collection(self._store),
-            file_names=self._file_names,
             read_host=self._read_host,
             read_hosts=self._read_hosts,
             lost_timeout=self._settings.lost_timeout,
@@ -52,14 +49,8 @@ class JobManagerService:
         await self._lifetime.close()
 
     async def _read_host(self, resource_id: str) -> Host | None:
-        document = await self._resources.get(resource_id)
-        return None if document is None else host_from_document(document)
+        record = await resources.get_resource(self._store, resource_id)
+        return None if record is None else host_from_record(record)
 
     async def _read_hosts(self) -> list[Host]:
-        found = await self._resources.find({}, limit=1_000_000)
-        return [host_from_document(document) for document in found.items]
-
-    async def _file_names(self, data_ids: list[str]) -> dict[str, str]:
-        """Stored names of a job's files, read (never written) from the data manager's records."""
-        found = await self._store.collection(CONTENTS).find({"id": {"$in": data_ids}}, limit=len(data_ids))
-        return {item["id"]: item.get("name") or item["id"] for item in found.items}
+        return [host_from_record(record) for record in await resources.resources_of_user(self._store, None)]

@@ -1,4 +1,4 @@
-"""The resource manager's store access: the ``resources`` collection, which only it writes."""
+"""The resource manager's store access: ``resources``, which only it writes (others read it through records.py)."""
 
 from __future__ import annotations
 

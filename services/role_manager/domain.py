@@ -77,16 +77,6 @@ def add_version(role: Document, version: Document) -> list[Document] | None:
     raise RoleError(409, f"version {version['version']} of role {role['name']} exists; versions are immutable")
 
 
-def role_view(role: Document) -> dict[str, str]:
-    active = find_version(role, role["active_version"]) or {}
-    return {
-        "name": role["name"],
-        "display_name": active.get("display_name") or role["name"],
-        "description": active.get("description", ""),
-        "active_version": role["active_version"],
-    }
-
-
 # Roles on a host.
 
 

@@ -1,4 +1,4 @@
-"""The role manager's store access: ``roles`` and ``role_hosts``, which only it writes."""
+"""The role manager's store access: ``roles`` and ``role_hosts``, which only it writes; others use records.py."""
 
 from __future__ import annotations
 

@@ -319,20 +319,21 @@ async def test_transfer_gives_an_agents_answer_to_a_user(manager: ContentManager
 
 async def test_staging_a_jobs_files_grants_them_then_asks_the_agent(manager: ContentManager) -> None:
     binary, _ = await stored(manager, "bin/tool")
-    files = [StagedFile(data_id=binary, name="tool", executable=True)]
-    command = Envelope(StageJobFiles(job_id="job-1", resource_id="host-1", files=files))
+    unnamed = str(uuid.uuid4())
+    await manager.store_data(Envelope(StoreData(item_id=unnamed, owner="steve", name=None, blob=await upload(manager))))
+    command = Envelope(StageJobFiles(job_id="job-1", resource_id="host-1", data_ids=[binary, unnamed], binary=binary))
     assert await manager.stage_job_files(command) is None
     assert (await manager.contents.get(binary))["granted_to"] == ["host-1"]  # type: ignore[index]
     [(exchange, sent)] = manager.bus.published  # type: ignore[attr-defined]
     assert exchange == manager.topology.commands  # type: ignore[union-attr]
-    assert sent.payload == StageInFiles(job_id="job-1", files=files)
+    files = [StagedFile(data_id=binary, name="add.wl", executable=True), StagedFile(data_id=unnamed, name=unnamed)]
+    assert sent.payload == StageInFiles(job_id="job-1", files=files)  # named by their stored names, else their ids
     assert sent.resource_id == "host-1" and sent.causation_id == command.message_id
 
 
 async def test_staging_an_unknown_file_fails_the_staging_at_once(manager: ContentManager) -> None:
     missing = str(uuid.uuid4())
-    files = [StagedFile(data_id=missing, name="in.txt")]
-    await manager.stage_job_files(Envelope(StageJobFiles(job_id="job-2", resource_id="host-1", files=files)))
+    await manager.stage_job_files(Envelope(StageJobFiles(job_id="job-2", resource_id="host-1", data_ids=[missing])))
     [(exchange, sent)] = manager.bus.published  # type: ignore[attr-defined]
     assert exchange == manager.topology.events  # type: ignore[union-attr]
     assert sent.payload == FilesStagedIn(job_id="job-2", ok=False, error=f"unknown data: {missing}")

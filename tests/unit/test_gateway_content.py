@@ -357,6 +357,6 @@ async def test_an_internal_error_has_the_seed_shape_too(
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(content_api, "resources_of", broken)
+    monkeypatch.setattr(content_api.contents, "items_of", broken)
     response = await content_stack.client.get("/resources", headers=content_stack.steve)
     await expect_seed_error(response, 500, "Internal Server Error", "internal error", "/resources")

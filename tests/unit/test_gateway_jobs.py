@@ -247,7 +247,7 @@ async def test_every_route_is_in_the_openapi_document(api: Api) -> None:
 async def test_the_watcher_ends_a_wait_when_the_job_ends_or_is_deleted_while_it_runs(tmp_path) -> None:
     store = await SqliteDocumentStore.open(tmp_path / "watch.db")
     jobs = store.collection("jobs")
-    watcher = JobWatcher(jobs)
+    watcher = JobWatcher(store)
     loop = asyncio.create_task(watcher.run())
     try:
         for job_id in ("ends", "deleted", "runs"):

@@ -15,9 +15,9 @@ from schemas.resources import (
     AuthorizeResource,
     DeleteResource,
     Heartbeat,
+    HostChanged,
     HostDeleted,
     HostFacts,
-    HostChanged,
     RegisterResource,
 )
 from services.resource_manager.handlers import ResourceManager
@@ -146,7 +146,7 @@ async def test_a_heartbeat_is_stored_only_on_a_transition_and_never_republished(
             signed(Envelope(Heartbeat(facts=FACTS, agent_started_at=5.0), resource_id=resource_id), token)
         )
     assert manager.bus.published == []
-    assert (await manager.resources.get(resource_id))["version"] == stored["version"] + 1  # one write in 35 s (every 30)
+    assert (await manager.resources.get(resource_id))["version"] == stored["version"] + 1  # 1 write in 35 s
 
     # A restarted agent is a transition.
     manager.clock.now += 1

@@ -1,0 +1,119 @@
+"""The job manager's read surface: typed records of its ``jobs`` and the queries others may run.
+
+Nothing outside this package imports anything else from it. Only the job manager writes these
+documents; a record is a snapshot of one stored document, built cheaply (no validation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.jobs import FINAL_STATES, JobState
+from services.job_manager.repository import JOBS
+from services.paging import Page
+from services.store.port import DocumentStore
+
+_ENDED = sorted(FINAL_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    user: str
+    command: str
+    binary: str | None
+    input_files: Sequence[str]
+    ttl: int | None
+    expires_at: float | None
+    pinned_resource: str | None
+    origin: str | None
+    resource_id: str | None
+    state: JobState
+    history: Sequence[Mapping[str, Any]]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    exit_code: int | None
+    answer_id: str | None
+    error: str | None
+    deleted: bool
+    deleted_reason: str | None
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> JobRecord:
+        return cls(
+            id=document["id"],
+            user=document["user"],
+            command=document.get("command", ""),
+            binary=document.get("binary"),
+            input_files=document.get("input_files", ()),
+            ttl=document.get("ttl"),
+            expires_at=document.get("expires_at"),
+            pinned_resource=document.get("pinned_resource"),
+            origin=document.get("origin"),
+            resource_id=document.get("resource_id"),
+            state=JobState(document.get("state", JobState.PENDING)),
+            history=document.get("history", ()),
+            created_at=document.get("created_at", 0.0),
+            started_at=document.get("started_at"),
+            finished_at=document.get("finished_at"),
+            exit_code=document.get("exit_code"),
+            answer_id=document.get("answer_id"),
+            error=document.get("error"),
+            deleted=document.get("deleted", False),
+            deleted_reason=document.get("deleted_reason"),
+        )
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+async def get_job(store: DocumentStore, job_id: str) -> JobRecord | None:
+    document = await store.collection(JOBS).get(job_id)
+    return None if document is None else JobRecord.from_document(document)
+
+
+async def find_jobs(
+    store: DocumentStore,
+    *,
+    user: str | None = None,
+    states: Iterable[str] | None = None,
+    resource_id: str | None = None,
+    created_since: float | None = None,
+    created_until: float | None = None,
+    limit: int,
+    cursor: str | None = None,
+) -> Page[JobRecord]:
+    """Jobs not deleted, newest first; ``created_since`` inclusive, ``created_until`` exclusive.
+    A malformed ``cursor`` raises ValueError."""
+    filter: dict[str, Any] = {"deleted": False}
+    if user is not None:
+        filter["user"] = user
+    if states is not None:
+        filter["state"] = {"$in": list(states)}
+    if resource_id is not None:
+        filter["resource_id"] = resource_id
+    created: dict[str, float] = {}
+    if created_since is not None:
+        created["$gte"] = created_since
+    if created_until is not None:
+        created["$lt"] = created_until
+    if created:
+        filter["created_at"] = created
+    page = await store.collection(JOBS).find(filter, sort=[("created_at", -1)], limit=limit, cursor=cursor)
+    return Page([JobRecord.from_document(document) for document in page.items], page.next_cursor)
+
+
+async def ended_or_gone(store: DocumentStore, job_ids: Sequence[str]) -> list[str]:
+    """Which of ``job_ids`` ended or were deleted. Only those documents come back: most asked-about
+    jobs are still running, and theirs are neither read out of the store nor parsed."""
+    jobs = store.collection(JOBS)
+    ended = await jobs.find({"id": {"$in": list(job_ids)}, "state": {"$in": _ENDED}}, limit=len(job_ids))
+    gone = await jobs.find({"id": {"$in": list(job_ids)}, "deleted": True}, limit=len(job_ids))
+    return [job["id"] for job in [*ended.items, *gone.items]]
