@@ -5,8 +5,11 @@ for privileged jobs, as the agent's user in a session of its own. The agent talk
 socket, one JSON object a line:
 
 * ``{"op": "run", "id", "argv", "cwd", "env", "out", "err", "exit", "limits"}``: start a job. Its
-  output files are created before the fork (the marker recovery looks for); the reply is
-  ``{"ev": "started", "id", "pid"}`` or ``{"ev": "failed", "id", "error"}``;
+  output files are created before it is spawned (the marker recovery looks for); the reply is
+  ``{"ev": "started", "id", "pid"}`` or ``{"ev": "failed", "id", "error"}``. The limits that are the
+  same for every job (address space, file size, processes) are the launcher's own, given at its
+  start and inherited, so a job is one ``posix_spawn`` (a vfork: no copy of this process); only a
+  per-job CPU limit needs a fork that sets it in the child;
 * ``{"op": "kill", "pgid", "sig"}``: signal a job's process group (every job leads its own session);
 * ``{"op": "list"}``: ``{"ev": "list", "running": {id: pid}}``.
 
@@ -33,19 +36,23 @@ LIMITS = {
     "fsize": resource.RLIMIT_FSIZE,
     "nproc": resource.RLIMIT_NPROC,
 }
+IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)  # by Python, and so by this launcher; a job expects the default
 FIRST_CLIENT_WAIT = 30.0  # seconds to wait for the agent that started us
+
+
+def set_limits(limits):
+    for name, value in limits.items():
+        hard = value + 1 if name == "cpu" else value  # SIGXCPU first, SIGKILL a second later
+        resource.setrlimit(LIMITS[name], (value, hard))
 
 
 def _start_child(request, out, err):
     """In the forked child: a session of its own, the job's limits, its output, then exec."""
     try:
         os.setsid()
-        for name, value in request.get("limits", {}).items():
-            hard = value + 1 if name == "cpu" else value  # SIGXCPU first, SIGKILL a second later
-            resource.setrlimit(LIMITS[name], (value, hard))
-        for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_DFL)  # Python ignores SIGPIPE; a job expects the default
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        set_limits(request.get("limits", {}))
+        for number in IGNORED:
+            signal.signal(number, signal.SIG_DFL)
         os.chdir(request["cwd"])
         os.dup2(out, 1)
         os.dup2(err, 2)
@@ -68,7 +75,6 @@ class Launcher:
 
     def serve(self):
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -163,9 +169,17 @@ class Launcher:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             out = os.open(request["out"], flags, 0o644)
             err = os.open(request["err"], flags, 0o644)
-            pid = os.fork()
-            if pid == 0:
-                _start_child(request, out, err)
+            if request.get("limits"):
+                pid = os.fork()
+                if pid == 0:
+                    _start_child(request, out, err)
+            else:
+                os.chdir(request["cwd"])
+                actions = [(os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
+                argv = request["argv"]
+                pid = os.posix_spawn(
+                    argv[0], argv, request["env"], file_actions=actions, setsid=True, setsigdef=IGNORED
+                )
         except (OSError, ValueError, KeyError, TypeError) as error:
             return {"ev": "failed", "id": job, "error": str(error)}
         finally:
@@ -201,4 +215,5 @@ class Launcher:
 
 
 if __name__ == "__main__":
+    set_limits(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
     Launcher(sys.argv[1]).serve()

@@ -259,6 +259,11 @@ class Supervisor:
                 await self._reader_task
 
 
+def job_limits(limits: dict[str, int]) -> dict[str, int]:
+    """The limits a launcher sets per job; the others are its own, set once (see the launcher)."""
+    return {"cpu": limits["cpu"]} if "cpu" in limits else {}
+
+
 class Supervisors:
     """The launchers of this agent, one per home, started when a job needs one."""
 
@@ -319,9 +324,11 @@ class Supervisors:
         env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
         if self.sandboxed(name):
             assert self.tool is not None and self.python is not None
-            argv = [*self._sandbox_argv(home.root), self.python, "-I", "-S", SANDBOX_LAUNCHER, str(home.socket)]
+            argv = [*self._sandbox_argv(home.root), self.python, "-I", "-S", SANDBOX_LAUNCHER]
         else:
-            argv = [sys.executable, "-I", "-S", str(self.launcher), str(home.socket)]
+            argv = [sys.executable, "-I", "-S", str(self.launcher)]
+        shared = {name: value for name, value in self.options.limits.items() if name != "cpu"}
+        argv += [str(home.socket), json.dumps(shared)]
         found = self._by_home[name] = Supervisor(home, argv, uid=uid, env=env)
         return found
 

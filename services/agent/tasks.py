@@ -61,6 +61,7 @@ from services.agent.supervisor import (
     Supervisor,
     Supervisors,
     home_name,
+    job_limits,
 )
 
 log = logging.getLogger(__name__)
@@ -272,7 +273,8 @@ class TaskRunner:
                 workdir = self.supervisors.prepare_workdir(home, job_id)
                 supervisor.exit_of(job_id)  # before it can end
                 env = self.supervisors.job_environment(home, job_id, workdir)
-                pid = await supervisor.run(job_id, ["/bin/sh", "-c", command.command], env, self.options.limits)
+                argv = ["/bin/sh", "-c", command.command]
+                pid = await supervisor.run(job_id, argv, env, job_limits(self.options.limits))
             except (LaunchError, LauncherGone, OSError) as failure:
                 error = str(failure)
                 supervisor.forget(job_id)
