@@ -18,7 +18,7 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from schemas.base import WireModel
 
@@ -64,6 +64,15 @@ class RunJobBody(BaseModel):
     ttl: Annotated[StrictInt, Field(gt=0, le=10 * 365 * 24 * 3600)] | None = None
     resource_id: Uuid | None = None
     hostname: Annotated[StrictStr, Field(min_length=1, max_length=253)] | None = None
+    privileged: bool = False
+    """Run unsandboxed as the agent's user: for admins only (the job manager refuses others)."""
+
+    @field_validator("command")
+    @classmethod
+    def _no_nul(cls, command: str) -> str:
+        if "\0" in command:
+            raise ValueError("must not contain a NUL byte")
+        return command
 
 
 class JobIdBody(BaseModel):
@@ -120,6 +129,7 @@ class RunJob(WireModel):
     origin: str | None = None
     """Who asked, when not a user's REST call (``role-manager``): the job manager tells it when the
     job ends with :class:`JobFinished`."""
+    privileged: bool = False
 
 
 class CancelJob(WireModel):
@@ -174,6 +184,13 @@ class SubmitTask(WireModel):
     command: str
     deadline: float | None = None
     """Epoch seconds after which the task is stopped (the job's ttl)."""
+    privileged: bool = False
+    """Run unsandboxed as the agent's own user (an admin's job, a role script)."""
+    user: str | None = None
+    """Whose job it is: jobs of one user share a sandbox on the host, never another user's."""
+    start_by: float | None = None
+    """Epoch seconds after which the agent must not start the task (it reports it lost instead): the
+    job manager may then give the job up without the risk that it still runs here."""
 
 
 class CancelTask(WireModel):

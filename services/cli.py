@@ -164,12 +164,26 @@ for _name, (_service, _summary) in MANAGERS.items():
 @click.option("--join-token", help="[SKYBUS_JOIN_TOKEN] join with the cluster's join token instead")
 @click.option("--hostname", help="with --join-token: the name to join as (default: this machine's)")
 @reboot_option
+@click.option(
+    "--unsandboxed-jobs",
+    is_flag=True,
+    help="[SKYBUS_UNSANDBOXED_JOBS] run users' jobs without bubblewrap when it is missing (insecure)",
+)
 def agent(
-    resource_id: str | None, token: str | None, join_token: str | None, hostname: str | None, allow_reboot: bool
+    resource_id: str | None,
+    token: str | None,
+    join_token: str | None,
+    hostname: str | None,
+    allow_reboot: bool,
+    unsandboxed_jobs: bool,
 ) -> None:
     """Run the agent of this host."""
     settings = load_settings(
-        resource_id=resource_id, token=token, join_token=join_token, allow_reboot=allow_reboot or None
+        resource_id=resource_id,
+        token=token,
+        join_token=join_token,
+        allow_reboot=allow_reboot or None,
+        unsandboxed_jobs=unsandboxed_jobs or None,
     )
     if not settings.amqp_url:
         raise click.UsageError(

@@ -45,6 +45,22 @@ class Settings(BaseSettings):
     job_sweep_interval: float = 1.0
     max_parallel_tasks: int = Field(default=64, description="tasks an agent runs at once; more wait, accepted")
 
+    # How the agent runs a job (services/agent/supervisor.py).
+    unsandboxed_jobs: bool = Field(
+        default=False, description="run users' jobs without bubblewrap when it is missing (insecure; logged)"
+    )
+    scratch_dir: Path | None = Field(
+        default=None, description="where job work dirs, outputs and exit records live; default a tmpfs"
+    )
+    workdir_retention: float = Field(default=3600.0, description="seconds a finished job's work dir is kept")
+    sandbox_uid: int = Field(default=65534, description="host uid (and gid) of sandboxed jobs when the agent is root")
+    job_cpu_seconds: int | None = Field(default=None, description="CPU seconds a job may use (RLIMIT_CPU)")
+    job_memory_bytes: int | None = Field(default=None, description="address space of each job process (RLIMIT_AS)")
+    job_pids: int | None = Field(default=4096, description="processes a user's sandbox may hold (RLIMIT_NPROC)")
+    job_output_bytes: int | None = Field(
+        default=16 * 1024**3, description="largest file a job may write, its output included (RLIMIT_FSIZE)"
+    )
+
     # Roles.
     role_attempts: int = Field(default=4, description="runs of a failing role script before its role is failed")
     role_retry_delay: float = Field(default=2.0, description="seconds before the first retry; doubled each time")

@@ -28,6 +28,7 @@ from services.agent.containers import Containers
 from services.agent.data_client import DataClient
 from services.agent.facts import read_host_facts
 from services.agent.node import DEFAULT_REBOOT_COMMAND, NodeQueries
+from services.agent.supervisor import JobOptions
 from services.agent.tasks import TaskRunner
 from services.security import signing_key
 from services.settings import Settings
@@ -54,6 +55,7 @@ class Agent:
         allow_reboot: bool = False,
         reboot_command: str = DEFAULT_REBOOT_COMMAND,
         container_tool: str = "bwrap",
+        job_options: JobOptions | None = None,
     ) -> None:
         self._bus = bus
         self._topology = topology
@@ -64,7 +66,9 @@ class Agent:
         self._subscriptions: list[Subscription] = []
         self._heartbeats: asyncio.Task[None] | None = None
         self._data = DataClient(gateway_url, token)
-        self.tasks = TaskRunner(state_dir, self.say, self._data, kill_grace=kill_grace, max_parallel=max_parallel_tasks)
+        self.tasks = TaskRunner(
+            state_dir, self.say, self._data, kill_grace=kill_grace, max_parallel=max_parallel_tasks, options=job_options
+        )
         self.router = Router()
         self.router.add(SubmitTask, self.tasks.submit_task)
         self.router.add(CancelTask, self.tasks.cancel_task)
@@ -153,4 +157,6 @@ def agent_from_settings(
         allow_reboot=settings.allow_reboot,
         reboot_command=settings.reboot_command,
         container_tool=settings.container_tool,
+        workdir_retention=settings.workdir_retention,
+        job_options=JobOptions.from_settings(settings, resource_id),
     )

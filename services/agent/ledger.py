@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
     job_id: str
     started_at: float
@@ -32,6 +32,8 @@ class TaskRecord:
     accepted_at: float | None = None  # when not reported on their own: said with the outcome
     started_at: float | None = None
     answer: str | None = None  # a small answer, sent with the outcome
+    home: str | None = None  # the home (user) whose launcher runs it: where a restarted agent finds it
+    deadline: float | None = None  # when its ttl runs out, for a restarted agent that adopts it
 
     @property
     def finished(self) -> bool:
@@ -44,6 +46,7 @@ KEEP_REPORTED = 7 * 24 * 3600.0  # seconds a reported job is remembered (against
 class Ledger:
     def __init__(self, path: Path, *, keep_reported: float = KEEP_REPORTED) -> None:
         self.path = path
+        self.keep_reported = keep_reported
         self.records: dict[str, TaskRecord] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
@@ -82,6 +85,7 @@ class Ledger:
         if entry["event"] == "started":
             known = self.records.get(job_id)
             record = self.records[job_id] = TaskRecord(job_id=job_id, started_at=entry["at"], taken=True)
+            record.home, record.deadline = entry.get("home"), entry.get("deadline")
             record.cancel_requested = bool(known and known.cancel_requested)
             return
         record = self.records.get(job_id)
@@ -95,6 +99,7 @@ class Ledger:
             record.finished_at = entry["at"]
         elif entry["event"] == "reported":
             record.reported = True
+            record.answer = None  # delivered: nothing will send it again
         elif entry["event"] == "cancel":
             record.cancel_requested = True
 
@@ -105,8 +110,11 @@ class Ledger:
     def get(self, job_id: str) -> TaskRecord | None:
         return self.records.get(job_id)
 
-    def started(self, job_id: str) -> TaskRecord:
-        self._write({"event": "started", "job_id": job_id, "at": time.time()})
+    def started(self, job_id: str, *, home: str | None = None, deadline: float | None = None) -> TaskRecord:
+        entry: dict[str, Any] = {"event": "started", "job_id": job_id, "at": time.time()}
+        if home is not None:
+            entry.update(home=home, deadline=deadline)
+        self._write(entry)
         return self.records[job_id]
 
     def spawned(self, job_id: str, pid: int) -> None:
@@ -138,6 +146,14 @@ class Ledger:
 
     def reported(self, job_id: str) -> None:
         self._write({"event": "reported", "job_id": job_id, "at": time.time()})
+
+    def forget(self, reported_before: float) -> int:
+        """Drop from memory the jobs reported before ``reported_before`` (the file forgets them at the
+        next start): what keeps a long-running agent's ledger from growing with every job."""
+        old = [job_id for job_id, r in self.records.items() if r.reported and (r.finished_at or 0) < reported_before]
+        for job_id in old:
+            del self.records[job_id]
+        return len(old)
 
     def unfinished(self) -> list[TaskRecord]:
         """Jobs taken and not finished: after a restart, what the previous agent left running or waiting."""

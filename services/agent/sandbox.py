@@ -39,6 +39,17 @@ class PoolError(Exception):
 # Bubblewrap's command line.
 
 
+def host_system_binds() -> list[str]:
+    """bwrap options that show the host's system directories read-only (a merged-/usr link as a link)."""
+    argv = []
+    for directory in HOST_SYSTEM_DIRS:
+        if os.path.islink(directory):
+            argv += ["--symlink", os.readlink(directory), directory]
+        elif os.path.isdir(directory):
+            argv += ["--ro-bind", directory, directory]
+    return argv
+
+
 def bwrap_argv(tool: str, spec: ContainerSpec, root: Path | None, info_fd: int) -> list[str]:
     """The sandbox of ``spec``: its own PID, UTS, IPC and mount namespaces (and network namespace
     unless ``hostNetworking``), ``root`` bound read-write as ``/`` (or the host's system directories
@@ -47,11 +58,7 @@ def bwrap_argv(tool: str, spec: ContainerSpec, root: Path | None, info_fd: int) 
     if not spec.hostNetworking:
         argv.append("--unshare-net")
     if root is None:
-        for directory in HOST_SYSTEM_DIRS:
-            if os.path.islink(directory):
-                argv += ["--symlink", os.readlink(directory), directory]
-            elif os.path.isdir(directory):
-                argv += ["--ro-bind", directory, directory]
+        argv += host_system_binds()
         argv += ["--tmpfs", "/tmp", "--tmpfs", "/run", "--dir", "/root"]
     else:
         argv += ["--bind", str(root), "/"]

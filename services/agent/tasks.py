@@ -1,13 +1,19 @@
-"""Running tasks on this host: one process group each, output to disk, an answer staged out.
+"""Running tasks on this host: each in its user's sandbox, under a launcher that outlives the agent.
 
 Guarantees:
 
-* at most once per host: a job is written to the :class:`Ledger` before its process is spawned,
-  and a repeated :class:`SubmitTask` is answered from the ledger, never run again;
+* at most once per host: a job is written to the :class:`Ledger` (with the home whose launcher will
+  run it) before it is handed to the launcher, and a repeated :class:`SubmitTask` is answered from
+  the ledger, never run again; a task is never started after its ``start_by``, nor by a restarted
+  agent when its previous incarnation took it but had not handed it over;
+* a job outlives the agent: its launcher (:mod:`services.agent.supervisor`) is not the agent's child,
+  writes its output to files and its exit status to ``run/<job>.exit``; a restarted agent finds the
+  job running (and waits for it) or ended (and reports its real outcome). Only a job whose
+  sandbox died with it (killed, the host rebooted) is reported ``lost``;
 * an outcome is never lost by the agent: it is written to the ledger before it is published and
   published again (after a broker outage, or after a restart) until the bus confirmed it;
 * cancel and ttl stop the whole process group: SIGTERM, then SIGKILL after ``kill_grace`` seconds;
-* a job that was running when the agent died is killed at the next start and reported ``lost``.
+* a task the agent cannot start (a NUL in its command, no sandbox here) ends ``failed``, once.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import os
 import shutil
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -45,11 +53,22 @@ from services.agent.answer import answer_chunks
 from services.agent.children import watch_children_with_pidfd
 from services.agent.data_client import DataClient, DataClientError
 from services.agent.ledger import Ledger, TaskRecord
+from services.agent.supervisor import (
+    JOB_ENV,
+    JobOptions,
+    LauncherGone,
+    LaunchError,
+    Supervisor,
+    Supervisors,
+    home_name,
+    job_limits,
+)
 
 log = logging.getLogger(__name__)
 
 Say = Callable[..., Awaitable[None]]
-JOB_ENV = "SKYBUS_JOB_ID"
+Ended = dict[str, Any]  # a launcher's exit record: {"status": wait status, "cpu": seconds}
+NOT_STARTED_IN_TIME = "not started before its start_by deadline"
 
 
 class TaskRunner:
@@ -62,24 +81,32 @@ class TaskRunner:
         kill_grace: float = 5.0,
         max_parallel: int = 64,
         report_window: float = 0.05,
+        options: JobOptions | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.ledger = Ledger(state_dir / "ledger.jsonl")
+        self.options = options or JobOptions()
+        self.supervisors = Supervisors(state_dir, self.options)
         self._say = say
         self._data = data
         self._kill_grace = kill_grace
         self._slots = asyncio.Semaphore(max_parallel)
         self._report_window = report_window
-        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._running: dict[str, tuple[Supervisor, int]] = {}
+        self._ended: deque[tuple[float, Path]] = deque()  # work dirs to remove once retention passed
         self._tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
-        watch_children_with_pidfd()
+        watch_children_with_pidfd()  # for the containers' helpers; jobs are the launchers' children
 
     # Lifetime.
 
     async def recover(self) -> None:
-        """After a restart: what ran under the previous agent is gone; say so, and resend outcomes."""
+        """After a restart: adopt what the previous agent left running, report what ended meanwhile,
+        and never start what it took but had not handed to a launcher."""
         for record in self.ledger.unfinished():
+            if record.home is not None:
+                self._spawn(self._adopt(record))
+                continue
             if record.pid is not None:
                 _kill_leftover(record)
             self.ledger.finished(
@@ -93,22 +120,27 @@ class TaskRunner:
             self._spawn(self._report(record))
 
     async def stop(self) -> None:
-        """Stop taking work; tasks keep running until the process exits (a restart reports them lost)."""
+        """Stop taking work; the jobs run on under their launchers, and the next agent adopts them."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisors.close()
         self.ledger.close()
 
     def running_job_ids(self) -> list[str]:
-        return list(self._processes)
+        return list(self._running)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _workdir(self, job_id: str) -> Path:
-        return self.state_dir / "jobs" / job_id / "work"
+    def workdir(self, job_id: str) -> Path:
+        """Where a job's files are: in its home once it was taken, in staging before."""
+        record = self.ledger.get(job_id)
+        if record is not None and record.home is not None:
+            return self.supervisors.home(record.home).work(job_id)
+        return self.supervisors.staging(job_id)
 
     # Handlers (acked once their record is written; the work goes on in a task of its own).
 
@@ -121,7 +153,7 @@ class TaskRunner:
             log.info("job %s was already taken here: reporting, not running it again", command.job_id)
             if record.finished:
                 self._spawn(self._report(record, caused_by=envelope))
-            elif command.job_id in self._processes and record.pid is not None:
+            elif command.job_id in self._running and record.pid is not None:
                 await self._say(TaskRunning(job_id=command.job_id, at=time.time(), pid=record.pid), caused_by=envelope)
             return
         if record is not None and record.cancel_requested:
@@ -130,8 +162,27 @@ class TaskRunner:
             )
             self._spawn(self._report(finished, caused_by=envelope))
             return
-        self.ledger.started(command.job_id)
-        self._spawn(self._run(command, envelope))
+        refusal = self._refusal(command)
+        if refusal is not None:
+            outcome, error = refusal
+            log.warning("job %s not started: %s", command.job_id, error, extra={"job_id": command.job_id})
+            self.ledger.started(command.job_id)
+            finished = self.ledger.finished(
+                command.job_id, outcome=outcome, exit_code=None, answer_id=None, error=error
+            )
+            self._spawn(self._report(finished, caused_by=envelope))
+            return
+        home = home_name(command.user, command.privileged)
+        self.ledger.started(command.job_id, home=home, deadline=command.deadline)
+        self._spawn(self._run(command, envelope, home))
+
+    def _refusal(self, command: SubmitTask) -> tuple[JobState, str] | None:
+        if command.start_by is not None and time.time() > command.start_by:
+            return JobState.LOST, NOT_STARTED_IN_TIME
+        if "\0" in command.command:
+            return JobState.FAILED, "the command contains a NUL byte"
+        refusal = self.supervisors.refusal(command.privileged)
+        return None if refusal is None else (JobState.FAILED, refusal)
 
     async def cancel_task(self, envelope: Envelope) -> None:
         command = envelope.payload
@@ -140,9 +191,10 @@ class TaskRunner:
         if record is not None and record.finished:
             return
         self.ledger.cancel_requested(command.job_id)
-        process = self._processes.get(command.job_id)
-        if process is not None:
-            self._spawn(self._stop_group(process))
+        running = self._running.get(command.job_id)
+        if running is not None:
+            supervisor, pid = running
+            self._spawn(self._stop_group(supervisor, pid, supervisor.exit_of(command.job_id)))
         elif record is None or record.pid is None:
             # Never started here: nothing to stop, and a later SubmitTask will be refused.
             finished = self.ledger.finished(
@@ -153,7 +205,12 @@ class TaskRunner:
     async def stage_in_files(self, envelope: Envelope) -> None:
         command = envelope.payload
         assert isinstance(command, StageInFiles)
-        workdir = self._workdir(command.job_id)
+        bad = [item.name for item in command.files if not _plain_name(item.name)]
+        if bad:
+            error = f"not a plain file name: {bad[0]!r} (no '/', no '..', no NUL)"
+            await self._say(FilesStagedIn(job_id=command.job_id, ok=False, error=error), caused_by=envelope)
+            return
+        workdir = self.workdir(command.job_id)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             for item in command.files:
@@ -169,7 +226,7 @@ class TaskRunner:
     async def stage_out_file(self, envelope: Envelope) -> None:
         command = envelope.payload
         assert isinstance(command, StageOutFile)
-        workdir = self._workdir(command.job_id).resolve()
+        workdir = self.workdir(command.job_id).resolve()
         source = (workdir / command.path).resolve()
         if not source.is_relative_to(workdir) or not source.is_file():
             event = FileStagedOut(job_id=command.job_id, data_id=None, ok=False, error=f"no file {command.path!r}")
@@ -185,7 +242,7 @@ class TaskRunner:
 
     # The life of one task.
 
-    async def _run(self, command: SubmitTask, envelope: Envelope) -> None:
+    async def _run(self, command: SubmitTask, envelope: Envelope, home: str) -> None:
         """Accept, run, stage the answer out, report.
 
         Messages are spent only on what someone could see: a task that starts at once is not
@@ -193,33 +250,39 @@ class TaskRunner:
         task that ends within ``report_window`` is reported once, completed, with both earlier times.
         """
         job_id = command.job_id
-        job_dir = self.state_dir / "jobs" / job_id
-        workdir = job_dir / "work"
-        workdir.mkdir(parents=True, exist_ok=True)
-        stdout, stderr = job_dir / "stdout", job_dir / "stderr"
         accepted_at: float | None = time.time()
         if self._slots.locked():  # it has to wait for a free slot: say it is accepted meanwhile
             await self._say_eventually(TaskAccepted(job_id=job_id, at=accepted_at), envelope)
             accepted_at = None
         started_at: float | None = None
+        ended: Ended | None = None
         error: str | None = None
-        exit_code: int | None = None
         async with self._slots:
-            with stdout.open("wb") as out, stderr.open("wb") as err:
-                try:
-                    process = await asyncio.create_subprocess_exec(
-                        "/bin/sh", "-c", command.command,
-                        cwd=workdir, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-                        env=_job_environment(job_id, workdir), start_new_session=True,
-                    )  # fmt: skip
-                except OSError as failure:
-                    process = None
-                    error = f"could not start /bin/sh: {failure}"
-            if process is not None:
+            record = self.ledger.get(job_id)
+            if record is not None and record.finished:  # cancelled while it waited
+                return
+            if command.start_by is not None and time.time() > command.start_by:
+                finished = self.ledger.finished(
+                    job_id, outcome=JobState.LOST, exit_code=None, answer_id=None, error=NOT_STARTED_IN_TIME
+                )
+                await self._report(finished, caused_by=envelope)
+                return
+            supervisor = self.supervisors.supervisor(home)
+            try:
+                await supervisor.connect(start=True)
+                workdir = self.supervisors.prepare_workdir(home, job_id)
+                supervisor.exit_of(job_id)  # before it can end
+                env = self.supervisors.job_environment(home, job_id, workdir)
+                argv = ["/bin/sh", "-c", command.command]
+                pid = await supervisor.run(job_id, argv, env, job_limits(self.options.limits))
+            except (LaunchError, LauncherGone, OSError) as failure:
+                error = str(failure)
+                supervisor.forget(job_id)
+            else:
                 started_at = time.time()
-                self._processes[job_id] = process
-                self.ledger.spawned(job_id, process.pid)
-                running = TaskRunning(job_id=job_id, at=started_at, pid=process.pid, accepted_at=accepted_at)
+                self._running[job_id] = (supervisor, pid)
+                self.ledger.spawned(job_id, pid)
+                running = TaskRunning(job_id=job_id, at=started_at, pid=pid, accepted_at=accepted_at)
                 reporting = asyncio.Event()
 
                 async def report_running() -> None:
@@ -228,29 +291,85 @@ class TaskRunner:
                     await self._say_eventually(running, envelope)
 
                 reporter = asyncio.ensure_future(report_running())
-                exit_code, error = await self._wait(process, command.deadline)
-                self._processes.pop(job_id, None)
+                ended, error = await self._wait(supervisor, job_id, pid, command.deadline)
                 if reporting.is_set():
                     await reporter
                     accepted_at = started_at = None  # both said already
                 else:
                     reporter.cancel()
+        times = {"accepted_at": accepted_at, "started_at": started_at}
+        await self._finish(job_id, home, ended, error, caused_by=envelope, **times)
+
+    async def _adopt(self, record: TaskRecord) -> None:
+        """A job the previous agent handed to a launcher: wait for it if it runs, report it if it ended."""
+        assert record.home is not None
+        job_id, home = record.job_id, self.supervisors.home(record.home)
+        ended = _read_exit(home.run(job_id, "exit"))
+        if ended is None:
+            supervisor = self.supervisors.supervisor(record.home)
+            with contextlib.suppress(LauncherGone):
+                if await supervisor.connect(start=False):
+                    supervisor.exit_of(job_id)
+                    running = await supervisor.running()
+                    if job_id in running:
+                        log.info("job %s still runs: adopted", job_id, extra={"job_id": job_id})
+                        self._running[job_id] = (supervisor, running[job_id])
+                        ended, error = await self._wait(supervisor, job_id, running[job_id], record.deadline)
+                        await self._finish(job_id, record.home, ended, error)
+                        return
+                    supervisor.forget(job_id)
+            ended = _read_exit(home.run(job_id, "exit"))  # it may have ended while we asked
+        if ended is not None:
+            await self._finish(job_id, record.home, ended, None)
+            return
+        ran = home.run(job_id, "out").exists()  # created by the launcher before it forks
+        if record.pid is not None:
+            _kill_leftover(record)
+        error = "its sandbox ended while it ran (killed, or the host restarted)" if ran else None
+        await self._finish(job_id, record.home, None, error or "the agent restarted before it ran", lost=True)
+
+    async def _finish(
+        self,
+        job_id: str,
+        home_name_: str,
+        ended: Ended | None,
+        error: str | None,
+        *,
+        lost: bool = False,
+        accepted_at: float | None = None,
+        started_at: float | None = None,
+        caused_by: Envelope | None = None,
+    ) -> None:
+        self._running.pop(job_id, None)
+        home = self.supervisors.home(home_name_)
+        stdout, stderr, exit_file = (home.run(job_id, suffix) for suffix in ("out", "err", "exit"))
+        exit_code = None if ended is None else os.waitstatus_to_exitcode(ended["status"])
+        if ended is not None and error is None:
+            error = _limit_error(ended, exit_code, self.options.limits)
         record = self.ledger.get(job_id)
-        if record is not None and record.cancel_requested:
+        if lost:
+            outcome = JobState.LOST
+        elif record is not None and record.cancel_requested:
             outcome, error = JobState.CANCELLED, error or "cancelled"
-        elif error is not None:
-            outcome = JobState.CANCELLED if error == "ttl ran out" else JobState.FAILED
+        elif error is not None and ended is None:
+            outcome = JobState.FAILED
+        elif error == "ttl ran out":
+            outcome = JobState.CANCELLED
         else:
-            outcome = JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
-        answer_id, answer = None, _small_answer(exit_code, stdout, stderr)
-        if answer is None:  # too big to travel in a message: stage it out over HTTP
-            try:
-                answer_id = await self._data.upload(
-                    answer_chunks(exit_code, stdout, stderr), name=f"answer-{job_id}.json", job_id=job_id
-                )
-            except DataClientError as failure:
-                log.error("answer of job %s not staged out: %s", job_id, failure, extra={"job_id": job_id})
-                error = error or f"answer not stored: {failure}"
+            outcome = JobState.SUCCEEDED if exit_code == 0 and error is None else JobState.FAILED
+        answer_id, answer = None, None
+        if ended is not None and stdout.exists() and stderr.exists():
+            answer = _small_answer(exit_code, stdout, stderr)
+            if answer is None:  # too big to travel in a message: stage it out over HTTP
+                try:
+                    answer_id = await self._data.upload(
+                        answer_chunks(exit_code, stdout, stderr), name=f"answer-{job_id}.json", job_id=job_id
+                    )
+                except DataClientError as failure:
+                    log.error("answer of job %s not staged out: %s", job_id, failure, extra={"job_id": job_id})
+                    error = error or f"answer not stored: {failure}"
+            if outcome is JobState.FAILED and error is None and "as" in self.options.limits and answer:
+                error = _memory_error(answer, self.options.limits["as"])
         finished = self.ledger.finished(
             job_id,
             outcome=outcome,
@@ -261,45 +380,55 @@ class TaskRunner:
             started_at=started_at,
             answer=answer,
         )
-        await self._report(finished, caused_by=envelope)
-        stdout.unlink(missing_ok=True)
-        stderr.unlink(missing_ok=True)
+        await self._report(finished, caused_by=caused_by)
+        for path in (stdout, stderr, exit_file):
+            path.unlink(missing_ok=True)
+        self._ended.append((time.time(), home.work(job_id)))
+        self._purge_due(time.time() - self.options.workdir_retention)
 
-    async def _wait(self, process: asyncio.subprocess.Process, deadline: float | None) -> tuple[int | None, str | None]:
+    async def _wait(
+        self, supervisor: Supervisor, job_id: str, pid: int, deadline: float | None
+    ) -> tuple[Ended | None, str | None]:
+        exited = supervisor.exit_of(job_id)
         timeout = None if deadline is None else max(0.0, deadline - time.time())
         try:
-            code = await asyncio.wait_for(asyncio.shield(process.wait()), timeout)
+            return await asyncio.wait_for(asyncio.shield(exited), timeout), None
         except TimeoutError:
-            await self._stop_group(process)
-            return process.returncode, "ttl ran out"
-        return code, None
+            return await self._stop_group(supervisor, pid, exited), "ttl ran out"
+        except LauncherGone as gone:
+            ended = _read_exit(supervisor.home.run(job_id, "exit"))
+            return ended, None if ended else f"{gone} while it ran: it ended with it"
+        finally:
+            supervisor.forget(job_id)
 
-    async def _stop_group(self, process: asyncio.subprocess.Process) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+    async def _stop_group(self, supervisor: Supervisor, pid: int, exited: asyncio.Future[Ended]) -> Ended | None:
+        """SIGTERM the job's group, SIGKILL it after the grace; what it left in its group goes too."""
+        supervisor.kill(pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), self._kill_grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-        # The shell may be gone while children it left in the group live on.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+            try:
+                ended = await asyncio.wait_for(asyncio.shield(exited), self._kill_grace)
+            except TimeoutError:
+                supervisor.kill(pid, signal.SIGKILL)
+                ended = await asyncio.shield(exited)
+        except LauncherGone:
+            return None
+        supervisor.kill(pid, signal.SIGKILL)
+        return ended
 
     def purge_workdirs(self, older_than: float) -> int:
-        """Remove the working directories of finished jobs last touched before ``older_than``."""
-        removed = 0
-        jobs = self.state_dir / "jobs"
-        for job_dir in jobs.iterdir() if jobs.exists() else ():
-            record = self.ledger.get(job_dir.name)
-            if record is not None and not record.finished:
-                continue
-            with contextlib.suppress(OSError):
-                if job_dir.stat().st_mtime < older_than:
-                    shutil.rmtree(job_dir)
-                    removed += 1
-        return removed
+        """Remove the working directories of jobs ended before ``older_than``, and forget long-reported jobs."""
+        self.ledger.forget(time.time() - self.ledger.keep_reported)
+        return self._purge_due(older_than)
+
+    def _purge_due(self, older_than: float) -> int:
+        due = []
+        while self._ended and self._ended[0][0] <= older_than:
+            due.append(self._ended.popleft()[1])
+        if len(due) == 1 and self.options.workdir_retention <= 0:
+            _remove(due)  # usually an empty directory: cheaper than a thread
+        elif due:
+            self._spawn(asyncio.to_thread(_remove, due))
+        return len(due)
 
     # Reporting.
 
@@ -331,6 +460,42 @@ class TaskRunner:
         self.ledger.reported(record.job_id)
 
 
+def _plain_name(name: str) -> bool:
+    """A file name that stays in the job's directory: not empty, no '/', not '.' or '..', no NUL."""
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
+
+
+def _read_exit(path: Path) -> Ended | None:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _limit_error(ended: Ended, exit_code: int | None, limits: dict[str, int]) -> str | None:
+    """Which limit ended the job, from how it ended: SIGXCPU (or SIGKILL at the hard limit, or a shell
+    reporting its child's SIGXCPU) for CPU time, SIGXFSZ for output."""
+    cpu, fsize = limits.get("cpu"), limits.get("fsize")
+    xcpu, xfsz = int(signal.SIGXCPU), int(signal.SIGXFSZ)
+    if cpu is not None and (exit_code in (-xcpu, 128 + xcpu) or (exit_code == -signal.SIGKILL and ended["cpu"] >= cpu)):
+        return f"cpu time limit ({cpu} s) exceeded"
+    if fsize is not None and exit_code in (-xfsz, 128 + xfsz):
+        return f"output limit ({fsize} bytes) exceeded"
+    return None
+
+
+def _memory_error(answer: str, limit: int) -> str | None:
+    stderr = json.loads(answer)["stderr"]
+    if "Cannot allocate memory" in stderr or "MemoryError" in stderr or "out of memory" in stderr:
+        return f"memory limit ({limit // 2**20} MiB) exceeded"
+    return None
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _small_answer(exit_code: int | None, stdout: Path, stderr: Path) -> str | None:
     """The answer document, if it is small enough to travel inside TaskCompleted (the same JSON
     that :func:`answer_chunks` streams for a big one). Reads at most a few KiB."""
@@ -344,14 +509,6 @@ def _small_answer(exit_code: int | None, stdout: Path, stderr: Path) -> str | No
         }
     )
     return text if len(text) <= ANSWER_INLINE_LIMIT else None
-
-
-def _job_environment(job_id: str, workdir: Path) -> dict[str, str]:
-    """The agent's environment without its own secrets, plus the job's id."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYBUS_")}
-    env[JOB_ENV] = job_id
-    env["PWD"] = str(workdir)
-    return env
 
 
 def _kill_leftover(record: TaskRecord) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from schemas.jobs import (
     TaskRunning,
 )
 from services.agent.data_client import DataClientError
+from services.agent.supervisor import JobOptions
 from services.agent.tasks import TaskRunner
 from tests.e2e.harness import processes_of
 
@@ -73,8 +76,17 @@ def data() -> LocalData:
 
 
 @pytest.fixture
-async def runner(tmp_path, said, data):
-    runner = TaskRunner(tmp_path / "agent", said, data, kill_grace=0.5)  # type: ignore[arg-type]
+def options():
+    """Job options whose scratch dir a sandbox's uid can reach (pytest's tmp_path is root's alone)."""
+    scratch = Path(tempfile.mkdtemp(prefix="skybus-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    scratch.chmod(0o711)
+    yield JobOptions(scratch_dir=scratch, workdir_retention=60.0)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture
+async def runner(tmp_path, said, data, options):
+    runner = TaskRunner(tmp_path / "agent", said, data, kill_grace=0.5, options=options)  # type: ignore[arg-type]
     yield runner
     await runner.stop()
 
@@ -121,8 +133,8 @@ async def test_a_longer_task_reports_running_once_then_its_outcome(runner, said)
     assert said.events.index(running) < said.events.index(done)
 
 
-async def test_a_task_over_the_parallel_limit_is_accepted_then_waits(tmp_path, said, data) -> None:
-    runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1)  # type: ignore[arg-type]
+async def test_a_task_over_the_parallel_limit_is_accepted_then_waits(tmp_path, said, data, options) -> None:
+    runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1, options=options)  # type: ignore[arg-type]
     await runner.submit_task(submit("first", "sleep 0.3"))
     await runner.submit_task(submit("second", "true"))
     second = await completed(said, "second")
@@ -132,12 +144,12 @@ async def test_a_task_over_the_parallel_limit_is_accepted_then_waits(tmp_path, s
     await runner.stop()
 
 
-async def test_the_ledger_survives_a_restart(tmp_path, said, data) -> None:
-    first = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+async def test_the_ledger_survives_a_restart(tmp_path, said, data, options) -> None:
+    first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     await first.submit_task(submit("j1", "true"))
     await completed(said, "j1")
     await first.stop()
-    second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    second = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     await second.submit_task(submit("j1", "true"))
     await asyncio.sleep(0.2)
     assert second.ledger.ran() == ["j1"] and len(said.of(TaskCompleted, "j1")) == 2
@@ -178,21 +190,21 @@ async def test_cancel_before_submit_refuses_the_task(runner, said) -> None:
     await runner.submit_task(submit("j5", "touch ran"))
     await asyncio.sleep(0.2)
     assert said.of(TaskRunning, "j5") == [] and len(said.of(TaskCompleted, "j5")) == 2
-    assert not (runner.state_dir / "jobs" / "j5" / "work" / "ran").exists()
+    assert not (runner.workdir("j5") / "ran").exists()
 
 
-async def test_a_restart_kills_and_reports_what_the_dead_agent_ran(tmp_path, said, data) -> None:
+async def test_a_restart_kills_and_reports_what_the_dead_agent_ran(tmp_path, said, data, options) -> None:
     orphan = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"],
         env={**os.environ, "SKYBUS_JOB_ID": "j6"},
         start_new_session=True,
     )
-    first = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     first.ledger.started("j6")
     first.ledger.spawned("j6", orphan.pid)
     first.ledger.close()  # the agent dies here
 
-    second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    second = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     await second.recover()
     done = await completed(said, "j6")
     assert done.outcome is JobState.LOST and "restarted" in done.error
@@ -242,14 +254,14 @@ def _small_answer_of(out: str, err: str) -> str:
     return _small_answer(0, folder / "o", folder / "e")
 
 
-async def test_the_ledger_is_compacted_at_start_and_still_refuses_a_rerun(tmp_path, said, data) -> None:
-    first = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+async def test_the_ledger_is_compacted_at_start_and_still_refuses_a_rerun(tmp_path, said, data, options) -> None:
+    first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     for n in range(5):
         await first.submit_task(submit(f"c{n}", "echo answer"))
         await completed(said, f"c{n}")
     await first.stop()
     before = (tmp_path / "agent" / "ledger.jsonl").read_text().count("\n")
-    second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    second = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     lines = (tmp_path / "agent" / "ledger.jsonl").read_text().splitlines()
     assert len(lines) == 5 < before and all('"answer": null' in line for line in lines)
     await second.submit_task(submit("c0", "echo again"))
@@ -264,23 +276,23 @@ async def test_the_ledger_is_compacted_at_start_and_still_refuses_a_rerun(tmp_pa
     forgetful.close()
 
 
-async def test_a_task_redelivered_while_it_waits_for_a_slot_is_not_run_twice(tmp_path, said, data) -> None:
-    runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1)  # type: ignore[arg-type]
+async def test_a_task_redelivered_while_it_waits_for_a_slot_is_not_run_twice(tmp_path, said, data, options) -> None:
+    runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1, options=options)  # type: ignore[arg-type]
     await runner.submit_task(submit("busy", "sleep 0.3"))
     await runner.submit_task(submit("waits", "echo once >> ../../once.txt"))
     await runner.submit_task(submit("waits", "echo once >> ../../once.txt"))  # redelivered while waiting
     await completed(said, "waits")
     await asyncio.sleep(0.1)
-    assert (tmp_path / "agent" / "jobs" / "once.txt").read_text() == "once\n"
+    assert (runner.supervisors.home("u-anonymous").root / "once.txt").read_text() == "once\n"
     assert len(said.of(TaskCompleted, "waits")) == 1
     await runner.stop()
 
 
-async def test_a_restart_reports_lost_what_was_waiting_for_a_slot(tmp_path, said, data) -> None:
-    first = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+async def test_a_restart_reports_lost_what_was_waiting_for_a_slot(tmp_path, said, data, options) -> None:
+    first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     first.ledger.started("queued")  # taken, never spawned: the agent died while it waited
     first.ledger.close()
-    second = TaskRunner(tmp_path / "agent", said, data)  # type: ignore[arg-type]
+    second = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     await second.recover()
     done = await completed(said, "queued")
     assert done.outcome is JobState.LOST and "before it ran" in done.error

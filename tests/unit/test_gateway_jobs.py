@@ -93,6 +93,7 @@ async def test_run_returns_201_with_a_job_id_and_job_info_shows_it(api: Api) -> 
         ({"command": "x", "binary": "nope"}, "binary: Value error, must be a UUID"),
         ({"command": "x", "input_files": ["nope"]}, "input_files.0: Value error, must be a UUID"),
         ({"command": "x", "extra": 1}, "extra: Extra inputs are not permitted"),
+        ({"command": "echo \u0000"}, "command: Value error, must not contain a NUL byte"),
     ],
 )
 async def test_run_rejects_bad_bodies(api: Api, body: dict, fragment: str) -> None:
