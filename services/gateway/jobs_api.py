@@ -131,6 +131,8 @@ def idempotent_job_id(request: web.Request) -> str | None:
 @documented(body=RunJobBody, response=JobCreated, status=201, summary="Run a command on a host")
 async def run_job(request: web.Request) -> web.Response:
     body = await parse_body(request, RunJobBody)
+    if body.privileged and not caller(request).admin:
+        raise ApiError(403, "only an admin may run a privileged (unsandboxed) job")
     await check_files(request, body)
     resource_id = await pinned_host(request, body)
     job_id = idempotent_job_id(request)
@@ -142,6 +144,7 @@ async def run_job(request: web.Request) -> web.Response:
         input_files=body.input_files,
         ttl=body.ttl,
         resource_id=resource_id,
+        privileged=body.privileged,
     )
     if job_id is None:
         await publish_command(request, command)  # the job manager stores it; a read waits for it (load_job)

@@ -38,6 +38,7 @@ def new_job(
     pinned_resource: str | None,
     now: float,
     origin: str | None = None,
+    privileged: bool = False,
 ) -> Job:
     return {
         "id": job_id,
@@ -49,6 +50,7 @@ def new_job(
         "expires_at": None if ttl is None else now + ttl,
         "pinned_resource": pinned_resource,
         "origin": origin,
+        "privileged": privileged,
         "resource_id": None,
         "state": JobState.PENDING.value,
         "history": [{"state": JobState.PENDING.value, "at": now}],

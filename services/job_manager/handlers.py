@@ -157,6 +157,7 @@ class JobManager:
             pinned_resource=command.resource_id,
             now=self.clock(),
             origin=command.origin,
+            privileged=command.privileged,
         )
         if command.resource_id and self.hosts.was_deleted(command.resource_id):
             job.update(domain.advance(job, JobState.LOST, job["created_at"], error="its host was deleted") or {})
@@ -395,7 +396,14 @@ class JobManager:
     async def _submit(self, job: dict[str, Any], cause: Envelope | None) -> None:
         """Straight to the agent's own queue: this manager's view says its host takes jobs (the
         refusal seed 000 asks of the proxy, made without a hop)."""
-        command = SubmitTask(job_id=job["id"], command=job["command"], deadline=job["expires_at"])
+        command = SubmitTask(
+            job_id=job["id"],
+            command=job["command"],
+            deadline=job["expires_at"],
+            start_by=job.get("start_by"),
+            user=job["user"],
+            privileged=job.get("privileged", False),
+        )
         await self._to_agent(command, cause, job)
 
     async def _to_agent(self, command: WireModel, cause: Envelope | None, job: dict[str, Any]) -> None:

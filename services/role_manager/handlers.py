@@ -223,6 +223,7 @@ class RoleManager:
             command=domain.script_command(role, change, entry["version"]),
             resource_id=host["id"],
             origin=SENDER,
+            privileged=True,  # role scripts install packages: they run as the agent's user, unsandboxed
         )
         if cause is None:
             ask = Envelope(command, sender=SENDER, correlation_id=entry["job_id"], resource_id=host["id"])
