@@ -84,7 +84,11 @@ class Topology:
         proxy. Host transitions come on a broadcast queue of each copy: see :meth:`host_changes`."""
         return QueueSpec(
             self.queue_name("job-manager", "events"),
-            (Binding(self.agent_events, "*.task.*"), Binding(self.events, "agent.command_refused")),
+            (
+                Binding(self.agent_events, "*.task.*"),
+                Binding(self.events, "agent.command_refused"),
+                Binding(self.events, "job.staging_refused"),
+            ),
             prefetch=64,
         )
 

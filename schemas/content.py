@@ -150,19 +150,6 @@ class StoreData(WireModel):
     granted_to: tuple[str, ...] = ()
 
 
-class StoreInlineData(WireModel):
-    """Commit a small data file whose bytes travel in the command (a job's answer): the manager
-    writes the blob itself. Safe to repeat: the item id is fixed by whoever sends it."""
-
-    message_type: ClassVar[str] = "data.store_inline"
-
-    item_id: str
-    owner: str
-    name: str | None
-    content: str = Field(max_length=256 * 1024)
-    granted_to: tuple[str, ...] = ()
-
-
 class GrantData(WireModel):
     """Let the agent of ``resource_id`` read these items (the job manager staging a job's files).
 
@@ -176,27 +163,11 @@ class GrantData(WireModel):
     owner: str | None = None
 
 
-class TransferData(WireModel):
-    """Give items to another owner (an agent's answer to the user whose job made it).
-
-    When ``from_owner`` is given every item must belong to it (or already to ``owner``), or nothing
-    is transferred (403).
-    """
-
-    message_type: ClassVar[str] = "data.transfer"
-
-    item_ids: ItemIds
-    owner: str
-    from_owner: str | None = None
-
-
 CONTENT_MESSAGES: tuple[type[WireModel], ...] = (
     StoreContent,
     ReplaceContent,
     PatchContent,
     DeleteContent,
     StoreData,
-    StoreInlineData,
     GrantData,
-    TransferData,
 )

@@ -200,16 +200,7 @@ class CancelTask(WireModel):
     reason: str = "cancelled"
 
 
-class StageOutFile(WireModel):
-    message_type: ClassVar[str] = "agent.stage_out_file"
-
-    job_id: str
-    path: str
-    """Relative to the job's working directory."""
-    data_id: str
-
-
-AGENT_COMMANDS: tuple[type[WireModel], ...] = (StageInFiles, SubmitTask, CancelTask, StageOutFile)
+AGENT_COMMANDS: tuple[type[WireModel], ...] = (StageInFiles, SubmitTask, CancelTask)
 
 
 # Seed 000's proxy methods: events agents send, republished once their signature checks out.
@@ -257,15 +248,6 @@ class TaskCompleted(WireModel):
     """A small answer travels here instead of being uploaded; the job manager has it stored."""
 
 
-class FileStagedOut(WireModel):
-    message_type: ClassVar[str] = "task.file_staged_out"
-
-    job_id: str
-    data_id: str | None
-    ok: bool
-    error: str | None = None
-
-
 class JobFinished(WireModel):
     """A job that has an ``origin`` ended: for the manager that asked for it."""
 
@@ -277,6 +259,15 @@ class JobFinished(WireModel):
     exit_code: int | None = None
     answer_id: str | None = None
     error: str | None = None
+
+
+class StagingRefused(WireModel):
+    """The data manager did not stage a job's files (an unknown id, another user's file): the job fails."""
+
+    message_type: ClassVar[str] = "job.staging_refused"
+
+    job_id: str
+    error: str
 
 
 class JobChanged(WireModel):
@@ -315,8 +306,8 @@ JOB_MESSAGES: tuple[type[WireModel], ...] = (
     TaskAccepted,
     TaskRunning,
     TaskCompleted,
-    FileStagedOut,
     AgentCommandRefused,
     JobFinished,
     JobChanged,
+    StagingRefused,
 )

@@ -40,10 +40,8 @@ from schemas.jobs import (
     ANSWER_INLINE_LIMIT,
     CancelTask,
     FilesStagedIn,
-    FileStagedOut,
     JobState,
     StageInFiles,
-    StageOutFile,
     SubmitTask,
     TaskAccepted,
     TaskCompleted,
@@ -222,23 +220,6 @@ class TaskRunner:
             await self._say(FilesStagedIn(job_id=command.job_id, ok=False, error=str(error)), caused_by=envelope)
             return
         await self._say(FilesStagedIn(job_id=command.job_id, ok=True), caused_by=envelope)
-
-    async def stage_out_file(self, envelope: Envelope) -> None:
-        command = envelope.payload
-        assert isinstance(command, StageOutFile)
-        workdir = self.workdir(command.job_id).resolve()
-        source = (workdir / command.path).resolve()
-        if not source.is_relative_to(workdir) or not source.is_file():
-            event = FileStagedOut(job_id=command.job_id, data_id=None, ok=False, error=f"no file {command.path!r}")
-            await self._say(event, caused_by=envelope)
-            return
-        try:
-            data_id = await self._data.upload(_file_chunks(source), name=source.name, job_id=command.job_id)
-        except DataClientError as error:
-            event = FileStagedOut(job_id=command.job_id, data_id=None, ok=False, error=str(error))
-        else:
-            event = FileStagedOut(job_id=command.job_id, data_id=data_id, ok=True)
-        await self._say(event, caused_by=envelope)
 
     # The life of one task.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,9 @@ from schemas.content import (
     ResourceSettings,
     StoreContent,
     StoreData,
-    StoreInlineData,
-    TransferData,
 )
 from schemas.content_rules import UNKNOWN, ContentError, patched
-from schemas.jobs import FilesStagedIn, StagedFile, StageInFiles, StageJobFiles
+from schemas.jobs import StagedFile, StageInFiles, StageJobFiles, StagingRefused
 from services.content_manager import domain
 from services.content_manager.cleanup import Cleanup, collect_orphans
 from services.content_manager.domain import DATA, RESOURCE
@@ -80,9 +78,7 @@ class ContentManager:
         router.add(PatchContent, self.patch_content)
         router.add(DeleteContent, self.delete_content)
         router.add(StoreData, self.store_data)
-        router.add(StoreInlineData, self.store_inline_data)
         router.add(GrantData, self.grant_data)
-        router.add(TransferData, self.transfer_data)
         router.add(StageJobFiles, self.stage_job_files)
         return router
 
@@ -118,36 +114,6 @@ class ContentManager:
             granted_to=command.granted_to,
         )
         return await self._insert(document, command.blob)
-
-    async def store_inline_data(self, envelope: Envelope) -> WireModel:
-        """Store a small item whose bytes came in the command. The manager writes the blob itself,
-        so there is no claim to check; a twin or a redelivery that loses the insert drops its blob."""
-        command = envelope.payload
-        assert isinstance(command, StoreInlineData)
-        if await self.contents.get(command.item_id) is not None or await self._was_deleted(command.item_id):
-            return Accepted(id=command.item_id)  # a redelivery
-        content = command.content.encode()
-
-        async def chunks() -> AsyncIterator[bytes]:
-            yield content
-
-        stored = await self.blobs.put(chunks())
-        blob = BlobRef(blob_id=stored.id, size=stored.size, sha256=stored.sha256)
-        document = domain.new_item(
-            item_id=command.item_id,
-            kind=DATA,
-            owner=command.owner,
-            name=command.name,
-            blob=blob,
-            message_id=envelope.message_id,
-            now=self.clock(),
-            granted_to=command.granted_to,
-        )
-        try:
-            await self.contents.insert(document)
-        except DuplicateKey:
-            await self._release(blob.blob_id)  # a twin stored it first
-        return Accepted(id=command.item_id)
 
     async def replace_content(self, envelope: Envelope) -> WireModel:
         command = envelope.payload
@@ -198,27 +164,16 @@ class ContentManager:
         await self._grant(documents, command.resource_id)
         return Accepted()
 
-    async def transfer_data(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, TransferData)
-        documents, refusal = await self._load_all(command.item_ids, owner=command.from_owner, or_owner=command.owner)
-        if refusal is not None:
-            return refusal
-        for document in documents:
-            await self._set(document, "owner", lambda d: command.owner if d["owner"] != command.owner else None)
-        log.info("gave %d items to %s", len(documents), command.owner)
-        return Accepted()
-
     async def stage_job_files(self, envelope: Envelope) -> None:
         """The job manager's request to put a job's files on its host: grant the host's agent the
         files, then ask the agent (through the resource manager, seed 000's proxy) to stage them in.
-        An unknown file fails the staging at once with a ``FilesStagedIn`` that says which."""
+        An unknown file fails the staging at once with a ``StagingRefused`` that says which."""
         command = envelope.payload
         assert isinstance(command, StageJobFiles)
         assert self.bus is not None and self.topology is not None
         documents, refusal = await self._load_all(tuple(command.data_ids), owner=None)
         if refusal is not None:
-            failed = FilesStagedIn(job_id=command.job_id, ok=False, error=refusal.error)
+            failed = StagingRefused(job_id=command.job_id, error=refusal.error)
             await self.bus.publish(
                 self.topology.events, envelope.caused(failed, sender=SENDER, resource_id=command.resource_id)
             )

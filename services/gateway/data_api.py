@@ -9,6 +9,7 @@ Errors are ``{"error": ...}``.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from aiohttp import BodyPartReader, web
@@ -40,7 +41,8 @@ async def load_item(request: web.Request, *, to_change: bool = False) -> Content
     item_id = parse_uuid(request.match_info["item_id"], "data id")
     document = await contents.get_item(request.app[STORE], item_id)
     if document is None:
-        raise ApiError(404, f"data {item_id} not found")
+        answer = await load_answer(request, item_id)
+        raise AnswerFound(answer)
     principal = caller(request)
     allowed = (
         document.may_change(user=principal.user, admin=principal.admin)
@@ -50,6 +52,41 @@ async def load_item(request: web.Request, *, to_change: bool = False) -> Content
     if not allowed:
         raise ApiError(403, f"data {item_id} belongs to another user")
     return document
+
+
+class AnswerFound(Exception):
+    """The id is no data item but a job's small answer, kept in the job's record."""
+
+    def __init__(self, answer: jobs.JobAnswer) -> None:
+        self.answer = answer
+
+
+async def load_answer(request: web.Request, answer_id: str) -> jobs.JobAnswer:
+    """A job's small answer, for its user (or an admin): the answer id of ``job_info`` works as a data id."""
+    answer = await jobs.answer_by_id(request.app[STORE], answer_id)
+    if answer is None:
+        raise ApiError(404, f"data {answer_id} not found")
+    principal = caller(request)
+    if not principal.admin and principal.user != answer.user:
+        raise ApiError(403, f"data {answer_id} belongs to another user")
+    return answer
+
+
+def answer_info(answer: jobs.JobAnswer) -> DataInfo:
+    body = answer.text.encode()
+    at = iso(answer.at) or ""
+    return DataInfo(
+        id=answer.answer_id,
+        kind="data",
+        name=f"answer-{answer.job_id}.json",
+        path=None,
+        size=len(body),
+        sha256=hashlib.sha256(body).hexdigest(),
+        owner=answer.user,
+        granted_to=[],
+        created_at=at,
+        updated_at=at,
+    )
 
 
 def data_info(document: ContentRecord) -> DataInfo:
@@ -115,18 +152,29 @@ async def download_data(request: web.Request) -> web.StreamResponse:
     def headers(document: ContentRecord) -> dict[str, str]:
         return {"Content-Type": "application/octet-stream"}
 
-    return await stream_item(request, lambda: load_item(request), headers)
+    try:
+        return await stream_item(request, lambda: load_item(request), headers)
+    except AnswerFound as found:
+        return web.Response(body=found.answer.text.encode(), content_type="application/octet-stream")
 
 
 @routes.get("/api/data/{item_id}/info")
 @documented(response=DataInfo, summary="What is stored under an id")
 async def data_info_route(request: web.Request) -> web.Response:
-    return web.json_response(data_info(await load_item(request)).model_dump())
+    try:
+        return web.json_response(data_info(await load_item(request)).model_dump())
+    except AnswerFound as found:
+        return web.json_response(answer_info(found.answer).model_dump())
 
 
 @routes.delete("/api/data/{item_id}")
 @documented(response=DataId, summary="Delete a data file (any stored item) by id")
 async def delete_data(request: web.Request) -> web.Response:
-    document = await load_item(request, to_change=True)
+    try:
+        document = await load_item(request, to_change=True)
+    except AnswerFound as found:
+        raise ApiError(
+            409, f"this is the answer of job {found.answer.job_id}: it goes with its job (DELETE /api/job/delete)"
+        ) from None
     await send_command(request, DeleteContent(item_id=document.id))
     return web.json_response(DataId(id=document.id).model_dump())

@@ -43,6 +43,7 @@ from schemas.jobs import (
     JobState,
     RunJob,
     StageJobFiles,
+    StagingRefused,
     SubmitTask,
     TaskAccepted,
     TaskCompleted,
@@ -102,6 +103,7 @@ class JobManager:
         router.add(TaskRunning, self._serialized(self.task_running))
         router.add(TaskCompleted, self._serialized(self.task_completed))
         router.add(AgentCommandRefused, self._serialized(self.command_refused))
+        router.add(StagingRefused, self._serialized(self.staging_refused))
         return router
 
     def host_router(self) -> Router:
@@ -274,6 +276,14 @@ class JobManager:
             fields["started_at"] = event.started_at
         earlier = [(JobState.ACCEPTED, event.accepted_at), (JobState.RUNNING, event.started_at)]
         await self._finish(job, outcome, at=event.at, earlier=earlier, cause=envelope, **fields)
+
+    async def staging_refused(self, envelope: Envelope) -> None:
+        """The data manager could not stage the job's files: nothing will run it."""
+        event = envelope.payload
+        assert isinstance(event, StagingRefused)
+        job = await self.jobs.get(event.job_id)
+        if job is not None and domain.state_of(job) is JobState.STAGING:
+            await self._finish(job, JobState.FAILED, error=f"staging files failed: {event.error}", cause=envelope)
 
     async def command_refused(self, envelope: Envelope) -> None:
         event = envelope.payload

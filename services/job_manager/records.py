@@ -110,10 +110,21 @@ async def find_jobs(
     return Page([JobRecord.from_document(document) for document in page.items], page.next_cursor)
 
 
-async def ended_or_gone(store: DocumentStore, job_ids: Sequence[str]) -> list[str]:
-    """Which of ``job_ids`` ended or were deleted. Only those documents come back: most asked-about
-    jobs are still running, and theirs are neither read out of the store nor parsed."""
-    jobs = store.collection(JOBS)
-    ended = await jobs.find({"id": {"$in": list(job_ids)}, "state": {"$in": _ENDED}}, limit=len(job_ids))
-    gone = await jobs.find({"id": {"$in": list(job_ids)}, "deleted": True}, limit=len(job_ids))
-    return [job["id"] for job in [*ended.items, *gone.items]]
+@dataclass(frozen=True, slots=True)
+class JobAnswer:
+    """A small answer, kept in its job's record under the job's ``answer_id`` (a big one is a data item)."""
+
+    answer_id: str
+    job_id: str
+    user: str
+    text: str
+    at: float
+
+
+async def answer_by_id(store: DocumentStore, answer_id: str) -> JobAnswer | None:
+    """The answer kept with a job under ``answer_id``, if that is where it is (gone with its job)."""
+    document = await store.collection(JOBS).find_one({"answer_id": answer_id})
+    if document is None or document.get("answer") is None:
+        return None
+    at = document.get("finished_at") or document["created_at"]
+    return JobAnswer(answer_id, document["id"], document["user"], document["answer"], at)

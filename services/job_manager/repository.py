@@ -17,6 +17,7 @@ async def jobs_collection(store: DocumentStore) -> Collection:
     await jobs.create_index(["state", "created_at"])
     await jobs.create_index(["resource_id", "state"])
     await jobs.create_index(["expires_at"])
+    await jobs.create_index(["answer_id"])  # a small answer is read by its id (records.answer_by_id)
     return jobs
 
 

@@ -105,7 +105,6 @@ class ResourceManager:
             document = await self.resources.insert(document)
         except DuplicateKey:
             return await self._registered_before(command, envelope)
-        self._remember(document)
         await self._tell(document, "registered", envelope)
         how = "joined (unauthorized)" if command.joined else f"registered for {command.user}"
         log.info("resource %s (%s) %s", command.resource_id, command.hostname, how)

@@ -26,10 +26,8 @@ from schemas.content import (
     ResourceSettingsPatch,
     StoreContent,
     StoreData,
-    StoreInlineData,
-    TransferData,
 )
-from schemas.jobs import FilesStagedIn, StagedFile, StageInFiles, StageJobFiles
+from schemas.jobs import StagedFile, StageInFiles, StageJobFiles, StagingRefused
 from schemas.registry import all_message_types
 from services.content_manager.handlers import ContentManager
 from services.content_manager.repository import contents_collection, tombstones_collection
@@ -305,18 +303,6 @@ async def test_grant_refuses_unknown_ids_and_foreign_items_and_then_grants_nothi
     assert await manager.grant_data(Envelope(GrantData(item_ids=(mine,), resource_id="h", owner="steve"))) == Accepted()
 
 
-async def test_transfer_gives_an_agents_answer_to_a_user(manager: ContentManager) -> None:
-    blob = await upload(manager)
-    answer = str(uuid.uuid4())
-    await manager.store_data(Envelope(StoreData(item_id=answer, owner="agent:h", name="answer", blob=blob)))
-    transfer = Envelope(TransferData(item_ids=(answer,), owner="steve", from_owner="agent:h"))
-    assert await manager.transfer_data(transfer) == Accepted()
-    assert await manager.transfer_data(transfer) == Accepted()  # redelivered: already steve's
-    assert (await manager.contents.get(answer))["owner"] == "steve"  # type: ignore[index]
-    theft = await manager.transfer_data(Envelope(TransferData(item_ids=(answer,), owner="eve", from_owner="agent:h")))
-    assert isinstance(theft, Rejected) and theft.status == 403
-
-
 async def test_staging_a_jobs_files_grants_them_then_asks_the_agent(manager: ContentManager) -> None:
     binary, _ = await stored(manager, "bin/tool")
     unnamed = str(uuid.uuid4())
@@ -336,7 +322,7 @@ async def test_staging_an_unknown_file_fails_the_staging_at_once(manager: Conten
     await manager.stage_job_files(Envelope(StageJobFiles(job_id="job-2", resource_id="host-1", data_ids=[missing])))
     [(exchange, sent)] = manager.bus.published  # type: ignore[attr-defined]
     assert exchange == manager.topology.events  # type: ignore[union-attr]
-    assert sent.payload == FilesStagedIn(job_id="job-2", ok=False, error=f"unknown data: {missing}")
+    assert sent.payload == StagingRefused(job_id="job-2", error=f"unknown data: {missing}")
     assert sent.resource_id == "host-1"
 
 
@@ -388,24 +374,3 @@ async def test_the_service_cleans_orphans_on_its_own(tmp_path) -> None:
         await service.stop()
         await bus.close()
         await store.close()
-
-
-async def test_an_inline_answer_is_stored_once_whatever_is_redelivered(manager: ContentManager) -> None:
-    command = Envelope(
-        StoreInlineData(
-            item_id="ans-1", owner="steve", name="answer.json", content='{"exit_code": 0}', granted_to=("h",)
-        )
-    )
-    assert await manager.store_inline_data(command) == Accepted(id="ans-1")
-    assert await manager.store_inline_data(command) == Accepted(id="ans-1")
-    item = await manager.contents.get("ans-1")
-    assert item["owner"] == "steve" and item["granted_to"] == ["h"]
-    assert await blob_ids(manager) == {item["blob_id"]}
-    assert await read(manager, item["blob_id"]) == b'{"exit_code": 0}'
-
-
-async def test_twin_managers_storing_one_inline_answer_leave_one_item_and_one_blob(manager: ContentManager) -> None:
-    command = Envelope(StoreInlineData(item_id="ans-2", owner="steve", name="a.json", content="{}"))
-    replies = await asyncio.gather(manager.store_inline_data(command), manager.store_inline_data(command))
-    assert replies == [Accepted(id="ans-2")] * 2
-    assert await blob_ids(manager) == {(await manager.contents.get("ans-2"))["blob_id"]}

@@ -10,12 +10,16 @@ import uuid
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from broker.envelope import Envelope
 from broker.memory import MemoryBus
 from broker.topology import Topology
+from schemas.jobs import JobChanged, RunJob
 from schemas.registry import all_message_types
 from services.content_manager.repository import CONTENTS
 from services.gateway.app import create_app
-from services.gateway.job_watch import JobWatcher
+from services.gateway.context import BUS, TOPOLOGY
+from services.gateway.ids import uuid7
+from services.gateway.job_watch import JobWatcher, any_change, ended, until
 from services.job_manager.service import JobManagerService
 from services.resource_manager.domain import new_resource
 from services.resource_manager.service import ResourceManagerService
@@ -245,22 +249,49 @@ async def test_every_route_is_in_the_openapi_document(api: Api) -> None:
     assert missing == []
 
 
-async def test_the_watcher_ends_a_wait_when_the_job_ends_or_is_deleted_while_it_runs(tmp_path) -> None:
-    store = await SqliteDocumentStore.open(tmp_path / "watch.db")
-    jobs = store.collection("jobs")
-    watcher = JobWatcher(store)
-    loop = asyncio.create_task(watcher.run())
-    try:
-        for job_id in ("ends", "deleted", "runs"):
-            await jobs.insert({"id": job_id, "state": "running", "deleted": False})
-        waits = {job_id: asyncio.create_task(watcher.wait(job_id, 5)) for job_id in ("ends", "deleted", "runs")}
-        await asyncio.sleep(0.05)
-        assert not any(wait.done() for wait in waits.values())
-        await jobs.update("ends", {"state": "succeeded"})
-        await jobs.update("deleted", {"deleted": True})  # cancel requested, the agent not heard yet
-        await asyncio.wait_for(asyncio.gather(waits["ends"], waits["deleted"]), 1)
-        assert not waits["runs"].done()
-        waits["runs"].cancel()
-    finally:
-        loop.cancel()
-        await store.close()
+async def test_the_watcher_is_woken_by_job_changes_only_when_a_job_ends_or_goes() -> None:
+    watcher = JobWatcher()
+
+    def change(job_id: str, state: str, deleted: bool = False) -> Envelope:
+        return Envelope(JobChanged(job_id=job_id, user="steve", state=state, at=1.0, deleted=deleted))
+
+    with (
+        watcher.watching("ends", ended) as ends,
+        watcher.watching("deleted", ended) as deleted,
+        watcher.watching("runs", ended) as runs,
+        watcher.watching("runs", any_change) as known,
+    ):
+        for event in (change("ends", "running"), change("runs", "running"), change("deleted", "running")):
+            await watcher.job_changed(event)
+        assert not any(f.done() for f in (ends, deleted, runs)) and known.result().state == "running"
+        await watcher.job_changed(change("ends", "succeeded"))
+        await watcher.job_changed(change("deleted", "running", deleted=True))  # cancel asked, the agent not heard
+        assert ends.result().state == "succeeded" and deleted.result().deleted
+        assert await until(runs, 0.05) is None
+    assert watcher._waiters == {}  # nothing left behind by waits that ended
+
+
+async def test_a_long_poll_is_answered_by_the_jobs_change_not_by_polling(api: Api) -> None:
+    job_id = await api.run()
+    started = time.monotonic()
+    waiting = asyncio.create_task(api.call("GET", f"/api/job/job_info/{job_id}?wait=10"))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await api.call("POST", "/api/job/cancel", json={"job_id": job_id})  # the job manager broadcasts the end
+    status, info = await asyncio.wait_for(waiting, 5)
+    assert status == 200 and info["state"] == "cancelled" and time.monotonic() - started < 5
+
+
+async def test_a_job_not_stored_yet_is_waited_for_not_404(api: Api) -> None:
+    job_id = uuid7()
+    reading = asyncio.create_task(api.call("GET", f"/api/job/job_info/{job_id}"))
+    await asyncio.sleep(0.2)
+    assert not reading.done()  # minted moments ago: it may still be on its way to the job manager
+    run = RunJob(job_id=job_id, user="steve", command="true")
+    await api.client.app[BUS].publish(api.client.app[TOPOLOGY].commands, Envelope(run))
+    status, info = await asyncio.wait_for(reading, 5)
+    assert status == 200 and info["job_id"] == job_id
+    status, _ = await api.call("GET", f"/api/job/job_info/{uuid7(time.time() - 60)}")
+    assert status == 404  # an id minted long ago that is nowhere is not waited for
+    status, _ = await api.call("GET", f"/api/job/job_info/{uuid.uuid4()}")
+    assert status == 404

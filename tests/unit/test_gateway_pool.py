@@ -180,8 +180,9 @@ async def test_a_node_that_is_not_responding_answers_409_at_once(pool: Pool) -> 
 
 async def test_an_agent_that_does_not_answer_is_504_within_the_timeout(pool: Pool) -> None:
     pool.set_timeout(0.5)
-    assert pool.agent._subscription is not None
-    await pool.agent._subscription.cancel()  # it heartbeats, but takes no query: a hung agent
+    assert pool.agent._subscriptions
+    for subscription in pool.agent._subscriptions:
+        await subscription.cancel()  # it heartbeats, but takes no query: a hung agent
     started = time.monotonic()
     status, body = await pool.call("GET", f"{pool.node}/mem")
     assert status == 504 and body == {"error": f"node {pool.node_id} did not answer within 0.5s"}

@@ -45,11 +45,7 @@ TOKENS = {HOST_A: new_token(), HOST_B: new_token()}
 async def manager(tmp_path):
     store = await SqliteDocumentStore.open(tmp_path / "jm.db")
     clock = Clock()
-    names = {"bin-1": "tool", "in-1": "data.txt"}
     records: dict[str, Host] = {}  # what the resource manager's records would answer
-
-    async def file_names(ids: list[str]) -> dict[str, str]:
-        return {i: names[i] for i in ids if i in names}
 
     async def read_host(resource_id: str) -> Host | None:
         return records.get(resource_id)
@@ -61,7 +57,6 @@ async def manager(tmp_path):
         bus=RecordingBus(),  # type: ignore[arg-type]
         topology=Topology("t"),
         jobs=await jobs_collection(store),
-        file_names=file_names,
         read_host=read_host,
         read_hosts=read_hosts,
         lost_timeout=30.0,
