@@ -20,6 +20,17 @@ retried on the new connection until ``publish_timeout``: a lost confirm may mean
 message, so a retry can duplicate it, as at-least-once allows. A handler runs in a task of its own,
 so a connection loss does not cut it in half: its ack fails and the broker redelivers the message.
 
+A request may ask for its reply over a topic exchange instead of direct reply-to
+(``reply_exchange``): the requester consumes an exclusive, auto-delete queue ``<ns>.replies.<id>``
+bound with ``#.reply.<id>``, and its ``reply_to`` reads ``<exchange>|reply.<id>``; the answerer
+publishes the reply there under ``<reply's resource id>.reply.<id>``.
+
+A **confined** bus (``confined=True``: an agent, whose broker user may touch only its own queues
+and keys) declares no exchange (the services did) and no dead-letter queue, retries a failed
+envelope through the exchange and routing key it came by (its queues are the only ones bound to
+its keys) rather than through the default exchange, and never answers over direct reply-to, which
+would need write on the default exchange.
+
 Publishes pending at the same time for one exchange and routing key travel as one AMQP message,
 and each envelope of it gets the outcome it would get alone: see :mod:`broker.amqp_batch`. The
 consuming side is :mod:`broker.amqp_consume`; what both halves share is :mod:`broker.amqp_wire`.
@@ -30,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +74,8 @@ from schemas.base import MessageTypes, WireModel
 log = logging.getLogger(__name__)
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# Separates the exchange from the routing key's tail in a reply address (no exchange name has one).
+REPLY_ADDRESS_SEPARATOR = "|"
 
 # The broker's own delivery limit lets a message crash its consumer this many more times than the
 # adapter lets a handler fail before it is dead-lettered without a reason of ours.
@@ -84,8 +98,12 @@ class AmqpBus:
         *,
         publish_timeout: float = 15.0,
         sender: str = "",
+        confined: bool = False,
     ) -> None:
         self.url = url
+        self.confined = confined
+        self._instance = uuid.uuid4().hex
+        self._reply_addresses: dict[str, str] = {}
         self.types = types
         self.topology = topology or Topology()
         self.publish_timeout = publish_timeout
@@ -118,6 +136,8 @@ class AmqpBus:
             await self._disconnect()
             raise BusUnavailable(f"cannot reach RabbitMQ: {error!r}") from error
         self._channel = await self._publisher.channel(publisher_confirms=True)
+        if self.confined:
+            return
         for exchange in self.topology.exchanges:
             await self._declare_exchange(exchange)
         self._dead_queue = await self._channel.declare_queue(
@@ -156,7 +176,7 @@ class AmqpBus:
                 await connection.close()
 
     async def _declare_exchange(self, name: str) -> None:
-        if name not in self._exchanges:
+        if name not in self._exchanges and not self.confined:
             await self._open_channel().declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
             self._exchanges.add(name)
 
@@ -179,12 +199,19 @@ class AmqpBus:
         await self._send(self._open_channel(), exchange, routing_key, body, properties, deadline=deadline)
 
     async def request(
-        self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
+        self,
+        exchange: str,
+        envelope: Envelope,
+        *,
+        routing_key: str | None = None,
+        timeout: float = 10.0,
+        reply_exchange: str | None = None,
     ) -> Envelope:
         channel = await self._rpc()
         key = routing_key or envelope.type
+        reply_to = DIRECT_REPLY_TO if reply_exchange is None else await self._reply_address(channel, reply_exchange)
         # The AMQP correlation id of a request is its message id: the reply carries it back.
-        properties = self._properties(envelope, correlation_id=envelope.message_id, reply_to=DIRECT_REPLY_TO)
+        properties = self._properties(envelope, correlation_id=envelope.message_id, reply_to=reply_to)
         # A request nobody took within its timeout expires in the queue rather than running late,
         # after its caller has given up (RabbitMQ dead-letters it with reason "expired").
         properties.expiration = str(max(1, int(timeout * 1000)))
@@ -234,6 +261,30 @@ class AmqpBus:
                     raise
                 self._rpc_channel = channel
         return self._rpc_channel
+
+    async def _reply_address(self, channel: AbstractRobustChannel, exchange: str) -> str:
+        """The ``reply_to`` of a request answered over ``exchange``: this bus's exclusive reply queue,
+        bound to it on the first such request (the robust channel restores both after a reconnect)."""
+        address = self._reply_addresses.get(exchange)
+        if address is not None:
+            return address
+        async with self._rpc_lock:
+            if exchange not in self._reply_addresses:
+                tail = f"reply.{self._instance}"
+                try:
+                    async with asyncio.timeout(self.publish_timeout):
+                        queue = await channel.declare_queue(
+                            self.topology.queue_name("replies", self._instance), exclusive=True, auto_delete=True
+                        )
+                        await queue.bind(exchange, f"#.{tail}")
+                        if not self._reply_addresses:
+                            await queue.consume(self._on_reply, no_ack=True)
+                except Exception as error:
+                    if isinstance(error, TimeoutError) or is_lost(error):
+                        raise BusUnavailable(f"cannot consume replies on {exchange!r}: {error!r}") from error
+                    raise
+                self._reply_addresses[exchange] = f"{exchange}{REPLY_ADDRESS_SEPARATOR}{tail}"
+        return self._reply_addresses[exchange]
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         reply = self._pending.get(message.correlation_id or "")
@@ -358,9 +409,20 @@ class AmqpBus:
     async def _reply(self, request: AbstractIncomingMessage, envelope: Envelope, payload: WireModel | Envelope) -> None:
         answer = payload if isinstance(payload, Envelope) else envelope.caused(payload, sender=self.sender)
         properties = self._properties(answer, correlation_id=request.correlation_id, persistent=False)
+        reply_to = request.reply_to or ""
+        exchange, separator, tail = reply_to.partition(REPLY_ADDRESS_SEPARATOR)
+        if reply_to.startswith(DIRECT_REPLY_TO) or not separator:
+            if self.confined:
+                log.error(
+                    "not answering %s %s over direct reply-to: this bus is confined", envelope.type, envelope.message_id
+                )
+                return
+            exchange, routing_key = "", reply_to
+        else:
+            routing_key = f"{answer.resource_id}.{tail}" if answer.resource_id else tail
         # mandatory=False: RabbitMQ 3.10 returns a mandatory message to amq.rabbitmq.reply-to even
-        # though it delivered it.
-        await self._send(self._open_channel(), "", request.reply_to or "", codec.encode(answer), properties)
+        # though it delivered it (and a reply nobody waits for any more is no error).
+        await self._send(self._open_channel(), exchange, routing_key, codec.encode(answer), properties)
 
     async def _dead_letter(
         self,
@@ -388,7 +450,11 @@ class AmqpBus:
         failed attempts so far; the caller acks the batch once all its envelopes are settled."""
         exchange, routing_key = _origin(message)
         headers = {ATTEMPTS: attempts, EXCHANGE: exchange, ROUTING_KEY: routing_key}
-        await self._send(self._open_channel(), "", queue, body, _republished(message, headers, envelope=envelope))
+        properties = _republished(message, headers, envelope=envelope)
+        if self.confined:  # no write on the default exchange; its keys reach only its own queues
+            await self._send(self._open_channel(), exchange, routing_key, body, properties)
+            return
+        await self._send(self._open_channel(), "", queue, body, properties)
 
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
         queue = self._dead_queue

@@ -153,7 +153,13 @@ class MemoryBus:
         return subscription
 
     async def request(
-        self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
+        self,
+        exchange: str,
+        envelope: Envelope,
+        *,
+        routing_key: str | None = None,
+        timeout: float = 10.0,
+        reply_exchange: str | None = None,  # in one process, every reply comes back the same way
     ) -> Envelope:
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         key = routing_key or envelope.type

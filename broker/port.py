@@ -115,12 +115,25 @@ class MessageBus(Protocol):
         """Declare ``queue`` with its bindings and consume it with ``handler``."""
 
     async def request(
-        self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
+        self,
+        exchange: str,
+        envelope: Envelope,
+        *,
+        routing_key: str | None = None,
+        timeout: float = 10.0,
+        reply_exchange: str | None = None,
     ) -> Envelope:
         """Publish a command and wait for the reply of the handler that consumes it.
 
         A request that no consumer has taken within ``timeout`` expires unhandled (and is
         dead-lettered as expired), so a caller that gave up never has its command run behind its back.
+
+        ``reply_exchange``: the reply comes back over this (topic) exchange instead of AMQP's direct
+        reply-to, published under ``<reply's resource id>.reply.<this requester>``. An answerer whose
+        broker user may write only keys that start with its own id on that exchange (an agent, on
+        ``agent-events``) can answer so, where direct reply-to would need write on the default
+        exchange, and with it every queue by name. Anyone who may write there can also send a reply:
+        the requester checks who signed it.
         """
 
     async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:

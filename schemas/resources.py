@@ -106,6 +106,10 @@ class RegisterResource(WireModel):
     verify_key: str
     authorized: bool = True
     joined: bool = False
+    broker_password_hash: str | None = None
+    """RabbitMQ's hash (``rabbit_password_hashing_sha256``) of the agent's broker password, which
+    is derived from its token: the resource manager provisions the agent's own broker user with it.
+    None from an older gateway: no user is provisioned."""
 
 
 class AuthorizeResource(WireModel):

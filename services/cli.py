@@ -35,7 +35,7 @@ from services.tokens import (
     join_tokens_collection,
     tokens_collection,
 )
-from services.wiring import make_bus, make_topology
+from services.wiring import make_agent_bus, make_bus, make_topology
 
 log = logging.getLogger("skybus")
 
@@ -211,7 +211,7 @@ def agent(
             await check_agent_token(settings)
             assert settings.resource_id and settings.token
             resource_id, token = settings.resource_id, settings.token
-        bus = make_bus(settings, sender=f"agent:{resource_id}")
+        bus = make_agent_bus(settings, resource_id=resource_id, token=token)
         await bus.start()
         try:
             the_agent = agent_from_settings(

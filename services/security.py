@@ -8,7 +8,9 @@ with an Ed25519 key derived from their token; the server keeps only the public h
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
 import uuid
 
@@ -60,3 +62,30 @@ def new_agent_credentials() -> tuple[str, str, str]:
     """A fresh agent token, its hash and its verify key: only the last two are ever stored."""
     token = new_token()
     return token, hash_token(token), verify_key(token)
+
+
+# Broker credentials of an agent: derived from its token, so nothing new is stored or sent.
+
+_BROKER_PASSWORD_CONTEXT = b"skybus agent broker password v1"
+
+
+def broker_username(resource_id: str) -> str:
+    """The RabbitMQ user of the agent of ``resource_id``."""
+    return f"agent-{resource_id}"
+
+
+def broker_password(token: str) -> str:
+    """The agent's RabbitMQ password: an HMAC of its token with a fixed context. The agent computes
+    it; the gateway, which sees the token once, passes on only :func:`rabbitmq_password_hash` of it."""
+    return hmac.new(token.encode(), _BROKER_PASSWORD_CONTEXT, hashlib.sha256).hexdigest()
+
+
+def rabbitmq_password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password)), 4-byte salt."""
+    salt = secrets.token_bytes(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode("ascii")
+
+
+def broker_password_hash(token: str) -> str:
+    """What the resource manager stores on the broker for the agent whose token this is."""
+    return rabbitmq_password_hash(broker_password(token))

@@ -15,6 +15,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKYBUS_", extra="ignore")
 
     amqp_url: str | None = None
+    broker_admin_url: str | None = Field(
+        default=None,
+        description="the RabbitMQ management API with an administrator's credentials "
+        "(http://user:pass@host:15672): the resource manager gives each agent a broker user of its own; "
+        "unset, agents use the AMQP URL they are given",
+    )
     mongo_url: str | None = None
     mongo_database: str = "skybus"
     data_dir: Path = Path("./data")

@@ -30,7 +30,7 @@ from schemas.resources import JoinBody, RegisterResource, ResourceId
 from services.gateway.bodies import parse_body
 from services.gateway.context import send_command
 from services.gateway.openapi import documented
-from services.security import hash_token, verify_key
+from services.security import broker_password_hash, hash_token, verify_key
 
 routes = web.RouteTableDef()
 
@@ -56,6 +56,7 @@ async def join(request: web.Request) -> web.Response:
             verify_key=verify_key(body.token),
             authorized=False,
             joined=True,
+            broker_password_hash=broker_password_hash(body.token),
         ),
     )
     return web.json_response(ResourceId(id=accepted.id or body.id).model_dump(), status=201)

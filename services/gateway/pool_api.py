@@ -132,7 +132,10 @@ async def ask(request: web.Request, node: ResourceRecord, query: NodeQuery, answ
     timeout = app[SETTINGS].node_timeout
     envelope = Envelope(query, sender=SENDER, resource_id=node.id)
     try:
-        reply = await app[BUS].request(app[TOPOLOGY].commands, envelope, timeout=timeout)
+        # The agent answers on agent-events (its broker user may not write the default exchange).
+        reply = await app[BUS].request(
+            app[TOPOLOGY].commands, envelope, timeout=timeout, reply_exchange=app[TOPOLOGY].agent_events
+        )
     except RequestTimeout:
         raise ApiError(504, f"node {node.id} did not answer within {timeout:g}s") from None
     payload = trusted(reply, envelope, node)

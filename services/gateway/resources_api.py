@@ -22,7 +22,7 @@ from services.gateway.errors import ApiError
 from services.gateway.openapi import documented
 from services.resource_manager import records as resources
 from services.resource_manager.records import ResourceRecord
-from services.security import new_agent_credentials
+from services.security import broker_password_hash, new_agent_credentials
 
 routes = web.RouteTableDef()
 
@@ -76,6 +76,7 @@ async def create_resource(request: web.Request) -> web.Response:
             user=body.user,
             token_hash=token_hash,
             verify_key=verify_key,
+            broker_password_hash=broker_password_hash(token),
         ),
     )
     return web.json_response(ResourceCreated(id=resource_id, token=token).model_dump())

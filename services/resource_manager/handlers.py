@@ -32,6 +32,7 @@ from schemas.resources import (
     RegisterResource,
 )
 from services.resource_manager import domain
+from services.resource_manager.broker_users import BrokerUsers
 from services.resource_manager.repository import responding_hosts
 from services.security import signed_by
 from services.store.port import Collection, DuplicateKey, NotFound, VersionConflict
@@ -70,6 +71,8 @@ class ResourceManager:
     liveness_write_interval: float = 30.0
     """Seconds between stores of a responding host's ``last_response_time`` (transitions are stored at once)."""
     clock: Callable[[], float] = time.time
+    broker_users: BrokerUsers | None = None
+    """Gives each agent a broker user of its own (None: agents use the URL they are given)."""
     rejected_events: Counter[str] = field(default_factory=Counter)
     _recent: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     _liveness: dict[str, Liveness] = field(default_factory=dict)
@@ -105,6 +108,7 @@ class ResourceManager:
             document = await self.resources.insert(document)
         except DuplicateKey:
             return await self._registered_before(command, envelope)
+        await self._grant_broker_user(command.resource_id, command)
         await self._tell(document, "registered", envelope)
         how = "joined (unauthorized)" if command.joined else f"registered for {command.user}"
         log.info("resource %s (%s) %s", command.resource_id, command.hostname, how)
@@ -120,6 +124,7 @@ class ResourceManager:
         if stored is None:
             raise VersionConflict(f"the resource that {command.hostname!r} clashed with is gone; register again")
         if domain.is_same_registration(stored, hostname=command.hostname, token_hash=command.token_hash):
+            await self._grant_broker_user(stored["id"], command)  # the first delivery may have died before it
             await self._tell(stored, "registered", envelope)  # the first delivery may have died before it
             return Accepted(id=stored["id"])
         if not command.joined:
@@ -133,6 +138,7 @@ class ResourceManager:
         changes = domain.adoption(token_hash=command.token_hash, verify_key=command.verify_key)
         adopted = await self.resources.update(stored["id"], changes, expected_version=stored["version"])
         self._remember(adopted)
+        await self._grant_broker_user(stored["id"], command)  # the adopting agent's password, under the kept id
         await self._tell(adopted, "adopted", envelope)
         log.info(
             "resource %s (%s) adopted by the agent that joined as %s",
@@ -169,6 +175,9 @@ class ResourceManager:
         assert isinstance(command, DeleteResource)
         self._recent.pop(command.resource_id, None)
         self._liveness.pop(command.resource_id, None)
+        # Revoked first: a delete redelivered after a crash finds no record but revokes again.
+        if self.broker_users is not None:
+            await self.broker_users.revoke(command.resource_id)
         if not await self.resources.delete(command.resource_id):
             return Rejected(status=404, error=f"resource {command.resource_id} not found")
         await self.bus.publish(
@@ -176,6 +185,12 @@ class ResourceManager:
         )
         log.info("deleted resource %s", command.resource_id)
         return Accepted(id=command.resource_id)
+
+    async def _grant_broker_user(self, resource_id: str, command: RegisterResource) -> None:
+        """Provision the agent's own broker user; a management API that fails raises, and the
+        registration is retried (it finds its record and provisions again)."""
+        if self.broker_users is not None and command.broker_password_hash:
+            await self.broker_users.grant(resource_id, command.broker_password_hash)
 
     # The proxy of seed 000: components address a resource id, never an agent.
 
