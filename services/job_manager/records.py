@@ -40,6 +40,8 @@ class JobRecord:
     error: str | None
     deleted: bool
     deleted_reason: str | None
+    answer: str | None = None
+    """A small answer's JSON, stored on the job itself (``TaskCompleted.answer``), served as ``answer_id``."""
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> JobRecord:
@@ -64,6 +66,7 @@ class JobRecord:
             error=document.get("error"),
             deleted=document.get("deleted", False),
             deleted_reason=document.get("deleted_reason"),
+            answer=document.get("answer"),
         )
 
     @property
@@ -117,3 +120,10 @@ async def ended_or_gone(store: DocumentStore, job_ids: Sequence[str]) -> list[st
     ended = await jobs.find({"id": {"$in": list(job_ids)}, "state": {"$in": _ENDED}}, limit=len(job_ids))
     gone = await jobs.find({"id": {"$in": list(job_ids)}, "deleted": True}, limit=len(job_ids))
     return [job["id"] for job in [*ended.items, *gone.items]]
+
+
+async def job_with_inline_answer(store: DocumentStore, answer_id: str) -> JobRecord | None:
+    """The job whose small answer is stored on it under ``answer_id`` (None when it went to the blob store)."""
+    page = await store.collection(JOBS).find({"answer_id": answer_id, "deleted": False}, limit=1)
+    job = JobRecord.from_document(page.items[0]) if page.items else None
+    return job if job is not None and job.answer is not None else None
