@@ -16,6 +16,7 @@ from broker.port import MessageBus
 from services.agent.agent import agent_from_settings
 from services.agent.data_client import DataClient, DataClientError
 from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
+from services.client.entry import COMMANDS as CLIENT_COMMANDS
 from services.content_manager.service import ContentManagerService
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
@@ -35,6 +36,7 @@ from services.tokens import (
     join_tokens_collection,
     tokens_collection,
 )
+from services.version import VERSION
 from services.wiring import make_bus, make_topology
 
 log = logging.getLogger("skybus")
@@ -53,10 +55,20 @@ def echo(line: str = "") -> None:
 
 
 @click.group()
+@click.version_option(VERSION, prog_name="skybus")
 @click.option("--log-level", default="INFO", show_default=True, envvar="SKYBUS_LOG_LEVEL")
 def main(log_level: str) -> None:
-    """skybus: run commands, roles and content on a fleet of Linux hosts."""
+    """skybus: run commands, roles and content on a fleet of Linux hosts.
+
+    \b
+    Shell completion (bash; zsh and fish alike):
+      eval "$(_SKYBUS_COMPLETE=bash_source skybus)"
+    """
     configure_logging(log_level)
+
+
+for _command in CLIENT_COMMANDS:
+    main.add_command(_command)
 
 
 def listen_options(command: Any) -> Any:
