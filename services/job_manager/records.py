@@ -127,3 +127,9 @@ async def job_with_inline_answer(store: DocumentStore, answer_id: str) -> JobRec
     page = await store.collection(JOBS).find({"answer_id": answer_id, "deleted": False}, limit=1)
     job = JobRecord.from_document(page.items[0]) if page.items else None
     return job if job is not None and job.answer is not None else None
+
+
+async def count_by_state(store: DocumentStore) -> dict[JobState, int]:
+    """How many stored jobs are in each state (deleted ones left out): one count query per state."""
+    jobs = store.collection(JOBS)
+    return {state: await jobs.count({"state": state.value, "deleted": False}) for state in JobState}
