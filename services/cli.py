@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from broker.port import MessageBus
 from services.agent.agent import agent_from_settings
@@ -22,6 +23,7 @@ from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
 from services.logs import configure as configure_logging
+from services.metrics import MetricsServer, jobs_by_state
 from services.resource_manager.service import ResourceManagerService
 from services.role_manager.service import RoleManagerService
 from services.runner import Service, run_until_signalled
@@ -163,7 +165,21 @@ def _add_manager_command(name: str, service: type[Service], summary: str) -> Non
     @click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")
     def run_manager(data_dir: Path | None) -> None:
         settings = load_settings(data_dir=data_dir)
-        asyncio.run(_run(settings, name, lambda s, bus, store: [service(s, bus, store, make_topology(s))]))
+
+        def build(s: Settings, bus: MessageBus, store: DocumentStore) -> list[Service]:
+            return [service(s, bus, store, make_topology(s)), *manager_metrics(name, s, store)]
+
+        asyncio.run(_run(settings, name, build))
+
+
+def manager_metrics(name: str, settings: Settings, store: DocumentStore) -> list[Service]:
+    """A ``/metrics`` server for a manager run alone, when ``SKYBUS_METRICS_PORT`` is set."""
+    if settings.metrics_port is None:
+        return []
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    refreshers = [jobs_by_state(registry, store)] if name == "job-manager" else []
+    return [MetricsServer(settings.host, settings.metrics_port, registry, refreshers)]
 
 
 for _name, (_service, _summary) in MANAGERS.items():

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.test_gateway_jobs import Api, api  # noqa: F401
 
 
-async def scrape(api: Api) -> dict[str, list]:
+async def scrape(api: Api) -> dict[str, list]:  # noqa: F811
     response = await api.client.get("/metrics")
     assert response.status == 200 and response.content_type == "text/plain"
     families = text_string_to_metric_families(await response.text())
