@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,13 @@ def echo(line: str = "") -> None:
 
 @click.group()
 @click.version_option(VERSION, prog_name="skybus")
-@click.option("--log-level", default="INFO", show_default=True, envvar="SKYBUS_LOG_LEVEL")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="SKYBUS_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
 def main(log_level: str) -> None:
     """skybus: run commands, roles and content on a fleet of Linux hosts.
 
@@ -141,7 +148,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: 
         echo(f"""  curl {auth} {url}/api/job/run --data '{{"command": "uname -a"}}'""")
         echo(f'  curl {auth} "{url}/api/job/job_info/<job_id>?wait=30"')
 
-    asyncio.run(_run(settings, "skybus-up", build, on_ready=ready))
+    serve(settings, _run(settings, "skybus-up", build, on_ready=ready))
 
 
 @main.command()
@@ -149,7 +156,19 @@ def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: 
 def gateway(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Run the REST gateway."""
     settings = load_settings(host=host, port=port, data_dir=data_dir)
-    asyncio.run(_run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
+    serve(settings, _run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
+
+
+def serve(settings: Settings, running: Coroutine[Any, Any, None]) -> None:
+    """Run a service that listens; a port already taken is one clear line, not a traceback."""
+    try:
+        asyncio.run(running)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: the port is in use (choose another with --port)"
+        ) from None
 
 
 MANAGERS: dict[str, tuple[type[Service], str]] = {

@@ -278,3 +278,11 @@ def test_content_put_ls_get_rm(fleet: Fleet, tmp_path: Path) -> None:
     assert skybus(fleet, "content", "get", "site/index.html").stdout == "<p>new</p>\n"
     assert skybus(fleet, "content", "rm", "site/index.html").returncode == 0
     one_line_error(skybus(fleet, "content", "get", "site/index.html"), "404")
+
+
+def test_newcomer_mistakes_are_one_line(fleet: Fleet, tmp_path: Path) -> None:
+    port = fleet.url.rsplit(":", 1)[1]
+    taken = skybus(fleet, "up", "--port", port, "--data-dir", str(tmp_path / "data"))
+    one_line_error(taken, "port is in use")
+    result = skybus(fleet, "--log-level", "loud", "job", "ls")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "loud" in result.stderr
