@@ -62,6 +62,12 @@ class DataInfo(BaseModel):
     updated_at: str
 
 
+class DataList(BaseModel):
+    """``GET /api/data``."""
+
+    items: list[DataInfo]
+
+
 # Nested in commands; not messages of their own.
 
 

@@ -107,9 +107,25 @@ class JobInfo(BaseModel):
     history: list[dict[str, str]]
 
 
+class JobSummary(BaseModel):
+    """One row of ``GET /api/list_jobs?detail=1``: what a person scans a list for."""
+
+    job_id: str
+    state: JobState
+    command: str
+    user: str
+    resource_id: str | None
+    hostname: str | None
+    exit_code: int | None
+    created_at: str
+    finished_at: str | None
+
+
 class JobList(BaseModel):
     job_ids: list[str]
     next_cursor: str | None = None
+    jobs: list[JobSummary] | None = None
+    """With ``detail=1`` only."""
 
 
 # Commands to the job manager.

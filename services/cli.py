@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from broker.port import MessageBus
 from services.agent.agent import agent_from_settings
 from services.agent.data_client import DataClient, DataClientError
 from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
+from services.client.entry import COMMANDS as CLIENT_COMMANDS
 from services.content_manager.service import ContentManagerService
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
 from services.logs import configure as configure_logging
+from services.metrics import MetricsServer, jobs_by_state
 from services.resource_manager.service import ResourceManagerService
 from services.role_manager.service import RoleManagerService
 from services.runner import Service, run_until_signalled
@@ -35,6 +39,7 @@ from services.tokens import (
     join_tokens_collection,
     tokens_collection,
 )
+from services.version import VERSION
 from services.wiring import make_agent_bus, make_bus, make_topology
 
 log = logging.getLogger("skybus")
@@ -53,10 +58,26 @@ def echo(line: str = "") -> None:
 
 
 @click.group()
-@click.option("--log-level", default="INFO", show_default=True, envvar="SKYBUS_LOG_LEVEL")
+@click.version_option(VERSION, prog_name="skybus")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="SKYBUS_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+)
 def main(log_level: str) -> None:
-    """skybus: run commands, roles and content on a fleet of Linux hosts."""
+    """skybus: run commands, roles and content on a fleet of Linux hosts.
+
+    \b
+    Shell completion (bash; zsh and fish alike):
+      eval "$(_SKYBUS_COMPLETE=bash_source skybus)"
+    """
     configure_logging(log_level)
+
+
+for _command in CLIENT_COMMANDS:
+    main.add_command(_command)
 
 
 def listen_options(command: Any) -> Any:
@@ -127,7 +148,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: 
         echo(f"""  curl {auth} {url}/api/job/run --data '{{"command": "uname -a"}}'""")
         echo(f'  curl {auth} "{url}/api/job/job_info/<job_id>?wait=30"')
 
-    asyncio.run(_run(settings, "skybus-up", build, on_ready=ready))
+    serve(settings, _run(settings, "skybus-up", build, on_ready=ready))
 
 
 @main.command()
@@ -135,7 +156,19 @@ def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: 
 def gateway(host: str | None, port: int | None, data_dir: Path | None) -> None:
     """Run the REST gateway."""
     settings = load_settings(host=host, port=port, data_dir=data_dir)
-    asyncio.run(_run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
+    serve(settings, _run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
+
+
+def serve(settings: Settings, running: Coroutine[Any, Any, None]) -> None:
+    """Run a service that listens; a port already taken is one clear line, not a traceback."""
+    try:
+        asyncio.run(running)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise click.ClickException(
+            f"cannot listen on {settings.host}:{settings.port}: the port is in use (choose another with --port)"
+        ) from None
 
 
 MANAGERS: dict[str, tuple[type[Service], str]] = {
@@ -151,7 +184,21 @@ def _add_manager_command(name: str, service: type[Service], summary: str) -> Non
     @click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")
     def run_manager(data_dir: Path | None) -> None:
         settings = load_settings(data_dir=data_dir)
-        asyncio.run(_run(settings, name, lambda s, bus, store: [service(s, bus, store, make_topology(s))]))
+
+        def build(s: Settings, bus: MessageBus, store: DocumentStore) -> list[Service]:
+            return [service(s, bus, store, make_topology(s)), *manager_metrics(name, s, store)]
+
+        asyncio.run(_run(settings, name, build))
+
+
+def manager_metrics(name: str, settings: Settings, store: DocumentStore) -> list[Service]:
+    """A ``/metrics`` server for a manager run alone, when ``SKYBUS_METRICS_PORT`` is set."""
+    if settings.metrics_port is None:
+        return []
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    refreshers = [jobs_by_state(registry, store)] if name == "job-manager" else []
+    return [MetricsServer(settings.host, settings.metrics_port, registry, refreshers)]
 
 
 for _name, (_service, _summary) in MANAGERS.items():

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str | None = Field(default=None, description="how agents reach the gateway; default http://host:port")
+    metrics_port: int | None = Field(
+        default=None, description="a manager run alone serves Prometheus /metrics on this port (0: any); off if unset"
+    )
 
     request_timeout: float = 10.0
     heartbeat_interval: float = 5.0

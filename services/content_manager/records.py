@@ -82,3 +82,12 @@ async def items_of(store: DocumentStore, owner: str | None) -> AsyncIterator[Con
     """Every resource in path order, a page at a time; only ``owner``'s unless it is None (admin)."""
     async for document in resources_of(store.collection(CONTENTS), owner):
         yield ContentRecord.from_document(document)
+
+
+async def data_files_of(store: DocumentStore, owner: str | None, *, limit: int) -> list[ContentRecord]:
+    """Plain data files (job inputs, binaries, answers), newest first; only ``owner``'s unless None (admin)."""
+    query: dict[str, Any] = {"kind": DATA}
+    if owner is not None:
+        query["owner"] = owner
+    page = await store.collection(CONTENTS).find(query, sort=[("created_at", -1)], limit=limit)
+    return [ContentRecord.from_document(document) for document in page.items]

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.gateway import content_api, data_api, jobs_api, join_api, pool_api, resources_api, roles_api
+from services.gateway import content_api, data_api, jobs_api, join_api, ops_api, pool_api, resources_api, roles_api
 from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
@@ -64,7 +64,8 @@ async def _blob_store_lifetime(app: web.Application) -> AsyncIterator[None]:
 async def create_app(
     settings: Settings, bus: MessageBus, store: DocumentStore, topology: Topology, *, blobs: BlobStore | None = None
 ) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1024**2)
+    middlewares = [ops_api.metrics_middleware, error_middleware, auth_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[SETTINGS] = settings
     app[BUS] = bus
     app[STORE] = store
@@ -72,6 +73,7 @@ async def create_app(
     app[TOKENS] = await tokens_collection(store)
     app[REMEMBERED] = {}
     app[JOIN_TOKENS] = join_tokens_collection(store)
+    app[ops_api.METRICS] = ops_api.gateway_metrics(app)
     if blobs is not None:
         app[BLOBS] = blobs
     else:
@@ -84,6 +86,7 @@ async def create_app(
     app.add_routes(jobs_api.routes)
     app.add_routes(roles_api.routes)
     app.add_routes(pool_api.routes)
+    app.add_routes(ops_api.routes)
     app.cleanup_ctx.append(job_watcher_context)
     return app
 

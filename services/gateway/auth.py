@@ -26,7 +26,14 @@ from services.security import hash_token
 from services.store.port import DocumentStore
 from services.tokens import Principal, is_join_token, principal_for
 
-PUBLIC_PATHS: set[str] = {"/health", "/openapi.json", "/resources/.applicationserver/info"}
+PUBLIC_PATHS: set[str] = {
+    "/health",
+    "/openapi.json",
+    "/resources/.applicationserver/info",
+    "/metrics",
+    "/health/live",
+    "/health/ready",
+}
 AGENT_PREFIXES: tuple[str, ...] = ("/api/data", "/api/whoami")
 JOIN_PATHS: set[str] = {"/api/join"}
 REMEMBER_SECONDS = 2.0

@@ -14,7 +14,7 @@ import uuid
 
 from aiohttp import BodyPartReader, web
 
-from schemas.content import DataId, DataInfo, DeleteContent, StoreData
+from schemas.content import DataId, DataInfo, DataList, DeleteContent, StoreData
 from schemas.content_rules import ContentError
 from services.content_manager import records as contents
 from services.content_manager.records import ContentRecord
@@ -144,6 +144,26 @@ async def upload_data(request: web.Request) -> web.Response:
             ),
         )
     return web.json_response(DataId(id=item_id).model_dump(), status=201)
+
+
+DATA_PAGE = 100
+MAX_DATA_PAGE = 1000
+
+
+@routes.get("/api/data")
+@routes.get("/api/data/")
+@documented(response=DataList, summary="Your data files (everyone's, for an admin), newest first (?limit=)")
+async def list_data(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", DATA_PAGE))
+    except ValueError:
+        raise ApiError(400, "limit must be an integer") from None
+    if not 1 <= limit <= MAX_DATA_PAGE:
+        raise ApiError(400, f"limit must be between 1 and {MAX_DATA_PAGE}")
+    principal = caller(request)
+    owner = None if principal.admin else principal.user
+    found = await contents.data_files_of(request.app[STORE], owner, limit=limit)
+    return web.json_response(DataList(items=[data_info(item) for item in found]).model_dump())
 
 
 @routes.get("/api/data/{item_id}")

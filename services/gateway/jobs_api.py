@@ -16,6 +16,7 @@ from schemas.jobs import (
     JobInfo,
     JobList,
     JobState,
+    JobSummary,
     RunJob,
     RunJobBody,
 )
@@ -190,11 +191,14 @@ def parse_time(name: str, text: str) -> float:
 
 @routes.get("/api/job/list_jobs")
 @routes.get("/api/list_jobs")
-@documented(response=JobList, summary="List jobs, newest first (state, user, resource_id, since, until, limit, cursor)")
+@documented(
+    response=JobList,
+    summary="List jobs, newest first (state, user, resource_id, since, until, limit, cursor; detail=1 adds rows)",
+)
 async def list_jobs(request: web.Request) -> web.Response:
     query = request.query
     principal = caller(request)
-    known = {"state", "user", "resource_id", "since", "until", "limit", "cursor"}
+    known = {"state", "user", "resource_id", "since", "until", "limit", "cursor", "detail"}
     if unknown := sorted(set(query) - known):
         raise ApiError(400, f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     user = query.get("user")
@@ -232,7 +236,31 @@ async def list_jobs(request: web.Request) -> web.Response:
     except ValueError as error:
         raise ApiError(400, f"bad cursor: {error}") from None
     body = JobList(job_ids=[job.id for job in page.items], next_cursor=page.next_cursor)
-    return web.json_response(body.model_dump())
+    if query.get("detail") in ("1", "true"):
+        body.jobs = await job_summaries(request, page.items)
+        return web.json_response(body.model_dump(mode="json"))
+    return web.json_response(body.model_dump(exclude={"jobs"}))
+
+
+async def job_summaries(request: web.Request, found: list[JobRecord]) -> list[JobSummary]:
+    hostnames: dict[str, str | None] = {}
+    for resource_id in {job.resource_id for job in found if job.resource_id}:
+        host = await resources.get_resource(request.app[STORE], resource_id)
+        hostnames[resource_id] = host.hostname if host else None
+    return [
+        JobSummary(
+            job_id=job.id,
+            state=job.state,
+            command=job.command,
+            user=job.user,
+            resource_id=job.resource_id,
+            hostname=hostnames.get(job.resource_id) if job.resource_id else None,
+            exit_code=job.exit_code,
+            created_at=iso(job.created_at) or "",
+            finished_at=iso(job.finished_at),
+        )
+        for job in found
+    ]
 
 
 async def job_id_from(request: web.Request) -> str:

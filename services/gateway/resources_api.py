@@ -84,16 +84,25 @@ async def create_resource(request: web.Request) -> web.Response:
 
 @routes.get("/api/resources")
 @routes.get("/api/resources/")
-@documented(response=ResourceId, summary="Find a resource by hostname (?hostname=)")
+@documented(response=ResourceId, summary="Find a resource by hostname (?hostname=); without it, list your resources")
 async def find_resource(request: web.Request) -> web.Response:
     hostname = request.query.get("hostname")
     if hostname is None:
-        raise ApiError(400, "query parameter 'hostname' is required")
+        return await list_resources(request)
     resource = await resources.resource_by_hostname(request.app[STORE], hostname)
     principal = caller(request)
     if resource is None or (not principal.admin and resource.user != principal.user):
         raise ApiError(404, f"no resource with hostname {hostname!r}")
     return web.json_response(ResourceId(id=resource.id).model_dump())
+
+
+async def list_resources(request: web.Request) -> web.Response:
+    """Every resource of the caller (of everyone, for an admin), oldest first."""
+    principal = caller(request)
+    found = await resources.resources_of_user(
+        request.app[STORE], None if principal.admin else principal.user, order="created_at"
+    )
+    return web.json_response([resource_view(resource).model_dump() for resource in found])
 
 
 @routes.get("/api/resources/{resource_id}")

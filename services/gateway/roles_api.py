@@ -93,7 +93,10 @@ async def activate_version(request: web.Request) -> web.Response:
 
 @routes.post("/v1/roles/{role_name}/versions")
 @documented(
-    body=RoleVersionBody, response=RoleVersionView, summary="Register a version of a role (the first is active)"
+    body=RoleVersionBody,
+    response=RoleVersionView,
+    status=201,
+    summary="Register a version of a role (the first is active)",
 )
 async def register_version(request: web.Request) -> web.Response:
     require_admin(request)
@@ -228,7 +231,7 @@ async def get_host(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/hosts/{host_id}")
-@documented(summary="Remove every role of a host and forget it until it is seen again (no-op if inactive)")
+@documented(status=204, summary="Remove every role of a host and forget it until it is seen again (no-op if inactive)")
 async def delete_host(request: web.Request) -> web.Response:
     principal = require_admin(request)
     resource, _ = await load_host(request)

@@ -128,3 +128,9 @@ async def answer_by_id(store: DocumentStore, answer_id: str) -> JobAnswer | None
         return None
     at = document.get("finished_at") or document["created_at"]
     return JobAnswer(answer_id, document["id"], document["user"], document["answer"], at)
+
+
+async def count_by_state(store: DocumentStore) -> dict[JobState, int]:
+    """How many stored jobs are in each state (deleted ones left out): one count query per state."""
+    jobs = store.collection(JOBS)
+    return {state: await jobs.count({"state": state.value, "deleted": False}) for state in JobState}

@@ -114,8 +114,8 @@ async def test_find_by_hostname(stack: Stack) -> None:
     assert no_slash.status == 200 and (await no_slash.json()) == {"id": created["id"]}
     missing = await stack.client.get("/api/resources/", params={"hostname": "nobody"}, headers=stack.steve)
     assert missing.status == 404 and "error" in await missing.json()
-    no_param = await stack.client.get("/api/resources/", headers=stack.steve)
-    assert no_param.status == 400
+    listed = await stack.client.get("/api/resources/", headers=stack.steve)  # no hostname: a listing
+    assert listed.status == 200 and [r["id"] for r in await listed.json()] == [created["id"]]
 
 
 async def test_tokens_are_required_and_checked(stack: Stack) -> None:
@@ -195,3 +195,15 @@ async def test_a_users_token_is_looked_up_once_in_a_while_not_on_every_call(stac
     for _ in range(2):
         assert (await stack.client.get("/api/whoami", headers=stack.steve)).status == 200
     assert reads == 3
+
+
+async def test_listing_shows_a_user_their_resources_and_an_admin_all(stack: Stack) -> None:
+    mine = await (await create(stack, "steve-1")).json()
+    theirs = await (
+        await stack.client.post("/api/resources", json={"hostname": "a-1", "user": "admin"}, headers=stack.admin)
+    ).json()
+    steve = await (await stack.client.get("/api/resources", headers=stack.steve)).json()
+    assert [(r["id"], r["hostname"], r["user"]) for r in steve] == [(mine["id"], "steve-1", "steve")]
+    assert {"state", "responding", "authorized", "info", "created_at"} <= set(steve[0])
+    admin = await (await stack.client.get("/api/resources", headers=stack.admin)).json()
+    assert {r["id"] for r in admin} >= {mine["id"], theirs["id"]}
