@@ -4,8 +4,11 @@ The broker is ``amqp://guest:guest@127.0.0.1:5672/`` unless ``SKYBUS_TEST_AMQP_U
 When it cannot be reached, a test that needs it is skipped with the reason, except on CI
 (``CI=true``), where it fails with that reason: a CI run must not pass by testing nothing.
 
-The vhost is made and removed with ``rabbitmqctl`` (so it needs a broker on this machine); without
-``rabbitmqctl`` the tests share the URL's own vhost and rely on their namespaces alone. Each test
+The vhost is made and removed through the management HTTP API (``SKYBUS_TEST_AMQP_ADMIN_URL``, by
+default guest on 127.0.0.1:15672), or with ``rabbitmqctl`` where the API does not answer. The API is
+preferred: ``rabbitmqctl`` starts an Erlang node per call (a second of CPU), and only about a dozen
+may run at once on one machine. Without either, the tests share the URL's own vhost and rely on
+their namespaces alone. Each test
 still takes a Topology of its own (``amqp_topology``), so nothing leaks between tests.
 
 Use from a conftest::
@@ -15,11 +18,16 @@ Use from a conftest::
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +78,48 @@ def rabbitmqctl(*args: str, quiet: bool = True, timeout: float = 30.0) -> str:
     return done.stdout
 
 
+def admin_url() -> URL:
+    return URL(os.environ.get("SKYBUS_TEST_AMQP_ADMIN_URL") or "http://guest:guest@127.0.0.1:15672/")
+
+
+def management(method: str, path: str, body: dict | None = None, timeout: float = 30.0) -> bool:
+    """Call the management HTTP API; False when it does not answer (no plugin), raises on a refusal."""
+    base = admin_url()
+    request = urllib.request.Request(
+        str(base.with_user(None).with_password(None).with_path(path, encoded=True)),
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"content-type": "application/json"},
+    )
+    credentials = f"{base.user or 'guest'}:{base.password or 'guest'}".encode()
+    request.add_header("Authorization", "Basic " + base64.b64encode(credentials).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except urllib.error.HTTPError as error:
+        if error.code == 404 and method == "DELETE":
+            return True
+        raise RuntimeError(f"management API {method} {path}: {error.code} {error.read()[:200]!r}") from error
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def add_vhost(name: str, user: str) -> None:
+    quoted = urllib.parse.quote(name, safe="")
+    if management("PUT", f"/api/vhosts/{quoted}") and management(
+        "PUT", f"/api/permissions/{quoted}/{urllib.parse.quote(user, safe='')}",
+        {"configure": ".*", "write": ".*", "read": ".*"},
+    ):  # fmt: skip
+        return
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+
+
+def delete_vhost(name: str) -> None:
+    if not management("DELETE", f"/api/vhosts/{urllib.parse.quote(name, safe='')}"):
+        rabbitmqctl("delete_vhost", name)
+
+
 @dataclass(frozen=True)
 class Vhost:
     name: str
@@ -92,17 +142,15 @@ def fresh_vhost(prefix: str = "skybus-test") -> Iterator[Vhost]:
     reason = unreachable_reason(url)
     if reason is not None:
         unavailable(reason)
-    if shutil.which("rabbitmqctl") is None:
+    if shutil.which("rabbitmqctl") is None and not management("GET", "/api/overview"):
         yield Vhost(URL(url).path.lstrip("/") or "/", url, managed=False)
         return
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    user = URL(url).user or "guest"
-    rabbitmqctl("add_vhost", name)
+    add_vhost(name, URL(url).user or "guest")
     try:
-        rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
         yield Vhost(name, str(URL(url).with_path(f"/{name}").with_query(URL(url).query)), managed=True)
     finally:
-        rabbitmqctl("delete_vhost", name)
+        delete_vhost(name)
 
 
 def unique_namespace(prefix: str = "t") -> str:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from aiohttp import web
 
 from broker.envelope import Envelope
+from broker.router import Router
 from schemas.jobs import FINAL_STATES, JobChanged
 from services.gateway.context import BUS, TOPOLOGY
 
@@ -55,6 +56,11 @@ class JobWatcher:
                 if not waiting:
                     del self._waiters[job_id]
 
+    def router(self) -> Router:
+        router = Router()
+        router.add(JobChanged, self.job_changed)
+        return router
+
     async def job_changed(self, envelope: Envelope) -> None:
         """The handler of this gateway's broadcast queue: wake whoever waits for this change."""
         change = envelope.payload
@@ -79,6 +85,6 @@ WATCHER = web.AppKey("job_watcher", JobWatcher)
 
 async def job_watcher_context(app: web.Application) -> AsyncIterator[None]:
     watcher = app[WATCHER] = JobWatcher()
-    subscription = await app[BUS].subscribe(app[TOPOLOGY].gateway_job_changes(), watcher.job_changed)
+    subscription = await app[BUS].subscribe(app[TOPOLOGY].gateway_job_changes(), watcher.router())
     yield
     await subscription.cancel()

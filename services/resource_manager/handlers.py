@@ -89,6 +89,11 @@ class ResourceManager:
             router.add(query, self.forward_query)
         return router
 
+    def heartbeat_router(self) -> Router:
+        router = Router()
+        router.add(Heartbeat, self.heartbeat)
+        return router
+
     # Commands.
 
     async def register_resource(self, envelope: Envelope) -> WireModel:

@@ -49,7 +49,7 @@ class ResourceManagerService:
             await self._bus.subscribe(self._topology.resource_manager_commands(), self.manager.router())
         )
         self._lifetime.hold(
-            await self._bus.subscribe(self._topology.resource_manager_heartbeats(), self.manager.heartbeat)
+            await self._bus.subscribe(self._topology.resource_manager_heartbeats(), self.manager.heartbeat_router())
         )
         interval = max(0.2, self._settings.responding_timeout / 4)
         self._lifetime.every(interval, self.manager.sweep_silent_hosts, what="sweep of silent hosts")
