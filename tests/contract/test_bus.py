@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ClassVar
 
 import aio_pika
+import msgpack
 import pytest
 
 from broker import amqp_batch, codec
@@ -103,6 +104,13 @@ async def expires_unhandled(bus: MessageBus, topology: Topology, spec: QueueSpec
     dead = await take_dead_letters(bus, 1)
     assert late.numbers() == []
     assert "expired" in dead[0].reason and dead[0].envelope.payload.n == n
+
+
+def far_future(envelope: Envelope) -> bytes:
+    """``envelope`` encoded with a time no datetime can hold (``at: 1e20``)."""
+    raw = msgpack.unpackb(codec.encode(envelope))
+    raw["at"] = 1e20
+    return msgpack.packb(raw)
 
 
 class Recorder:
@@ -276,6 +284,24 @@ class BusContract:
         assert "unknown message type 'contract.stranger'" in stranger.reason
         assert stranger.envelope is None
         assert {garbage.queue, stranger.queue} == {spec.name}
+
+    async def test_an_envelope_from_the_far_future_is_dead_lettered_at_once_with_why(
+        self, bus: MessageBus, topology: Topology, inject: Inject
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "overflow", Binding(topology.commands, "contract.#"), prefetch=1, delivery_limit=8)
+        await bus.subscribe(spec, handler)
+
+        far = far_future(ping(1))
+        await inject(topology.commands, "contract.ping", far)
+        await bus.publish(topology.commands, ping(2))
+        await eventually(lambda: handler.seen, "the good message after the bad one")
+
+        (letter,) = await take_dead_letters(bus, 1)
+        assert handler.numbers() == [2]
+        assert letter.body == far and letter.envelope is None
+        assert "undecodable" in letter.reason and "1e+20" in letter.reason
+        assert (letter.queue, letter.routing_key) == (spec.name, "contract.ping")
 
     async def test_request_gets_the_handlers_reply(self, bus: MessageBus, topology: Topology) -> None:
         async def double(envelope: Envelope) -> Pong:
@@ -701,6 +727,27 @@ class TestAmqpBus(BusContract):
         assert "unknown message type 'contract.stranger'" in by_body[bodies[2]].reason
         assert "undecodable batch" in by_body[b"\x00\x00\x01"].reason
         assert {(letter.queue, letter.routing_key) for letter in letters} == {(spec.name, "contract.mixed")}
+
+    async def test_a_bad_envelope_of_a_batch_goes_alone_and_its_good_sibling_is_handled_once(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "overflow-batch", Binding(topology.commands, "contract.#"), delivery_limit=8)
+        await bus.subscribe(spec, handler)
+        good, bad = ping(1), far_future(ping(2))
+        connection = await aio_pika.connect(amqp_url)
+        async with connection, connection.channel() as channel:
+            exchange = await channel.get_exchange(topology.commands, ensure=False)
+            batch = amqp_batch.pack([codec.encode(good), bad])
+            await exchange.publish(aio_pika.Message(batch, content_type=amqp_batch.BATCH_CONTENT_TYPE), "contract.ping")
+
+        (letter,) = await take_dead_letters(bus, 1)
+        await asyncio.sleep(0.3)  # time for a wrong redelivery of the batch to show
+        assert handler.ids() == {good.message_id} and len(handler.seen) == 1
+        assert letter.body == bad and letter.envelope is None
+        assert "undecodable" in letter.reason and "1e+20" in letter.reason
+        assert (letter.queue, letter.routing_key) == (spec.name, "contract.ping")
+        assert await bus.dead_letters() == []
 
     async def test_a_batch_dead_lettered_by_rabbitmq_reads_back_as_one_letter_per_envelope(
         self, bus: AmqpBus, topology: Topology, amqp_url: str
