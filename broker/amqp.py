@@ -4,7 +4,14 @@ What it puts on the broker (names from :class:`broker.topology.Topology`):
 
 * every exchange of the topology is a durable topic exchange; ``dead`` is bound with ``#`` to the
   one durable quorum dead-letter queue;
-* a subscribed queue is a durable quorum queue whose ``x-dead-letter-exchange`` is ``dead``.
+* a subscribed queue has ``dead`` as its ``x-dead-letter-exchange`` and is, by its spec's kind
+  (:class:`broker.port.QueueKind`): ``SHARED`` a durable quorum queue; ``AGENT`` a durable classic
+  queue; ``TRANSIENT`` a non-durable classic queue; ``BROADCAST`` an exclusive, auto-delete classic
+  queue per subscription, named ``<spec name>.<unique suffix>``.
+
+A quorum queue counts deliveries itself (``x-delivery-count``); a failed message of a classic queue
+is republished, confirmed, to the back of its queue with the attempts so far in
+``x-skybus-attempts`` (and its reply address and time to live), then acked.
 
 The adapter dead-letters by itself, so the reason travels with the message: it republishes the
 original body, confirmed, to ``dead`` with ``x-skybus-*`` headers, then acks the original. The
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -43,7 +51,7 @@ from aiormq.exceptions import (
 )
 from yarl import URL
 
-from broker import codec
+from broker import ack, codec
 from broker.amqp_batch import BATCH_CONTENT_TYPE, BatchPublisher, unpack
 from broker.amqp_consume import AmqpSubscription
 from broker.amqp_wire import ATTEMPTS, CONTENT_TYPE, EXCHANGE, HANDLING, LOST, QUEUE, REASON, ROUTING_KEY, is_lost
@@ -53,9 +61,11 @@ from broker.port import (
     DeadLetter,
     Handler,
     NoRoute,
+    QueueKind,
     QueueSpec,
     RequestTimeout,
 )
+from broker.routing import broadcast_queue_name
 from broker.topology import Topology
 from schemas.base import MessageTypes, WireModel
 
@@ -185,7 +195,7 @@ class AmqpBus:
         properties = self._properties(envelope, correlation_id=envelope.message_id, reply_to=DIRECT_REPLY_TO)
         # A request nobody took within its timeout expires in the queue rather than running late,
         # after its caller has given up (RabbitMQ dead-letters it with reason "expired").
-        properties.expiration = str(max(1, int(timeout * 1000)))
+        properties.expiration = _milliseconds(timeout)
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[envelope.message_id] = reply
         try:
@@ -207,7 +217,7 @@ class AmqpBus:
             # The requester matches its reply by this correlation id, on the reply-to of its own channel.
             properties = self._properties(envelope, correlation_id=request.correlation_id, reply_to=request.reply_to)
             if request.expiration is not None:
-                properties.expiration = str(max(1, int(request.expiration * 1000)))
+                properties.expiration = _milliseconds(request.expiration)
         channel = self._open_channel()
         await self._send(channel, exchange, routing_key, codec.encode(envelope), properties, mandatory=True)
 
@@ -330,18 +340,11 @@ class AmqpBus:
                 await self._consumer.ready()
                 channel = await self._consumer.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=queue.prefetch)
-                declared = await channel.declare_queue(
-                    queue.name,
-                    durable=True,
-                    arguments={
-                        "x-queue-type": "quorum",
-                        "x-dead-letter-exchange": self.topology.dead,
-                        "x-delivery-limit": queue.delivery_limit + CRASH_ALLOWANCE,
-                    },
-                )
+                declared = await channel.declare_queue(**self._queue_declaration(queue))
                 for binding in queue.bindings:
                     await declared.bind(binding.exchange, binding.pattern)
-                subscription = AmqpSubscription(self, queue, handler, channel, declared)
+                # A broadcast queue's name is the spec's with a suffix: the subscription knows the real one.
+                subscription = AmqpSubscription(self, replace(queue, name=declared.name), handler, channel, declared)
                 await subscription.start()
         except Exception as error:
             if channel is not None:
@@ -353,8 +356,23 @@ class AmqpBus:
         self._subscriptions.add(subscription)
         return subscription
 
+    def _queue_declaration(self, spec: QueueSpec) -> dict[str, Any]:
+        """The ``queue.declare`` of ``spec``'s kind (see :class:`broker.port.QueueKind`)."""
+        arguments: dict[str, Any] = {"x-dead-letter-exchange": self.topology.dead}
+        if spec.kind is QueueKind.SHARED:
+            arguments |= {"x-queue-type": "quorum", "x-delivery-limit": spec.delivery_limit + CRASH_ALLOWANCE}
+            return {"name": spec.name, "durable": True, "arguments": arguments}
+        arguments["x-queue-type"] = "classic"
+        if spec.kind is QueueKind.AGENT:
+            return {"name": spec.name, "durable": True, "arguments": arguments}
+        if spec.kind is QueueKind.TRANSIENT:
+            return {"name": spec.name, "durable": False, "auto_delete": False, "arguments": arguments}
+        # BROADCAST: the robust channel redeclares it under the same name after a reconnection.
+        name = broadcast_queue_name(spec.name)
+        return {"name": name, "durable": False, "exclusive": True, "auto_delete": True, "arguments": arguments}
+
     async def _reply(self, request: AbstractIncomingMessage, envelope: Envelope, payload: WireModel | Envelope) -> None:
-        answer = payload if isinstance(payload, Envelope) else envelope.caused(payload, sender=self.sender)
+        answer = ack.reply_envelope(envelope, payload, replier=self.sender)
         properties = self._properties(answer, correlation_id=request.correlation_id, persistent=False)
         # mandatory=False: RabbitMQ 3.10 returns a mandatory message to amq.rabbitmq.reply-to even
         # though it delivered it.
@@ -374,19 +392,25 @@ class AmqpBus:
         exchange, routing_key = _origin(message)
         headers = {REASON: reason, QUEUE: queue, EXCHANGE: exchange, ROUTING_KEY: routing_key}
         properties = _republished(message, headers, whole=body is None, envelope=envelope)
-        what = f"{properties.message_type} {properties.message_id}"
-        log.error("dead-lettering %s from %s: %s", what, queue, reason, extra={"queue": queue})
         body = message.body if body is None else body
         await self._send(self._open_channel(), self.topology.dead, routing_key, body, properties)
 
     async def _retry_alone(
-        self, message: AbstractIncomingMessage, queue: str, body: bytes, envelope: Envelope, attempts: int
+        self,
+        message: AbstractIncomingMessage,
+        queue: str,
+        body: bytes,
+        envelope: Envelope,
+        attempts: int,
+        *,
+        whole: bool = False,
     ) -> None:
-        """Republish one envelope of a batch, alone and confirmed, to the back of ``queue`` with the
-        failed attempts so far; the caller acks the batch once all its envelopes are settled."""
+        """Republish one envelope of a batch (or the ``whole`` message, with its reply address), alone
+        and confirmed, to the back of ``queue`` with the failed attempts so far; the caller acks."""
         exchange, routing_key = _origin(message)
         headers = {ATTEMPTS: attempts, EXCHANGE: exchange, ROUTING_KEY: routing_key}
-        await self._send(self._open_channel(), "", queue, body, _republished(message, headers, envelope=envelope))
+        properties = _republished(message, headers, whole=whole, envelope=envelope)
+        await self._send(self._open_channel(), "", queue, body, properties)
 
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
         queue = self._dead_queue
@@ -440,21 +464,34 @@ class AmqpBus:
 def _republished(
     message: AbstractIncomingMessage, headers: dict[str, Any], *, whole: bool = False, envelope: Envelope | None
 ) -> aiormq.spec.Basic.Properties:
-    """The properties to republish ``message`` whole, or one envelope of its batch (``envelope`` if it
-    decoded), with ``headers``."""
-    if whole:
-        ids = message.message_id, message.type, message.correlation_id
-    else:
+    """The properties to republish ``message`` whole (with its reply address, time to live and
+    delivery mode), or one envelope of its batch (``envelope`` if it decoded), with ``headers``."""
+    if not whole:
         ids = (envelope.message_id, envelope.type, envelope.correlation_id) if envelope else (None, None, None)
+        return aiormq.spec.Basic.Properties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=_PERSISTENT,
+            message_id=ids[0],
+            message_type=ids[1],
+            correlation_id=ids[2],
+            app_id=message.app_id,
+            headers=headers,
+        )
     return aiormq.spec.Basic.Properties(
-        content_type=message.content_type if whole else CONTENT_TYPE,
-        delivery_mode=_PERSISTENT,
-        message_id=ids[0],
-        message_type=ids[1],
-        correlation_id=ids[2],
+        content_type=message.content_type,
+        delivery_mode=message.delivery_mode.value if message.delivery_mode else _PERSISTENT,
+        message_id=message.message_id,
+        message_type=message.type,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=_milliseconds(message.expiration),
         app_id=message.app_id,
         headers=headers,
     )
+
+
+def _milliseconds(seconds: float | None) -> str | None:
+    return None if seconds is None else str(max(1, int(seconds * 1000)))
 
 
 def _origin(message: AbstractIncomingMessage) -> tuple[str, str]:

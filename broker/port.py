@@ -15,16 +15,21 @@ Guarantees every adapter gives (the contract suite in ``tests/contract/test_bus.
   - raises :class:`Drop`: an expected domain outcome, logged and acked;
   - raises :class:`PoisonMessage`: dead-lettered at once with the reason;
   - raises anything else: requeued and redelivered, and dead-lettered with the last error as the
-    reason once it has been delivered ``delivery_limit`` times.
+    reason once it has been delivered ``delivery_limit`` times; on a ``BROADCAST`` queue, logged
+    and dropped instead.
 
-* A body that does not decode into a known wire model is dead-lettered with the reason and the
-  consumer goes on.
+  One policy decides this for every adapter: :mod:`broker.ack`. A reply is sent by the replier
+  (its ``sender`` is the answering bus's).
+* A body that does not decode into a known wire model (whatever is wrong with it) is dead-lettered
+  at once with the reason, alone even when it came in a batch, and the consumer goes on.
+* What each kind of queue keeps, and what it costs, is :class:`QueueKind`'s docstring.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from broker.envelope import Envelope
@@ -63,14 +68,44 @@ class Binding:
     pattern: str
 
 
+class QueueKind(Enum):
+    """What a queue is for, and so what it costs the broker and what it keeps.
+
+    * ``SHARED``: a manager's queue. Durable quorum queue, consumed by every copy of the manager as
+      competing consumers; nothing confirmed is lost; the full ack policy with the delivery limit.
+    * ``AGENT``: one agent's own queue. Durable classic queue (1 broker file handle, a quorum queue
+      holds 3), otherwise as ``SHARED``: the adapter counts failed deliveries itself (a classic queue
+      has no ``x-delivery-count``). A message survives a broker restart but not the loss of the
+      broker node that holds it (the job manager's sweep re-sends a lost command). A consumer that
+      kills its process on a message gets it again with no limit (a quorum queue would stop it).
+    * ``BROADCAST``: a notification every process hears (nameko's BROADCAST). Each subscription
+      gets a queue of its own (exclusive, auto-delete, not durable, named ``spec.name`` plus a
+      unique suffix), so every subscriber gets its own copy of every message. What is published
+      while a process does not listen (not yet subscribed, reconnecting) is lost for it: by design.
+      A handler that fails is logged and the message dropped: no retry, no delivery limit.
+    * ``TRANSIENT``: cheap traffic that is worthless once late (heartbeats, live queries). A classic
+      queue with a fixed name, shared by competing consumers, neither durable nor auto-delete; its
+      messages are lost with a broker restart. Failures are retried and dead-lettered as on
+      ``SHARED``.
+
+    On every kind a poison or undecodable message is dead-lettered at once with the reason.
+    """
+
+    SHARED = "shared"
+    AGENT = "agent"
+    BROADCAST = "broadcast"
+    TRANSIENT = "transient"
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
-    """A durable queue shared by every consumer that subscribes to it (competing consumers)."""
+    """A queue, its bindings, and what kind of queue it is (see :class:`QueueKind`)."""
 
     name: str
     bindings: tuple[Binding, ...]
     prefetch: int = 32
     delivery_limit: int = 5
+    kind: QueueKind = QueueKind.SHARED
 
 
 @dataclass(frozen=True, slots=True)

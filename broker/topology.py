@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.port import Binding, QueueSpec
+from broker.port import Binding, QueueKind, QueueSpec
 
 # Routing keys of commands to managers.
 RESOURCE_REGISTER = "resource.register"
@@ -124,6 +124,7 @@ class Topology:
             self.queue_name("agent", resource_id),
             (Binding(self.agent_commands, f"{resource_id}.#"),),
             prefetch=16,
+            kind=QueueKind.AGENT,
         )
 
     @staticmethod

@@ -21,4 +21,4 @@ def make_bus(settings: Settings, *, sender: str) -> MessageBus:
         return AmqpBus(settings.amqp_url, all_message_types(), topology, sender=sender)
     from broker.memory import MemoryBus
 
-    return MemoryBus(all_message_types(), topology)
+    return MemoryBus(all_message_types(), topology, sender=sender)

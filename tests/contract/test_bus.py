@@ -29,6 +29,7 @@ from broker.port import (
     MessageBus,
     NoRoute,
     PoisonMessage,
+    QueueKind,
     QueueSpec,
     RequestTimeout,
 )
@@ -58,6 +59,10 @@ class Stranger(WireModel):
 
 
 TYPES = MessageTypes(Ping, Pong)
+# The kinds of queue that competing consumers share, with retries and the delivery limit.
+COMPETING = [QueueKind.SHARED, QueueKind.AGENT, QueueKind.TRANSIENT]
+# The sender name of the bus under test: what its replies carry.
+REPLIER = "contract-test"
 
 Inject = Callable[[str, str, bytes], Awaitable[None]]
 
@@ -113,6 +118,10 @@ def far_future(envelope: Envelope) -> bytes:
     return msgpack.packb(raw)
 
 
+async def _pong(envelope: Envelope) -> Pong:
+    return Pong(n=envelope.payload.n)
+
+
 class Recorder:
     """A handler that records every delivery, then does what ``then`` says (if anything)."""
 
@@ -140,8 +149,10 @@ class BusContract:
     def topology(self) -> Topology:
         return Topology(namespace=unique_namespace("contract"))
 
-    def spec(self, topology: Topology, purpose: str, *bindings: Binding, **options: int) -> QueueSpec:
-        return QueueSpec(topology.queue_name("contract", purpose), bindings, **options)
+    def spec(
+        self, topology: Topology, purpose: str, *bindings: Binding, kind: QueueKind = QueueKind.SHARED, **options: int
+    ) -> QueueSpec:
+        return QueueSpec(topology.queue_name("contract", purpose), bindings, kind=kind, **options)
 
     async def test_topic_patterns_route_like_rabbitmq(self, bus: MessageBus, topology: Topology) -> None:
         one_word, any_words = Recorder(), Recorder()
@@ -181,12 +192,15 @@ class BusContract:
             assert recorder.seen[0].payload == Ping(n=1)
             assert recorder.seen[0].sender == "contract"
 
-    async def test_competing_consumers_share_one_queue(self, bus: MessageBus, topology: Topology) -> None:
+    @pytest.mark.parametrize("kind", COMPETING)
+    async def test_competing_consumers_share_one_queue(
+        self, bus: MessageBus, topology: Topology, kind: QueueKind
+    ) -> None:
         async def work(envelope: Envelope) -> None:
             await asyncio.sleep(0.005)
 
         first, second = Recorder(work), Recorder(work)
-        spec = self.spec(topology, "shared", Binding(topology.commands, "contract.ping"), prefetch=1)
+        spec = self.spec(topology, "shared", Binding(topology.commands, "contract.ping"), kind=kind, prefetch=1)
         await bus.subscribe(spec, first)
         await bus.subscribe(spec, second)
 
@@ -197,8 +211,9 @@ class BusContract:
         assert first.seen and second.seen, (first.numbers(), second.numbers())
         assert sorted(first.numbers() + second.numbers()) == list(range(20))
 
+    @pytest.mark.parametrize("kind", COMPETING)
     async def test_failure_is_retried_then_dead_lettered_with_the_reason(
-        self, bus: MessageBus, topology: Topology
+        self, bus: MessageBus, topology: Topology, kind: QueueKind
     ) -> None:
         attempts: collections.Counter[int] = collections.Counter()
 
@@ -210,7 +225,9 @@ class BusContract:
             if n == 2:
                 raise RuntimeError("always broken")
 
-        spec = self.spec(topology, "retry", Binding(topology.commands, "contract.ping"), prefetch=1, delivery_limit=3)
+        spec = self.spec(
+            topology, "retry", Binding(topology.commands, "contract.ping"), kind=kind, prefetch=1, delivery_limit=3
+        )
         await bus.subscribe(spec, flaky)
         broken = ping(2)
         await bus.publish(topology.commands, ping(1))
@@ -313,11 +330,71 @@ class BusContract:
         request = ping(21)
         reply = await bus.request(topology.commands, request, timeout=5)
         assert reply.payload == Pong(n=42)
+        assert reply.sender == REPLIER  # the bus that answered, not the requester ("contract")
         assert reply.causation_id == request.message_id
         assert reply.correlation_id == request.message_id
 
         replies = await asyncio.gather(*(bus.request(topology.commands, ping(n), timeout=5) for n in range(20)))
         assert [reply.payload.n for reply in replies] == [2 * n for n in range(20)]
+
+    @pytest.mark.parametrize("kind", COMPETING)
+    async def test_a_request_that_failed_once_is_answered_on_its_retry(
+        self, bus: MessageBus, topology: Topology, kind: QueueKind
+    ) -> None:
+        tries: collections.Counter[int] = collections.Counter()
+
+        async def flaky(envelope: Envelope) -> Pong:
+            tries[envelope.payload.n] += 1
+            if tries[envelope.payload.n] == 1:
+                raise RuntimeError("flaky once")
+            return Pong(n=envelope.payload.n)
+
+        spec = self.spec(topology, "rpc-retry", Binding(topology.commands, "contract.*"), kind=kind)
+        await bus.subscribe(spec, flaky)
+
+        reply = await bus.request(topology.commands, ping(6), timeout=5)
+        assert reply.payload == Pong(n=6) and tries[6] == 2
+
+    async def test_every_broadcast_subscriber_gets_its_own_copy(
+        self, bus: MessageBus, other_bus: MessageBus, topology: Topology
+    ) -> None:
+        spec = self.spec(topology, "gateway-events", Binding(topology.events, "job.*"), kind=QueueKind.BROADCAST)
+        here, there, also_here = Recorder(), Recorder(), Recorder()
+        await bus.subscribe(spec, here)
+        await other_bus.subscribe(spec, there)
+        await bus.subscribe(spec, also_here)
+
+        for n in range(3):
+            await bus.publish(topology.events, ping(n), "job.changed")
+        await eventually(lambda: all(len(r.seen) >= 3 for r in (here, there, also_here)), "three copies each")
+        await asyncio.sleep(0.1)  # time for a wrong extra delivery to show
+
+        assert here.numbers() == there.numbers() == also_here.numbers() == [0, 1, 2]
+
+    async def test_a_failing_broadcast_handler_drops_the_message(self, bus: MessageBus, topology: Topology) -> None:
+        async def fail_first(envelope: Envelope) -> None:
+            if envelope.payload.n == 1:
+                raise RuntimeError("cannot notify")
+
+        handler = Recorder(fail_first)
+        spec = self.spec(topology, "notify", Binding(topology.events, "job.*"), kind=QueueKind.BROADCAST, prefetch=1)
+        await bus.subscribe(spec, handler)
+        await bus.publish(topology.events, ping(1), "job.changed")
+        await bus.publish(topology.events, ping(2), "job.changed")
+        await eventually(lambda: 2 in handler.numbers(), "the second message")
+        await asyncio.sleep(0.2)  # time for a wrong redelivery to show
+
+        assert handler.numbers() == [1, 2]
+        assert await bus.dead_letters() == []
+
+    async def test_a_broadcast_queue_goes_with_its_subscription(self, bus: MessageBus, topology: Topology) -> None:
+        spec = self.spec(topology, "listening", Binding(topology.commands, "contract.*"), kind=QueueKind.BROADCAST)
+        subscription = await bus.subscribe(spec, Recorder(_pong))
+        assert (await bus.request(topology.commands, ping(1), timeout=5)).payload == Pong(n=1)
+        await subscription.cancel()
+
+        with pytest.raises(NoRoute):
+            await bus.request(topology.commands, ping(2), timeout=5)
 
     async def test_request_without_reply_times_out(self, bus: MessageBus, topology: Topology) -> None:
         handler = Recorder()  # returns None: nothing to answer
@@ -428,7 +505,7 @@ class BusContract:
 class TestMemoryBus(BusContract):
     @pytest.fixture
     async def bus(self, topology: Topology) -> AsyncIterator[MemoryBus]:
-        bus = MemoryBus(TYPES, topology)
+        bus = MemoryBus(TYPES, topology, sender=REPLIER)
         await bus.start()
         yield bus
         await bus.close()
@@ -559,6 +636,30 @@ class TestAmqpBus(BusContract):
             await eventually(lambda: 3 in handler.numbers(), "the message published once the broker was back")
         finally:
             await bus.close()
+
+    async def test_each_kind_declares_its_own_kind_of_queue(
+        self, bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        for kind in QueueKind:
+            spec = self.spec(topology, kind.value, Binding(topology.events, "job.*"), kind=kind)
+            await bus.subscribe(spec, Recorder())
+
+        columns = ("name", "type", "durable", "auto_delete", "exclusive")
+        listing = await asyncio.to_thread(rabbitmqctl, "list_queues", "-p", amqp_vhost.name, *columns)
+        queues = {}
+        for line in listing.splitlines():
+            name, *rest = line.split("\t")
+            if name.startswith(topology.queue_name("contract", "")):
+                queues[name.removeprefix(topology.queue_name("contract", ""))] = tuple(rest)
+
+        broadcast = [name for name in queues if name.startswith("broadcast.")]
+        assert len(broadcast) == 1, queues  # named by the spec, with a suffix of its own
+        assert queues.pop(broadcast[0]) == ("classic", "false", "true", "true")
+        assert queues == {
+            "shared": ("quorum", "true", "false", ""),  # a quorum queue is never exclusive: no column
+            "agent": ("classic", "true", "false", "false"),
+            "transient": ("classic", "false", "false", "false"),
+        }
 
     async def test_messages_wait_in_the_queue_for_a_restarted_consumer(
         self, bus: AmqpBus, topology: Topology, amqp_url: str
