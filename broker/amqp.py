@@ -105,6 +105,7 @@ class AmqpBus:
         self._channel: AbstractRobustChannel | None = None
         self._dead_queue: AbstractRobustQueue | None = None
         self._rpc_channel: AbstractRobustChannel | None = None
+        self._transient_channel: AbstractRobustChannel | None = None  # no confirms: fire and forget
         self._rpc_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._exchanges: set[str] = set()
@@ -128,6 +129,7 @@ class AmqpBus:
             await self._disconnect()
             raise BusUnavailable(f"cannot reach RabbitMQ: {error!r}") from error
         self._channel = await self._publisher.channel(publisher_confirms=True)
+        self._transient_channel = await self._publisher.channel(publisher_confirms=False)
         for exchange in self.topology.exchanges:
             await self._declare_exchange(exchange)
         self._dead_queue = await self._channel.declare_queue(
@@ -158,7 +160,7 @@ class AmqpBus:
     async def _disconnect(self) -> None:
         connections = [c for c in (self._consumer, self._publisher) if c is not None]
         self._publisher = self._consumer = None
-        self._channel = self._rpc_channel = None
+        self._channel = self._rpc_channel = self._transient_channel = None
         self._dead_queue = None
         self._exchanges.clear()
         for connection in connections:
@@ -177,9 +179,33 @@ class AmqpBus:
 
     # Publishing.
 
-    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+    async def publish(
+        self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
+    ) -> None:
         self._open_channel()  # BusUnavailable at once when closed
-        await self.batches.publish(exchange, routing_key or envelope.type, envelope, codec.encode(envelope))
+        key = routing_key or envelope.type
+        if transient:
+            properties = self._properties(envelope, correlation_id=envelope.correlation_id, persistent=False)
+            await self._fire(exchange, key, codec.encode(envelope), properties)
+            return
+        await self.batches.publish(exchange, key, envelope, codec.encode(envelope))
+
+    async def _fire(
+        self, exchange: str, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties
+    ) -> None:
+        """Publish on the channel without confirms: no waiting for the broker, no retry, no NoRoute.
+        BusUnavailable at once while the connection is down: a transient message is worthless late."""
+        channel = self._transient_channel
+        if channel is None or channel.is_closed or self._closed:
+            raise BusUnavailable(f"not connected: transient {routing_key!r} not sent")
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                underlay = await channel.get_underlay_channel()
+                await underlay.basic_publish(body, exchange=exchange, routing_key=routing_key, properties=properties)
+        except Exception as error:
+            if isinstance(error, TimeoutError) or is_lost(error):
+                raise BusUnavailable(f"transient {routing_key!r} not sent: {error!r}") from error
+            raise
 
     async def _send_batch(
         self, exchange: str, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties, deadline: float
@@ -187,12 +213,20 @@ class AmqpBus:
         await self._send(self._open_channel(), exchange, routing_key, body, properties, deadline=deadline)
 
     async def request(
-        self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
+        self,
+        exchange: str,
+        envelope: Envelope,
+        *,
+        routing_key: str | None = None,
+        timeout: float = 10.0,
+        transient: bool = False,
     ) -> Envelope:
         channel = await self._rpc()
         key = routing_key or envelope.type
         # The AMQP correlation id of a request is its message id: the reply carries it back.
-        properties = self._properties(envelope, correlation_id=envelope.message_id, reply_to=DIRECT_REPLY_TO)
+        properties = self._properties(
+            envelope, correlation_id=envelope.message_id, reply_to=DIRECT_REPLY_TO, persistent=not transient
+        )
         # A request nobody took within its timeout expires in the queue rather than running late,
         # after its caller has given up (RabbitMQ dead-letters it with reason "expired").
         properties.expiration = _milliseconds(timeout)
@@ -209,13 +243,16 @@ class AmqpBus:
             self._pending.pop(envelope.message_id, None)
         return codec.decode(body, self.types)
 
-    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str, *, transient: bool = False) -> None:
         request = HANDLING.get()
+        persistent = not transient
         if request is None or not request.reply_to:
-            properties = self._properties(envelope, correlation_id=envelope.correlation_id)
+            properties = self._properties(envelope, correlation_id=envelope.correlation_id, persistent=persistent)
         else:
             # The requester matches its reply by this correlation id, on the reply-to of its own channel.
-            properties = self._properties(envelope, correlation_id=request.correlation_id, reply_to=request.reply_to)
+            properties = self._properties(
+                envelope, correlation_id=request.correlation_id, reply_to=request.reply_to, persistent=persistent
+            )
             if request.expiration is not None:
                 properties.expiration = _milliseconds(request.expiration)
         channel = self._open_channel()

@@ -127,7 +127,8 @@ class _MemorySubscription:
 
 
 class MemoryBus:
-    """Implements :class:`broker.port.MessageBus` inside one event loop."""
+    """Implements :class:`broker.port.MessageBus` inside one event loop. Nothing here outlives the
+    process, so a transient message is carried as any other."""
 
     def __init__(self, types: MessageTypes, topology: Topology | None = None, *, sender: str = "") -> None:
         self.types = types
@@ -146,7 +147,9 @@ class MemoryBus:
             await subscription.cancel()
         self._open = False
 
-    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
+    async def publish(
+        self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
+    ) -> None:
         self._route(exchange, routing_key or envelope.type, codec.encode(envelope), reply=None)
 
     async def subscribe(self, queue: QueueSpec, handler: Handler) -> _MemorySubscription:
@@ -156,7 +159,13 @@ class MemoryBus:
         return subscription
 
     async def request(
-        self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
+        self,
+        exchange: str,
+        envelope: Envelope,
+        *,
+        routing_key: str | None = None,
+        timeout: float = 10.0,
+        transient: bool = False,
     ) -> Envelope:
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         key = routing_key or envelope.type
@@ -169,7 +178,7 @@ class MemoryBus:
             raise RequestTimeout(f"no reply to {key!r} within {timeout}s") from None
         return codec.decode(body, self.types)
 
-    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str, *, transient: bool = False) -> None:
         taken = _handling.get()
         reply = taken.reply if taken is not None else None
         expires_at = taken.expires_at if taken is not None else None

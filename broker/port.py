@@ -3,7 +3,9 @@
 Guarantees every adapter gives (the contract suite in ``tests/contract/test_bus.py`` checks them):
 
 * ``publish`` returns only once the bus holds the message (a publisher confirm on AMQP), so a
-  confirmed message survives a broker connection loss.
+  confirmed message survives a broker connection loss. A ``transient=True`` publish does not: it
+  is sent non-persistent, without waiting for a confirm, and may be lost (heartbeats, live
+  queries).
 * A subscribed handler runs at least once per message routed to its queue. The message is
   acknowledged only after the handler returns, so a handler must store its state change first and
   must be safe to run twice.
@@ -130,29 +132,52 @@ class MessageBus(Protocol):
         """Connect and declare the exchanges of the topology."""
 
     async def close(self) -> None:
-        """Cancel every subscription (finishing in-flight handlers), then disconnect."""
+        """Cancel every subscription (finishing in-flight handlers), then disconnect.
 
-    async def publish(self, exchange: str, envelope: Envelope, routing_key: str | None = None) -> None:
-        """Publish persistently; return once the broker confirmed. Routing key defaults to the type."""
+        Returns within the adapter's close timeout whatever the broker does: a handler still running
+        then is cancelled, and what it had not acked is redelivered to another consumer.
+        """
+
+    async def publish(
+        self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
+    ) -> None:
+        """Publish persistently; return once the broker confirmed. Routing key defaults to the type.
+
+        ``transient``: fire and forget. Not persistent, no publisher confirm, so no :class:`NoRoute`
+        either (a message no queue takes is silently dropped) and no retry across a reconnection:
+        :class:`BusUnavailable` at once while the broker is unreachable, and a message may be lost
+        even when this returns. For what is worthless late and replaced soon (a heartbeat).
+        """
 
     async def subscribe(self, queue: QueueSpec, handler: Handler) -> Subscription:
         """Declare ``queue`` with its bindings and consume it with ``handler``."""
 
     async def request(
-        self, exchange: str, envelope: Envelope, *, routing_key: str | None = None, timeout: float = 10.0
+        self,
+        exchange: str,
+        envelope: Envelope,
+        *,
+        routing_key: str | None = None,
+        timeout: float = 10.0,
+        transient: bool = False,
     ) -> Envelope:
         """Publish a command and wait for the reply of the handler that consumes it.
 
         A request that no consumer has taken within ``timeout`` expires unhandled (and is
         dead-lettered as expired), so a caller that gave up never has its command run behind its back.
+        Raises :class:`NoRoute` when no queue takes it, :class:`RequestTimeout` when no reply came in
+        time, and :class:`BusUnavailable` at once when the connection that would carry the reply is
+        lost while it waits (the command may or may not have run). ``transient``: the request is not
+        persisted (a live query); it is still confirmed, so :class:`NoRoute` still holds.
         """
 
-    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str, *, transient: bool = False) -> None:
         """Pass the request the running handler took on to another queue, untouched, with its reply
         address: the consumer there answers the original requester directly, and the handler that
         forwarded it returns None. The forwarded request expires as a request does (with the
         original's time to live). Called from a handler of a message that is not a request, it is
         a plain :meth:`publish`. Either way it raises :class:`NoRoute` when no queue takes it.
+        ``transient``: not persisted, as for :meth:`request` (still confirmed).
         """
 
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:

@@ -500,6 +500,29 @@ class BusContract:
 
         with pytest.raises(BusUnavailable):
             await bus.publish(topology.events, ping(1))
+        with pytest.raises(BusUnavailable):
+            await bus.publish(topology.events, ping(2), transient=True)
+
+    async def test_transient_messages_reach_a_transient_queue_and_need_no_route(
+        self, bus: MessageBus, topology: Topology
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "heartbeats", Binding(topology.events, "host.*"), kind=QueueKind.TRANSIENT)
+        await bus.subscribe(spec, handler)
+
+        await bus.publish(topology.events, ping(1), "nobody.listens", transient=True)  # no NoRoute: no confirm
+        for n in range(2, 5):
+            await bus.publish(topology.events, ping(n), "host.heartbeat", transient=True)
+        await eventually(lambda: len(handler.seen) >= 3, "the transient messages")
+        assert handler.numbers() == [2, 3, 4]
+
+    async def test_a_transient_request_is_answered(self, bus: MessageBus, topology: Topology) -> None:
+        spec = self.spec(topology, "live", Binding(topology.commands, "contract.*"), kind=QueueKind.TRANSIENT)
+        await bus.subscribe(spec, _pong)
+
+        assert (await bus.request(topology.commands, ping(8), timeout=5, transient=True)).payload == Pong(n=8)
+        with pytest.raises(NoRoute):
+            await bus.request(topology.commands, ping(9), routing_key="nobody.home", timeout=5, transient=True)
 
 
 class TestMemoryBus(BusContract):
@@ -630,6 +653,8 @@ class TestAmqpBus(BusContract):
                     await bus.publish(topology.commands, ping(1))
                 with pytest.raises(BusUnavailable):
                     await bus.request(topology.commands, ping(2), timeout=1)
+                with pytest.raises(BusUnavailable):
+                    await bus.publish(topology.commands, ping(4), transient=True)
             finally:
                 await asyncio.to_thread(rabbitmqctl, "set_permissions", "-p", amqp_vhost.name, "guest", *[".*"] * 3)
             await bus.publish(topology.commands, ping(3))
@@ -741,6 +766,20 @@ class TestAmqpBus(BusContract):
         assert [envelope.message_id for envelope in carried] == [envelope.message_id for envelope in sent]
         assert alone.content_type == CONTENT_TYPE and codec.decode(alone.body, TYPES).payload == Ping(n=999)
         assert (bus.batches.messages, bus.batches.envelopes) == (len(messages), 201)
+
+    async def test_a_transient_publish_is_not_persisted_nor_batched(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        async def send() -> None:
+            await asyncio.gather(*(bus.publish(topology.commands, ping(n), transient=True) for n in range(5)))
+            await bus.publish(topology.commands, ping(99))  # confirmed, and behind the transient ones
+
+        messages = await self.take_raw(amqp_url, topology, "transient-wire", send)
+
+        assert [codec.decode(m.body, TYPES).payload.n for m in messages] == [0, 1, 2, 3, 4, 99]
+        assert {m.delivery_mode for m in messages[:5]} == {aio_pika.DeliveryMode.NOT_PERSISTENT}
+        assert messages[5].delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert (bus.batches.messages, bus.batches.envelopes) == (1, 1)  # only the confirmed one went through it
 
     async def test_every_envelope_of_a_batch_is_handled_once(self, bus: AmqpBus, topology: Topology) -> None:
         handler = Recorder()
