@@ -108,6 +108,8 @@ class AmqpBus:
         self._transient_channel: AbstractRobustChannel | None = None  # no confirms: fire and forget
         self._rpc_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[bytes]] = {}
+        # Requests the broker confirmed: their reply can come only on the reply channel they went out on.
+        self._sent: set[str] = set()
         self._exchanges: set[str] = set()
         self._subscriptions: set[AmqpSubscription] = set()
         self._closed = False
@@ -235,12 +237,14 @@ class AmqpBus:
         try:
             # Direct reply-to refuses a request from a channel that is not consuming replies yet.
             await self._send(channel, exchange, key, codec.encode(envelope), properties, mandatory=True, restored=True)
+            self._sent.add(envelope.message_id)
             try:
                 body = await asyncio.wait_for(reply, timeout)
             except TimeoutError:
                 raise RequestTimeout(f"no reply to {key!r} within {timeout}s") from None
         finally:
             self._pending.pop(envelope.message_id, None)
+            self._sent.discard(envelope.message_id)
         return codec.decode(body, self.types)
 
     async def forward(self, exchange: str, envelope: Envelope, routing_key: str, *, transient: bool = False) -> None:
@@ -273,12 +277,24 @@ class AmqpBus:
                         channel = await self._publisher.channel(publisher_confirms=True)
                         replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
                         await replies.consume(self._on_reply, no_ack=True)
+                        channel.close_callbacks.add(self._on_reply_channel_lost)
                 except Exception as error:
                     if isinstance(error, TimeoutError) or is_lost(error):
                         raise BusUnavailable(f"cannot consume replies: {error!r}") from error
                     raise
                 self._rpc_channel = channel
         return self._rpc_channel
+
+    def _on_reply_channel_lost(self, _channel: object, error: BaseException | None) -> None:
+        """A reply channel dies with its connection, and a reply to it is lost with it: every request
+        already sent on it fails now rather than at its timeout. One still being sent goes out on the
+        restored channel, with the new one's reply address."""
+        lost = BusUnavailable(f"the connection was lost before the reply, the request may have run: {error!r}")
+        for message_id in list(self._sent):
+            reply = self._pending.get(message_id)
+            if reply is not None and not reply.done():
+                reply.set_exception(lost)
+        self._sent.clear()
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         reply = self._pending.get(message.correlation_id or "")

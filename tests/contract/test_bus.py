@@ -637,6 +637,32 @@ class TestAmqpBus(BusContract):
         await eventually(lambda: len(finished) >= 2, "the first run to end and the redelivery", timeout=15)
         assert set(finished) == {sent.message_id}
 
+    async def test_a_pending_request_fails_at_once_when_its_connection_drops(
+        self, bus: AmqpBus, other_bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        started, answer = asyncio.Event(), asyncio.Event()
+
+        async def slow(envelope: Envelope) -> Pong:
+            started.set()
+            await answer.wait()
+            return Pong(n=envelope.payload.n)
+
+        await other_bus.subscribe(self.spec(topology, "slow-rpc", Binding(topology.commands, "contract.*")), slow)
+        pending = asyncio.create_task(bus.request(topology.commands, ping(1), timeout=30))
+        try:
+            await asyncio.wait_for(started.wait(), 5)
+            loop = asyncio.get_running_loop()
+            cut_at = loop.time()
+            await asyncio.to_thread(amqp_vhost.close_all_connections, "test")
+
+            with pytest.raises(BusUnavailable, match="connection was lost"):
+                await asyncio.wait_for(pending, 10)
+            assert loop.time() - cut_at < 5, "failed at once, not at its 30 s timeout"
+        finally:
+            answer.set()
+        # The bus recovers: the next request is answered.
+        assert (await bus.request(topology.commands, ping(2), timeout=10)).payload == Pong(n=2)
+
     async def test_an_unreachable_broker_raises_bus_unavailable_then_recovers(
         self, topology: Topology, amqp_url: str, amqp_vhost: Vhost
     ) -> None:
