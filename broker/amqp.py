@@ -76,6 +76,8 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 # The broker's own delivery limit lets a message crash its consumer this many more times than the
 # adapter lets a handler fail before it is dead-lettered without a reason of ours.
 CRASH_ALLOWANCE = 2
+# Seconds close() may take, whatever the broker does.
+CLOSE_TIMEOUT = 5.0
 # Seconds between reconnection attempts, unless the URL says otherwise (``?reconnect_interval=``).
 RECONNECT_INTERVAL = 1.0
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT.value
@@ -94,8 +96,10 @@ class AmqpBus:
         *,
         publish_timeout: float = 15.0,
         sender: str = "",
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         self.url = url
+        self.close_timeout = close_timeout
         self.types = types
         self.topology = topology or Topology()
         self.publish_timeout = publish_timeout
@@ -140,15 +144,29 @@ class AmqpBus:
         await self._dead_queue.bind(self.topology.dead, "#")
 
     async def close(self) -> None:
+        """Drain, then disconnect, within ``close_timeout`` whatever the broker does (a dead or stalled
+        connection must not keep a stopping process alive): what is still running when the time is
+        up, handlers included, is cancelled, and what they had not acked is redelivered elsewhere."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
         # Handlers still running may publish (replies, dead letters, follow-up events): the
-        # connections stay up until every subscription has drained.
-        await asyncio.gather(*(subscription.cancel() for subscription in list(self._subscriptions)))
-        await self.batches.drain()
+        # connections stay up until every subscription has drained, or until a quarter of the time
+        # is left for disconnecting.
+        try:
+            async with asyncio.timeout_at(deadline - self.close_timeout / 4):
+                await asyncio.gather(*(subscription.cancel() for subscription in list(self._subscriptions)))
+                await self.batches.drain()
+        except TimeoutError:
+            log.warning(
+                "closing: handlers or publishes still running after %.1fs were cancelled; "
+                "their messages will be redelivered",
+                self.close_timeout * 3 / 4,
+            )
         self._closed = True
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BusUnavailable("the bus is closing"))
-        await self._disconnect()
+        await self._disconnect(max(0.0, deadline - loop.time()))
 
     async def _connect(self, purpose: str) -> AbstractRobustConnection:
         options: dict[str, Any] = {}
@@ -159,15 +177,13 @@ class AmqpBus:
             self.url, timeout=self.publish_timeout, client_properties={"connection_name": name}, **options
         )
 
-    async def _disconnect(self) -> None:
+    async def _disconnect(self, timeout: float | None = None) -> None:
         connections = [c for c in (self._consumer, self._publisher) if c is not None]
         self._publisher = self._consumer = None
         self._channel = self._rpc_channel = self._transient_channel = None
         self._dead_queue = None
         self._exchanges.clear()
-        for connection in connections:
-            with contextlib.suppress(*LOST, ChannelClosed):
-                await connection.close()
+        await asyncio.gather(*(_close(connection, timeout) for connection in connections))
 
     async def _declare_exchange(self, name: str) -> None:
         if name not in self._exchanges:
@@ -512,6 +528,26 @@ class AmqpBus:
                 envelope = codec.decode(body, self.types)
             letters.append(DeadLetter(body, reason, queue, exchange, routing_key, envelope))
         return letters
+
+
+async def _close(connection: AbstractRobustConnection, timeout: float | None) -> None:
+    """Close ``connection``, politely within ``timeout``, else by dropping its socket."""
+    underlay = connection.transport.connection if connection.transport is not None else None
+    try:
+        async with asyncio.timeout(timeout):
+            await connection.close()
+    except TimeoutError:
+        log.warning("RabbitMQ did not answer the close of %s in time: its socket is dropped", connection)
+        _abort(underlay)
+    except (*LOST, ChannelClosed):
+        pass
+
+
+def _abort(connection: aiormq.abc.AbstractConnection | None) -> None:
+    """Drop the socket under an aiormq connection that cannot close politely (the network is stalled)."""
+    for task in (getattr(connection, "_reader_task", None), getattr(connection, "_writer_task", None)):
+        if task is not None:
+            task.cancel()
 
 
 def _republished(

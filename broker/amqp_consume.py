@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
@@ -32,6 +33,8 @@ log = logging.getLogger("broker.amqp")
 
 # Seconds a stopping subscription waits for the broker to confirm its basic.cancel.
 CANCEL_TIMEOUT = 5.0
+# Seconds an ack or a nack may take before it is given up (the broker redelivers what it never got).
+SETTLE_TIMEOUT = 5.0
 
 
 class AmqpSubscription:
@@ -211,12 +214,13 @@ class AmqpSubscription:
         await self._settle(message.ack(), message)
 
     @staticmethod
-    async def _settle(outcome: Any, message: AbstractIncomingMessage) -> None:
-        """Ack or nack; if the channel died meanwhile, the broker redelivers the message anyway."""
+    async def _settle(outcome: Awaitable[Any], message: AbstractIncomingMessage) -> None:
+        """Ack or nack, within :data:`SETTLE_TIMEOUT`; if the channel died meanwhile (or hangs), the
+        broker redelivers the message anyway."""
         try:
-            await outcome
+            await asyncio.wait_for(outcome, SETTLE_TIMEOUT)
         except Exception as error:
-            if not is_lost(error):
+            if not isinstance(error, TimeoutError) and not is_lost(error):
                 raise
             log.warning("could not settle %s (%r); the broker will redeliver it", message.message_id, error)
 

@@ -16,6 +16,7 @@ from typing import ClassVar
 import aio_pika
 import msgpack
 import pytest
+from yarl import URL
 
 from broker import amqp_batch, codec
 from broker.amqp import CONTENT_TYPE, AmqpBus
@@ -36,6 +37,7 @@ from broker.port import (
 from broker.topology import Topology
 from schemas.base import MessageTypes, WireModel
 from tests.rabbit import Vhost, rabbitmqctl, unique_namespace
+from tests.tcp_proxy import TcpProxy
 
 
 class Ping(WireModel):
@@ -662,6 +664,34 @@ class TestAmqpBus(BusContract):
             answer.set()
         # The bus recovers: the next request is answered.
         assert (await bus.request(topology.commands, ping(2), timeout=10)).payload == Pong(n=2)
+
+    async def test_close_returns_in_bounded_time_when_the_network_stalls(
+        self, topology: Topology, amqp_url: str
+    ) -> None:
+        target = URL(amqp_url)
+        async with TcpProxy(target.host or "127.0.0.1", target.port or 5672) as proxy:
+            bus = AmqpBus(proxy.url(amqp_url), TYPES, topology, publish_timeout=30, sender=REPLIER, close_timeout=2)
+            await bus.start()
+            started, stalled, finished = asyncio.Event(), asyncio.Event(), []
+
+            async def follow_up(envelope: Envelope) -> None:
+                started.set()
+                await stalled.wait()
+                # A publish, then an ack, into a network that holds every byte: neither ever completes.
+                await bus.publish(topology.events, ping(envelope.payload.n + 1), "contract.followed")
+                finished.append(envelope.payload.n)
+
+            await bus.subscribe(self.spec(topology, "stalled", Binding(topology.commands, "contract.ping")), follow_up)
+            await bus.publish(topology.commands, ping(1))
+            await asyncio.wait_for(started.wait(), 5)
+            proxy.stall()
+            stalled.set()
+
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await asyncio.wait_for(bus.close(), 10)
+            assert loop.time() - began < 3, "close() is bounded by its close_timeout (2 s)"
+            assert finished == []  # the handler was still publishing when time ran out
 
     async def test_an_unreachable_broker_raises_bus_unavailable_then_recovers(
         self, topology: Topology, amqp_url: str, amqp_vhost: Vhost
