@@ -54,6 +54,7 @@ from yarl import URL
 from broker import ack, codec
 from broker.amqp_batch import BATCH_CONTENT_TYPE, BatchPublisher, unpack
 from broker.amqp_consume import AmqpSubscription
+from broker.amqp_logs import Outage, quiet_reconnect_loggers
 from broker.amqp_wire import ATTEMPTS, CONTENT_TYPE, EXCHANGE, HANDLING, LOST, QUEUE, REASON, ROUTING_KEY, is_lost
 from broker.envelope import Envelope
 from broker.port import (
@@ -117,6 +118,8 @@ class AmqpBus:
         self._exchanges: set[str] = set()
         self._subscriptions: set[AmqpSubscription] = set()
         self._closed = False
+        self._outage = Outage(log, sender or "skybus")
+        quiet_reconnect_loggers()
         self.batches = BatchPublisher(
             self._send_batch,
             lambda envelope: self._properties(envelope, correlation_id=envelope.correlation_id),
@@ -173,9 +176,16 @@ class AmqpBus:
         if "reconnect_interval" not in URL(self.url).query:
             options["reconnect_interval"] = RECONNECT_INTERVAL
         name = f"{self.sender or 'skybus'} {purpose}"
-        return await aio_pika.connect_robust(
+        connection = await aio_pika.connect_robust(
             self.url, timeout=self.publish_timeout, client_properties={"connection_name": name}, **options
         )
+        connection.close_callbacks.add(lambda _, error: self._lost(purpose, error))
+        connection.reconnect_callbacks.add(lambda _: self._outage.restored(purpose))
+        return connection
+
+    def _lost(self, purpose: str, error: BaseException | None) -> None:
+        if not self._closed:
+            self._outage.lost(purpose, error)
 
     async def _disconnect(self, timeout: float | None = None) -> None:
         connections = [c for c in (self._consumer, self._publisher) if c is not None]
@@ -392,7 +402,8 @@ class AmqpBus:
                 return
             if self._closed:
                 raise BusUnavailable("the bus is closed") from error
-            log.warning("publish of %r to %r failed (%r), retrying", routing_key, exchange, error)
+            # Said once for the whole outage by the connection's own callbacks, not once per publish.
+            log.debug("publish of %r to %r failed (%r), retrying", routing_key, exchange, error)
             await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
             pause = min(pause * 2, _MAX_PAUSE)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ClassVar
 
@@ -18,7 +19,7 @@ import msgpack
 import pytest
 from yarl import URL
 
-from broker import amqp_batch, codec
+from broker import amqp_batch, amqp_logs, codec
 from broker.amqp import CONTENT_TYPE, AmqpBus
 from broker.envelope import Envelope
 from broker.memory import MemoryBus
@@ -742,6 +743,38 @@ class TestAmqpBus(BusContract):
             "transient": ("classic", "false", "false", "false"),
         }
 
+    async def test_an_outage_is_logged_once_and_its_end_too(
+        self, topology: Topology, amqp_url: str, amqp_vhost: Vhost, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO)
+
+        def ours() -> list[tuple[int, str]]:
+            return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "broker.amqp"]
+
+        bus = AmqpBus(amqp_url, TYPES, topology, publish_timeout=1, sender="outage-test")
+        await bus.start()
+        handler = Recorder()
+        await bus.subscribe(self.spec(topology, "outage-log", Binding(topology.commands, "contract.ping")), handler)
+        try:
+            await asyncio.to_thread(rabbitmqctl, "clear_permissions", "-p", amqp_vhost.name, "guest")
+            try:
+                await asyncio.to_thread(amqp_vhost.close_all_connections, "test")
+                await asyncio.sleep(3.5)  # three refused reconnection attempts a connection, at least
+            finally:
+                await asyncio.to_thread(rabbitmqctl, "set_permissions", "-p", amqp_vhost.name, "guest", *[".*"] * 3)
+            await bus.publish(topology.commands, ping(1))
+            await eventually(lambda: handler.seen, "a message once the broker is back", timeout=15)
+            await eventually(lambda: any("restored" in message for _, message in ours()), "the recovery line")
+        finally:
+            await bus.close()
+
+        assert [level for level, message in ours() if "connection lost" in message] == [logging.WARNING]
+        assert [level for level, message in ours() if "restored" in message] == [logging.INFO]
+        assert not [r.msg for r in caplog.records if r.levelno >= logging.ERROR], "an outage is no error"
+        # Theirs: once each per outage (reconnecting connections can start a second "outage" apiece).
+        theirs = [r.msg for r in caplog.records if r.name in amqp_logs.RECONNECT_LOGGERS]
+        assert len(theirs) <= 2 * len(amqp_logs.RECONNECT_LOGGERS), theirs
+
     async def test_messages_wait_in_the_queue_for_a_restarted_consumer(
         self, bus: AmqpBus, topology: Topology, amqp_url: str
     ) -> None:
@@ -788,19 +821,34 @@ class TestAmqpBus(BusContract):
     # Publisher-side batching: what only the AMQP adapter does.
 
     async def take_raw(
-        self, amqp_url: str, topology: Topology, purpose: str, send: Callable[[], Awaitable[None]]
+        self,
+        amqp_url: str,
+        topology: Topology,
+        purpose: str,
+        send: Callable[[], Awaitable[None]],
+        *,
+        expect: int = 0,
     ) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Bind a plain queue of our own to ``contract.ping`` on commands, run ``send``, and return the
-        AMQP messages that arrived, read past the adapter."""
+        AMQP messages that arrived (at least ``expect`` of them, waiting up to 5 s), read past the
+        adapter."""
         connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(topology.queue_name("contract", purpose), auto_delete=True)
             await queue.bind(topology.commands, "contract.ping")
             await send()
-            messages = []
-            while (message := await queue.get(no_ack=True, fail=False)) is not None:
-                messages.append(message)
+            messages: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+            async def drain() -> None:
+                while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                    messages.append(message)
+
+            deadline = asyncio.get_running_loop().time() + 5
+            await drain()
+            while len(messages) < expect and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+                await drain()
             return messages
 
     async def test_concurrent_publishes_travel_as_fewer_messages(
@@ -828,13 +876,14 @@ class TestAmqpBus(BusContract):
     ) -> None:
         async def send() -> None:
             await asyncio.gather(*(bus.publish(topology.commands, ping(n), transient=True) for n in range(5)))
-            await bus.publish(topology.commands, ping(99))  # confirmed, and behind the transient ones
+            await bus.publish(topology.commands, ping(99))  # confirmed
 
-        messages = await self.take_raw(amqp_url, topology, "transient-wire", send)
+        messages = await self.take_raw(amqp_url, topology, "transient-wire", send, expect=6)
 
-        assert [codec.decode(m.body, TYPES).payload.n for m in messages] == [0, 1, 2, 3, 4, 99]
-        assert {m.delivery_mode for m in messages[:5]} == {aio_pika.DeliveryMode.NOT_PERSISTENT}
-        assert messages[5].delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        # Transient and confirmed publishes go on channels of their own: no order between the two.
+        modes = {codec.decode(m.body, TYPES).payload.n: m.delivery_mode for m in messages}
+        transient, persistent = aio_pika.DeliveryMode.NOT_PERSISTENT, aio_pika.DeliveryMode.PERSISTENT
+        assert modes == {**dict.fromkeys(range(5), transient), 99: persistent}
         assert (bus.batches.messages, bus.batches.envelopes) == (1, 1)  # only the confirmed one went through it
 
     async def test_every_envelope_of_a_batch_is_handled_once(self, bus: AmqpBus, topology: Topology) -> None:
