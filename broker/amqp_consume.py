@@ -76,8 +76,8 @@ class AmqpSubscription:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         # Anything delivered after the cancel and never started goes back to the queue.
-        with contextlib.suppress(*LOST, ChannelClosed):
-            await self._channel.close()
+        with contextlib.suppress(*LOST, ChannelClosed, TimeoutError):
+            await asyncio.wait_for(self._channel.close(), CANCEL_TIMEOUT)
         self._bus._subscriptions.discard(self)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

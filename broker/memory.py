@@ -60,6 +60,7 @@ class _MemorySubscription:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._running: set[asyncio.Task[None]] = set()
         self._workers = [asyncio.create_task(self._work()) for _ in range(max(1, queue.spec.prefetch))]
 
     async def cancel(self) -> None:
@@ -69,6 +70,17 @@ class _MemorySubscription:
         self._workers = []
         # A cancelled worker stops waiting at once, but the handler it shielded is still running.
         await self._idle.wait()
+        self._forget()
+
+    async def abandon(self) -> None:
+        """Cancel the handlers still running (a bus closing out of time): their deliveries are lost
+        with the process, as everything on the in-process bus is."""
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._forget()
+
+    def _forget(self) -> None:
         if self._queue.auto_delete:
             self._bus._queues.pop(self._queue.spec.name, None)
         if self in self._bus._subscriptions:
@@ -81,7 +93,10 @@ class _MemorySubscription:
             # stopping completes its in-flight handlers before it lets go.
             self._in_flight += 1
             self._idle.clear()
-            await asyncio.shield(self._finish(delivery))
+            task = asyncio.create_task(self._finish(delivery))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            await asyncio.shield(task)
 
     async def _finish(self, delivery: _Delivery) -> None:
         try:
@@ -130,8 +145,11 @@ class MemoryBus:
     """Implements :class:`broker.port.MessageBus` inside one event loop. Nothing here outlives the
     process, so a transient message is carried as any other."""
 
-    def __init__(self, types: MessageTypes, topology: Topology | None = None, *, sender: str = "") -> None:
+    def __init__(
+        self, types: MessageTypes, topology: Topology | None = None, *, sender: str = "", close_timeout: float = 5.0
+    ) -> None:
         self.types = types
+        self.close_timeout = close_timeout
         self.sender = sender  # the replier named in replies: one bus serves every service of the process
         self.topology = topology or Topology()
         self._queues: dict[str, _Queue] = {}
@@ -143,8 +161,15 @@ class MemoryBus:
         self._open = True
 
     async def close(self) -> None:
-        for subscription in list(self._subscriptions):
-            await subscription.cancel()
+        """Let running handlers finish, for ``close_timeout`` at most; then cancel what still runs."""
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                for subscription in list(self._subscriptions):
+                    await subscription.cancel()
+        except TimeoutError:
+            log.warning("closing: handlers still running after %.1fs were cancelled", self.close_timeout)
+            for subscription in list(self._subscriptions):
+                await subscription.abandon()
         self._open = False
 
     async def publish(

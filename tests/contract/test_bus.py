@@ -498,6 +498,30 @@ class BusContract:
 
         assert finished == [1]
 
+    async def test_close_cancels_a_handler_that_outlives_the_close_timeout(
+        self, bus: MessageBus, topology: Topology
+    ) -> None:
+        started, cancelled = asyncio.Event(), []
+
+        async def hang(envelope: Envelope) -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(envelope.payload.n)
+                raise
+
+        await bus.subscribe(self.spec(topology, "hang", Binding(topology.commands, "contract.ping")), hang)
+        await bus.publish(topology.commands, ping(1))
+        await asyncio.wait_for(started.wait(), 5)
+        bus.close_timeout = 1  # type: ignore[attr-defined]  # both adapters take it; the port does not name it
+
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.wait_for(bus.close(), 10)
+        assert loop.time() - began < 2
+        assert cancelled == [1]
+
     async def test_publish_after_close_raises_bus_unavailable(self, bus: MessageBus, topology: Topology) -> None:
         await bus.close()
 
