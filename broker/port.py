@@ -6,9 +6,13 @@ Guarantees every adapter gives (the contract suite in ``tests/contract/test_bus.
   confirmed message survives a broker connection loss. A ``transient=True`` publish does not: it
   is sent non-persistent, without waiting for a confirm, and may be lost (heartbeats, live
   queries).
-* A subscribed handler runs at least once per message routed to its queue. The message is
-  acknowledged only after the handler returns, so a handler must store its state change first and
-  must be safe to run twice.
+* A subscribed handler runs at least once per confirmed message routed to its queue, if the queue
+  is ``SHARED`` or ``AGENT`` (a ``BROADCAST`` or ``TRANSIENT`` queue may lose messages: see
+  :class:`QueueKind`). The message is acknowledged only after the handler returns, so a handler
+  must store its state change first and must be safe to run twice.
+* ``close`` returns within a bounded time whatever the broker does (each adapter's
+  ``close_timeout``, 5 s by default): a handler still running then is cancelled, and its message,
+  not acked, is redelivered (on RabbitMQ; the in-process bus loses it with the process).
 * The handler's outcome decides the acknowledgement:
 
   - returns normally: acked; if the message was a request, what it returned is the reply (a
