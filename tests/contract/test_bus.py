@@ -718,6 +718,28 @@ class TestAmqpBus(BusContract):
             assert loop.time() - began < 3, "close() is bounded by its close_timeout (2 s)"
             assert finished == []  # the handler was still publishing when time ran out
 
+    async def test_a_broadcast_subscription_comes_back_after_a_dropped_connection(
+        self, bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "listening", Binding(topology.events, "job.*"), kind=QueueKind.BROADCAST)
+        await bus.subscribe(spec, handler)
+        await bus.publish(topology.events, ping(1), "job.changed")
+        await eventually(lambda: handler.numbers() == [1], "the first broadcast")
+
+        assert await asyncio.to_thread(amqp_vhost.close_all_connections, "test") >= 2
+
+        async def heard_again() -> bool:
+            # What is published before the queue is declared again is lost for it, by design.
+            await bus.publish(topology.events, ping(2), "job.changed")
+            await asyncio.sleep(0.1)
+            return 2 in handler.numbers()
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not await heard_again():
+            assert loop.time() < deadline, "the broadcast queue was not declared and consumed again"
+
     async def test_an_unreachable_broker_raises_bus_unavailable_then_recovers(
         self, topology: Topology, amqp_url: str, amqp_vhost: Vhost
     ) -> None:
