@@ -542,20 +542,22 @@ class AmqpBus:
 
 
 async def _close(connection: AbstractRobustConnection, timeout: float | None) -> None:
-    """Close ``connection``, politely within ``timeout``, else by dropping its socket."""
+    """Close ``connection``, politely within ``timeout``, else by stopping its reader and writer."""
     underlay = connection.transport.connection if connection.transport is not None else None
     try:
         async with asyncio.timeout(timeout):
             await connection.close()
     except TimeoutError:
-        log.warning("RabbitMQ did not answer the close of %s in time: its socket is dropped", connection)
+        log.warning("RabbitMQ did not answer the close of %s in time: the connection is dropped", connection)
         _abort(underlay)
     except (*LOST, ChannelClosed):
         pass
 
 
 def _abort(connection: aiormq.abc.AbstractConnection | None) -> None:
-    """Drop the socket under an aiormq connection that cannot close politely (the network is stalled)."""
+    """Stop the reader and writer tasks of an aiormq connection that cannot close politely (the
+    network is stalled); the writer's own cleanup closes the socket. aiormq has no public way to
+    do this, hence the private attributes, looked up defensively."""
     for task in (getattr(connection, "_reader_task", None), getattr(connection, "_writer_task", None)):
         if task is not None:
             task.cancel()
