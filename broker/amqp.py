@@ -48,6 +48,7 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import (
     ChannelClosed,
     ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
 )
 from yarl import URL
 
@@ -420,7 +421,12 @@ class AmqpBus:
                 await self._consumer.ready()
                 channel = await self._consumer.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=queue.prefetch)
-                declared = await channel.declare_queue(**self._queue_declaration(queue))
+                try:
+                    declared = await channel.declare_queue(**self._queue_declaration(queue))
+                except ChannelPreconditionFailed as error:
+                    if queue.kind not in (QueueKind.AGENT, QueueKind.TRANSIENT):
+                        raise
+                    channel, declared = await self._take_as_it_is(queue, channel, error)
                 for binding in queue.bindings:
                     await declared.bind(binding.exchange, binding.pattern)
                 # A broadcast queue's name is the spec's with a suffix: the subscription knows the real one.
@@ -435,6 +441,27 @@ class AmqpBus:
             raise
         self._subscriptions.add(subscription)
         return subscription
+
+    async def _take_as_it_is(
+        self, spec: QueueSpec, refused: AbstractRobustChannel, error: ChannelPreconditionFailed
+    ) -> tuple[AbstractRobustChannel, AbstractRobustQueue]:
+        """Consume a named queue that exists with other arguments than its kind's (an agent's queue
+        declared as a quorum queue before agents had classic ones) as it is, so that an upgrade does not
+        stop the agent; the operator deletes it to have it declared anew."""
+        log.warning(
+            "queue %r exists with other arguments than a %s queue (%s): consumed as it is; delete it "
+            "while nobody consumes it to have it declared anew",
+            spec.name,
+            spec.kind.value,
+            error,
+        )
+        with contextlib.suppress(*LOST, ChannelClosed):
+            await refused.close()
+        if self._consumer is None:
+            raise BusUnavailable("the bus closed while subscribing")
+        channel = await self._consumer.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=spec.prefetch)
+        return channel, await channel.declare_queue(spec.name, passive=True)
 
     def _queue_declaration(self, spec: QueueSpec) -> dict[str, Any]:
         """The ``queue.declare`` of ``spec``'s kind (see :class:`broker.port.QueueKind`)."""

@@ -821,6 +821,20 @@ class TestAmqpBus(BusContract):
         theirs = [r.msg for r in caplog.records if r.name in amqp_logs.RECONNECT_LOGGERS]
         assert len(theirs) <= 2 * len(amqp_logs.RECONNECT_LOGGERS), theirs
 
+    async def test_an_agent_queue_declared_as_a_quorum_queue_before_is_consumed_as_it_is(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        spec = self.spec(topology, "old-agent", Binding(topology.agent_commands, "old.#"), kind=QueueKind.AGENT)
+        connection = await aio_pika.connect(amqp_url)
+        async with connection, connection.channel() as channel:  # as the adapter declared it before
+            arguments = {"x-queue-type": "quorum", "x-dead-letter-exchange": topology.dead, "x-delivery-limit": 7}
+            await channel.declare_queue(spec.name, durable=True, arguments=arguments)
+        handler = Recorder()
+        await bus.subscribe(spec, handler)
+
+        await bus.publish(topology.agent_commands, ping(1), "old.contract.ping")
+        await eventually(lambda: handler.numbers() == [1], "the message on the old queue")
+
     async def test_messages_wait_in_the_queue_for_a_restarted_consumer(
         self, bus: AmqpBus, topology: Topology, amqp_url: str
     ) -> None:
