@@ -4,7 +4,14 @@ What it puts on the broker (names from :class:`broker.topology.Topology`):
 
 * every exchange of the topology is a durable topic exchange; ``dead`` is bound with ``#`` to the
   one durable quorum dead-letter queue;
-* a subscribed queue is a durable quorum queue whose ``x-dead-letter-exchange`` is ``dead``.
+* a subscribed queue has ``dead`` as its ``x-dead-letter-exchange`` and is, by its spec's kind
+  (:class:`broker.port.QueueKind`): ``SHARED`` a durable quorum queue; ``AGENT`` a durable classic
+  queue; ``TRANSIENT`` a non-durable classic queue; ``BROADCAST`` an exclusive, auto-delete classic
+  queue per subscription, named ``<spec name>.<unique suffix>``.
+
+A quorum queue counts deliveries itself (``x-delivery-count``); a failed message of a classic queue
+is republished, confirmed, to the back of its queue with the attempts so far in
+``x-skybus-attempts`` (and its reply address and time to live), then acked.
 
 The adapter dead-letters by itself, so the reason travels with the message: it republishes the
 original body, confirmed, to ``dead`` with ``x-skybus-*`` headers, then acks the original. The
@@ -43,6 +50,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -52,12 +60,14 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import (
     ChannelClosed,
     ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
 )
 from yarl import URL
 
-from broker import codec
+from broker import ack, codec
 from broker.amqp_batch import BATCH_CONTENT_TYPE, BatchPublisher, unpack
 from broker.amqp_consume import AmqpSubscription
+from broker.amqp_logs import Outage, quiet_reconnect_loggers
 from broker.amqp_wire import ATTEMPTS, CONTENT_TYPE, EXCHANGE, HANDLING, LOST, QUEUE, REASON, ROUTING_KEY, is_lost
 from broker.envelope import Envelope
 from broker.port import (
@@ -65,9 +75,11 @@ from broker.port import (
     DeadLetter,
     Handler,
     NoRoute,
+    QueueKind,
     QueueSpec,
     RequestTimeout,
 )
+from broker.routing import broadcast_queue_name
 from broker.topology import Topology
 from schemas.base import MessageTypes, WireModel
 
@@ -80,6 +92,8 @@ REPLY_ADDRESS_SEPARATOR = "|"
 # The broker's own delivery limit lets a message crash its consumer this many more times than the
 # adapter lets a handler fail before it is dead-lettered without a reason of ours.
 CRASH_ALLOWANCE = 2
+# Seconds close() may take, whatever the broker does.
+CLOSE_TIMEOUT = 5.0
 # Seconds between reconnection attempts, unless the URL says otherwise (``?reconnect_interval=``).
 RECONNECT_INTERVAL = 1.0
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT.value
@@ -99,9 +113,11 @@ class AmqpBus:
         publish_timeout: float = 15.0,
         sender: str = "",
         confined: bool = False,
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         self.url = url
         self.confined = confined
+        self.close_timeout = close_timeout
         self._instance = uuid.uuid4().hex
         self._reply_addresses: dict[str, str] = {}
         self.types = types
@@ -113,11 +129,16 @@ class AmqpBus:
         self._channel: AbstractRobustChannel | None = None
         self._dead_queue: AbstractRobustQueue | None = None
         self._rpc_channel: AbstractRobustChannel | None = None
+        self._transient_channel: AbstractRobustChannel | None = None  # no confirms: fire and forget
         self._rpc_lock = asyncio.Lock()
         self._pending: dict[str, asyncio.Future[bytes]] = {}
+        # Requests the broker confirmed: their reply can come only on the reply channel they went out on.
+        self._sent: set[str] = set()
         self._exchanges: set[str] = set()
         self._subscriptions: set[AmqpSubscription] = set()
         self._closed = False
+        self._outage = Outage(log, sender or "skybus")
+        quiet_reconnect_loggers()
         self.batches = BatchPublisher(
             self._send_batch,
             lambda envelope: self._properties(envelope, correlation_id=envelope.correlation_id),
@@ -136,6 +157,7 @@ class AmqpBus:
             await self._disconnect()
             raise BusUnavailable(f"cannot reach RabbitMQ: {error!r}") from error
         self._channel = await self._publisher.channel(publisher_confirms=True)
+        self._transient_channel = await self._publisher.channel(publisher_confirms=False)
         if self.confined:
             return
         for exchange in self.topology.exchanges:
@@ -146,34 +168,53 @@ class AmqpBus:
         await self._dead_queue.bind(self.topology.dead, "#")
 
     async def close(self) -> None:
+        """Drain, then disconnect, within ``close_timeout`` whatever the broker does (a dead or stalled
+        connection must not keep a stopping process alive): what is still running when the time is
+        up, handlers included, is cancelled, and what they had not acked is redelivered elsewhere."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
         # Handlers still running may publish (replies, dead letters, follow-up events): the
-        # connections stay up until every subscription has drained.
-        await asyncio.gather(*(subscription.cancel() for subscription in list(self._subscriptions)))
-        await self.batches.drain()
+        # connections stay up until every subscription has drained, or until a quarter of the time
+        # is left for disconnecting.
+        try:
+            async with asyncio.timeout_at(deadline - self.close_timeout / 4):
+                await asyncio.gather(*(subscription.cancel() for subscription in list(self._subscriptions)))
+                await self.batches.drain()
+        except TimeoutError:
+            log.warning(
+                "closing: handlers or publishes still running after %.1fs were cancelled; "
+                "their messages will be redelivered",
+                self.close_timeout * 3 / 4,
+            )
         self._closed = True
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BusUnavailable("the bus is closing"))
-        await self._disconnect()
+        await self._disconnect(max(0.0, deadline - loop.time()))
 
     async def _connect(self, purpose: str) -> AbstractRobustConnection:
         options: dict[str, Any] = {}
         if "reconnect_interval" not in URL(self.url).query:
             options["reconnect_interval"] = RECONNECT_INTERVAL
         name = f"{self.sender or 'skybus'} {purpose}"
-        return await aio_pika.connect_robust(
+        connection = await aio_pika.connect_robust(
             self.url, timeout=self.publish_timeout, client_properties={"connection_name": name}, **options
         )
+        connection.close_callbacks.add(lambda _, error: self._lost(purpose, error))
+        connection.reconnect_callbacks.add(lambda _: self._outage.restored(purpose))
+        return connection
 
-    async def _disconnect(self) -> None:
+    def _lost(self, purpose: str, error: BaseException | None) -> None:
+        if not self._closed:
+            self._outage.lost(purpose, error)
+
+    async def _disconnect(self, timeout: float | None = None) -> None:
         connections = [c for c in (self._consumer, self._publisher) if c is not None]
         self._publisher = self._consumer = None
-        self._channel = self._rpc_channel = None
+        self._channel = self._rpc_channel = self._transient_channel = None
         self._dead_queue = None
         self._exchanges.clear()
-        for connection in connections:
-            with contextlib.suppress(*LOST, ChannelClosed):
-                await connection.close()
+        await asyncio.gather(*(_close(connection, timeout) for connection in connections))
 
     async def _declare_exchange(self, name: str) -> None:
         if name not in self._exchanges and not self.confined:
@@ -191,7 +232,29 @@ class AmqpBus:
         self, exchange: str, envelope: Envelope, routing_key: str | None = None, *, transient: bool = False
     ) -> None:
         self._open_channel()  # BusUnavailable at once when closed
-        await self.batches.publish(exchange, routing_key or envelope.type, envelope, codec.encode(envelope))
+        key = routing_key or envelope.type
+        if transient:
+            properties = self._properties(envelope, correlation_id=envelope.correlation_id, persistent=False)
+            await self._fire(exchange, key, codec.encode(envelope), properties)
+            return
+        await self.batches.publish(exchange, key, envelope, codec.encode(envelope))
+
+    async def _fire(
+        self, exchange: str, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties
+    ) -> None:
+        """Publish on the channel without confirms: no waiting for the broker, no retry, no NoRoute.
+        BusUnavailable at once while the connection is down: a transient message is worthless late."""
+        channel = self._transient_channel
+        if channel is None or channel.is_closed or self._closed:
+            raise BusUnavailable(f"not connected: transient {routing_key!r} not sent")
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                underlay = await channel.get_underlay_channel()
+                await underlay.basic_publish(body, exchange=exchange, routing_key=routing_key, properties=properties)
+        except Exception as error:
+            if isinstance(error, TimeoutError) or is_lost(error):
+                raise BusUnavailable(f"transient {routing_key!r} not sent: {error!r}") from error
+            raise
 
     async def _send_batch(
         self, exchange: str, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties, deadline: float
@@ -206,37 +269,45 @@ class AmqpBus:
         routing_key: str | None = None,
         timeout: float = 10.0,
         reply_exchange: str | None = None,
+        transient: bool = False,
     ) -> Envelope:
         channel = await self._rpc()
         key = routing_key or envelope.type
         reply_to = DIRECT_REPLY_TO if reply_exchange is None else await self._reply_address(channel, reply_exchange)
         # The AMQP correlation id of a request is its message id: the reply carries it back.
-        properties = self._properties(envelope, correlation_id=envelope.message_id, reply_to=reply_to)
+        properties = self._properties(
+            envelope, correlation_id=envelope.message_id, reply_to=reply_to, persistent=not transient
+        )
         # A request nobody took within its timeout expires in the queue rather than running late,
         # after its caller has given up (RabbitMQ dead-letters it with reason "expired").
-        properties.expiration = str(max(1, int(timeout * 1000)))
+        properties.expiration = _milliseconds(timeout)
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[envelope.message_id] = reply
         try:
             # Direct reply-to refuses a request from a channel that is not consuming replies yet.
             await self._send(channel, exchange, key, codec.encode(envelope), properties, mandatory=True, restored=True)
+            self._sent.add(envelope.message_id)
             try:
                 body = await asyncio.wait_for(reply, timeout)
             except TimeoutError:
                 raise RequestTimeout(f"no reply to {key!r} within {timeout}s") from None
         finally:
             self._pending.pop(envelope.message_id, None)
+            self._sent.discard(envelope.message_id)
         return codec.decode(body, self.types)
 
-    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str, *, transient: bool = False) -> None:
         request = HANDLING.get()
+        persistent = not transient
         if request is None or not request.reply_to:
-            properties = self._properties(envelope, correlation_id=envelope.correlation_id)
+            properties = self._properties(envelope, correlation_id=envelope.correlation_id, persistent=persistent)
         else:
             # The requester matches its reply by this correlation id, on the reply-to of its own channel.
-            properties = self._properties(envelope, correlation_id=request.correlation_id, reply_to=request.reply_to)
+            properties = self._properties(
+                envelope, correlation_id=request.correlation_id, reply_to=request.reply_to, persistent=persistent
+            )
             if request.expiration is not None:
-                properties.expiration = str(max(1, int(request.expiration * 1000)))
+                properties.expiration = _milliseconds(request.expiration)
         channel = self._open_channel()
         await self._send(channel, exchange, routing_key, codec.encode(envelope), properties, mandatory=True)
 
@@ -255,6 +326,7 @@ class AmqpBus:
                         channel = await self._publisher.channel(publisher_confirms=True)
                         replies = await channel.declare_queue(DIRECT_REPLY_TO, passive=True)
                         await replies.consume(self._on_reply, no_ack=True)
+                        channel.close_callbacks.add(self._on_reply_channel_lost)
                 except Exception as error:
                     if isinstance(error, TimeoutError) or is_lost(error):
                         raise BusUnavailable(f"cannot consume replies: {error!r}") from error
@@ -285,6 +357,17 @@ class AmqpBus:
                     raise
                 self._reply_addresses[exchange] = f"{exchange}{REPLY_ADDRESS_SEPARATOR}{tail}"
         return self._reply_addresses[exchange]
+
+    def _on_reply_channel_lost(self, _channel: object, error: BaseException | None) -> None:
+        """A reply channel dies with its connection, and a reply to it is lost with it: every request
+        already sent on it fails now rather than at its timeout. One still being sent goes out on the
+        restored channel, with the new one's reply address."""
+        lost = BusUnavailable(f"the connection was lost before the reply, the request may have run: {error!r}")
+        for message_id in list(self._sent):
+            reply = self._pending.get(message_id)
+            if reply is not None and not reply.done():
+                reply.set_exception(lost)
+        self._sent.clear()
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         reply = self._pending.get(message.correlation_id or "")
@@ -366,7 +449,8 @@ class AmqpBus:
                 return
             if self._closed:
                 raise BusUnavailable("the bus is closed") from error
-            log.warning("publish of %r to %r failed (%r), retrying", routing_key, exchange, error)
+            # Said once for the whole outage by the connection's own callbacks, not once per publish.
+            log.debug("publish of %r to %r failed (%r), retrying", routing_key, exchange, error)
             await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
             pause = min(pause * 2, _MAX_PAUSE)
 
@@ -383,18 +467,16 @@ class AmqpBus:
                 await self._consumer.ready()
                 channel = await self._consumer.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=queue.prefetch)
-                declared = await channel.declare_queue(
-                    queue.name,
-                    durable=True,
-                    arguments={
-                        "x-queue-type": "quorum",
-                        "x-dead-letter-exchange": self.topology.dead,
-                        "x-delivery-limit": queue.delivery_limit + CRASH_ALLOWANCE,
-                    },
-                )
+                try:
+                    declared = await channel.declare_queue(**self._queue_declaration(queue))
+                except ChannelPreconditionFailed as error:
+                    if queue.kind not in (QueueKind.AGENT, QueueKind.TRANSIENT):
+                        raise
+                    channel, declared = await self._take_as_it_is(queue, channel, error)
                 for binding in queue.bindings:
                     await declared.bind(binding.exchange, binding.pattern)
-                subscription = AmqpSubscription(self, queue, handler, channel, declared)
+                # A broadcast queue's name is the spec's with a suffix: the subscription knows the real one.
+                subscription = AmqpSubscription(self, replace(queue, name=declared.name), handler, channel, declared)
                 await subscription.start()
         except Exception as error:
             if channel is not None:
@@ -406,8 +488,44 @@ class AmqpBus:
         self._subscriptions.add(subscription)
         return subscription
 
+    async def _take_as_it_is(
+        self, spec: QueueSpec, refused: AbstractRobustChannel, error: ChannelPreconditionFailed
+    ) -> tuple[AbstractRobustChannel, AbstractRobustQueue]:
+        """Consume a named queue that exists with other arguments than its kind's (an agent's queue
+        declared as a quorum queue before agents had classic ones) as it is, so that an upgrade does not
+        stop the agent; the operator deletes it to have it declared anew."""
+        log.warning(
+            "queue %r exists with other arguments than a %s queue (%s): consumed as it is; delete it "
+            "while nobody consumes it to have it declared anew",
+            spec.name,
+            spec.kind.value,
+            error,
+        )
+        with contextlib.suppress(*LOST, ChannelClosed):
+            await refused.close()
+        if self._consumer is None:
+            raise BusUnavailable("the bus closed while subscribing")
+        channel = await self._consumer.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=spec.prefetch)
+        return channel, await channel.declare_queue(spec.name, passive=True)
+
+    def _queue_declaration(self, spec: QueueSpec) -> dict[str, Any]:
+        """The ``queue.declare`` of ``spec``'s kind (see :class:`broker.port.QueueKind`)."""
+        arguments: dict[str, Any] = {"x-dead-letter-exchange": self.topology.dead}
+        if spec.kind is QueueKind.SHARED:
+            arguments |= {"x-queue-type": "quorum", "x-delivery-limit": spec.delivery_limit + CRASH_ALLOWANCE}
+            return {"name": spec.name, "durable": True, "arguments": arguments}
+        arguments["x-queue-type"] = "classic"
+        if spec.kind is QueueKind.AGENT:
+            return {"name": spec.name, "durable": True, "arguments": arguments}
+        if spec.kind is QueueKind.TRANSIENT:
+            return {"name": spec.name, "durable": False, "auto_delete": False, "arguments": arguments}
+        # BROADCAST: the robust channel redeclares it under the same name after a reconnection.
+        name = broadcast_queue_name(spec.name)
+        return {"name": name, "durable": False, "exclusive": True, "auto_delete": True, "arguments": arguments}
+
     async def _reply(self, request: AbstractIncomingMessage, envelope: Envelope, payload: WireModel | Envelope) -> None:
-        answer = payload if isinstance(payload, Envelope) else envelope.caused(payload, sender=self.sender)
+        answer = ack.reply_envelope(envelope, payload, replier=self.sender)
         properties = self._properties(answer, correlation_id=request.correlation_id, persistent=False)
         reply_to = request.reply_to or ""
         exchange, separator, tail = reply_to.partition(REPLY_ADDRESS_SEPARATOR)
@@ -438,19 +556,24 @@ class AmqpBus:
         exchange, routing_key = _origin(message)
         headers = {REASON: reason, QUEUE: queue, EXCHANGE: exchange, ROUTING_KEY: routing_key}
         properties = _republished(message, headers, whole=body is None, envelope=envelope)
-        what = f"{properties.message_type} {properties.message_id}"
-        log.error("dead-lettering %s from %s: %s", what, queue, reason, extra={"queue": queue})
         body = message.body if body is None else body
         await self._send(self._open_channel(), self.topology.dead, routing_key, body, properties)
 
     async def _retry_alone(
-        self, message: AbstractIncomingMessage, queue: str, body: bytes, envelope: Envelope, attempts: int
+        self,
+        message: AbstractIncomingMessage,
+        queue: str,
+        body: bytes,
+        envelope: Envelope,
+        attempts: int,
+        *,
+        whole: bool = False,
     ) -> None:
-        """Republish one envelope of a batch, alone and confirmed, to the back of ``queue`` with the
-        failed attempts so far; the caller acks the batch once all its envelopes are settled."""
+        """Republish one envelope of a batch (or the ``whole`` message, with its reply address), alone
+        and confirmed, to the back of ``queue`` with the failed attempts so far; the caller acks."""
         exchange, routing_key = _origin(message)
         headers = {ATTEMPTS: attempts, EXCHANGE: exchange, ROUTING_KEY: routing_key}
-        properties = _republished(message, headers, envelope=envelope)
+        properties = _republished(message, headers, whole=whole, envelope=envelope)
         if self.confined:  # no write on the default exchange; its keys reach only its own queues
             await self._send(self._open_channel(), exchange, routing_key, body, properties)
             return
@@ -505,24 +628,59 @@ class AmqpBus:
         return letters
 
 
+async def _close(connection: AbstractRobustConnection, timeout: float | None) -> None:
+    """Close ``connection``, politely within ``timeout``, else by stopping its reader and writer."""
+    underlay = connection.transport.connection if connection.transport is not None else None
+    try:
+        async with asyncio.timeout(timeout):
+            await connection.close()
+    except TimeoutError:
+        log.warning("RabbitMQ did not answer the close of %s in time: the connection is dropped", connection)
+        _abort(underlay)
+    except (*LOST, ChannelClosed):
+        pass
+
+
+def _abort(connection: aiormq.abc.AbstractConnection | None) -> None:
+    """Stop the reader and writer tasks of an aiormq connection that cannot close politely (the
+    network is stalled); the writer's own cleanup closes the socket. aiormq has no public way to
+    do this, hence the private attributes, looked up defensively."""
+    for task in (getattr(connection, "_reader_task", None), getattr(connection, "_writer_task", None)):
+        if task is not None:
+            task.cancel()
+
+
 def _republished(
     message: AbstractIncomingMessage, headers: dict[str, Any], *, whole: bool = False, envelope: Envelope | None
 ) -> aiormq.spec.Basic.Properties:
-    """The properties to republish ``message`` whole, or one envelope of its batch (``envelope`` if it
-    decoded), with ``headers``."""
-    if whole:
-        ids = message.message_id, message.type, message.correlation_id
-    else:
+    """The properties to republish ``message`` whole (with its reply address, time to live and
+    delivery mode), or one envelope of its batch (``envelope`` if it decoded), with ``headers``."""
+    if not whole:
         ids = (envelope.message_id, envelope.type, envelope.correlation_id) if envelope else (None, None, None)
+        return aiormq.spec.Basic.Properties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=_PERSISTENT,
+            message_id=ids[0],
+            message_type=ids[1],
+            correlation_id=ids[2],
+            app_id=message.app_id,
+            headers=headers,
+        )
     return aiormq.spec.Basic.Properties(
-        content_type=message.content_type if whole else CONTENT_TYPE,
-        delivery_mode=_PERSISTENT,
-        message_id=ids[0],
-        message_type=ids[1],
-        correlation_id=ids[2],
+        content_type=message.content_type,
+        delivery_mode=message.delivery_mode.value if message.delivery_mode else _PERSISTENT,
+        message_id=message.message_id,
+        message_type=message.type,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=_milliseconds(message.expiration),
         app_id=message.app_id,
         headers=headers,
     )
+
+
+def _milliseconds(seconds: float | None) -> str | None:
+    return None if seconds is None else str(max(1, int(seconds * 1000)))
 
 
 def _origin(message: AbstractIncomingMessage) -> tuple[str, str]:

@@ -3,7 +3,7 @@
 Each delivery runs in a task of its own (aiormq cancels its delivery tasks when a channel dies, and
 a handler must not be cut in half by a connection loss), at most ``prefetch`` handlers at a time
 whether envelopes came alone or in batches (:mod:`broker.amqp_batch`). The handler's outcome
-decides the ack exactly as :mod:`broker.port` says; see :class:`broker.amqp.AmqpBus` for the
+decides the ack as the one policy of :mod:`broker.ack` says; see :class:`broker.amqp.AmqpBus` for the
 dead-lettering and the republishing it asks of the bus.
 """
 
@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 from aiormq.exceptions import ChannelClosed
 
-from broker import codec
+from broker import ack, codec
+from broker.ack import Action
 from broker.amqp_batch import BATCH_CONTENT_TYPE, unpack
 from broker.amqp_wire import ATTEMPTS, HANDLING, LOST, is_lost
 from broker.envelope import Envelope
-from broker.port import BusUnavailable, Drop, Handler, PoisonMessage, QueueSpec
+from broker.port import BusUnavailable, Handler, QueueKind, QueueSpec
 from schemas.base import WireModel
 
 if TYPE_CHECKING:
@@ -31,6 +33,8 @@ log = logging.getLogger("broker.amqp")
 
 # Seconds a stopping subscription waits for the broker to confirm its basic.cancel.
 CANCEL_TIMEOUT = 5.0
+# Seconds an ack or a nack may take before it is given up (the broker redelivers what it never got).
+SETTLE_TIMEOUT = 5.0
 
 
 class AmqpSubscription:
@@ -72,8 +76,8 @@ class AmqpSubscription:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         # Anything delivered after the cancel and never started goes back to the queue.
-        with contextlib.suppress(*LOST, ChannelClosed):
-            await self._channel.close()
+        with contextlib.suppress(*LOST, ChannelClosed, TimeoutError):
+            await asyncio.wait_for(self._channel.close(), CANCEL_TIMEOUT)
         self._bus._subscriptions.discard(self)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -99,16 +103,17 @@ class AmqpSubscription:
             await self._consume_batch(message)
             return
         HANDLING.set(message)
-        outcome = await self._judge(message.body, _delivery_count(message) + _attempts(message))
-        if outcome.dead is not None:
-            await self._give_up(message, outcome.dead)
+        attempts = self._attempts(message)
+        envelope, verdict = await self._judge(message.body, attempts, is_request=bool(message.reply_to))
+        if verdict.action is Action.DEAD_LETTER:
+            await self._give_up(message, verdict.reason)
             return
-        if outcome.retry:
-            await self._settle(message.nack(requeue=True), message)
+        if verdict.action is Action.REQUEUE:
+            await self._requeue(message, envelope, attempts)
             return
-        if outcome.reply is not None and message.reply_to and outcome.envelope is not None:
+        if verdict.action is Action.REPLY and envelope is not None and verdict.reply is not None:
             try:
-                await self._bus._reply(message, outcome.envelope, outcome.reply)
+                await self._bus._reply(message, envelope, verdict.reply)
             except BusUnavailable as error:
                 # Requeued, not acked: the request comes back and is answered again.
                 log.warning("could not reply to %s %s: %s", message.type, message.message_id, error)
@@ -116,13 +121,28 @@ class AmqpSubscription:
                 return
         await self._settle(message.ack(), message)
 
+    async def _requeue(self, message: AbstractIncomingMessage, envelope: Envelope | None, attempts: int) -> None:
+        """Deliver ``message`` again later. A quorum queue counts the nack itself; on a classic queue
+        the message goes back republished, confirmed, with the attempts so far in a header."""
+        if self._spec.kind is QueueKind.SHARED or envelope is None:
+            await self._settle(message.nack(requeue=True), message)
+            return
+        try:
+            await self._bus._retry_alone(message, self._spec.name, message.body, envelope, attempts, whole=True)
+        except BusUnavailable as error:
+            log.warning("could not requeue %s %s: %s", message.type, message.message_id, error)
+            await self._settle(message.nack(requeue=True), message)
+            return
+        await self._settle(message.ack(), message)
+
     async def _consume_batch(self, message: AbstractIncomingMessage) -> None:
         try:
             bodies = unpack(message.body)
         except ValueError as error:
+            log.error("undecodable batch %s from %s: %s", message.message_id, self._spec.name, error)
             await self._give_up(message, f"undecodable batch: {error}")
             return
-        attempts = _delivery_count(message) + _attempts(message)
+        attempts = self._attempts(message)
         settled = await asyncio.gather(
             *(self._settle_item(message, body, attempts) for body in bodies), return_exceptions=True
         )
@@ -139,44 +159,50 @@ class AmqpSubscription:
     async def _settle_item(self, message: AbstractIncomingMessage, body: bytes, attempts: int) -> bool:
         """Run the handler on one envelope of a batch and settle it alone: True once it needs nothing
         more from the batch's message than its ack."""
-        outcome = await self._judge(body, attempts)
+        envelope, verdict = await self._judge(body, attempts, is_request=False)
         try:
-            if outcome.dead is not None:
-                await self._bus._dead_letter(
-                    message, self._spec.name, outcome.dead, body=body, envelope=outcome.envelope
-                )
-            elif outcome.retry and outcome.envelope is not None:
-                await self._bus._retry_alone(message, self._spec.name, body, outcome.envelope, attempts + 1)
+            if verdict.action is Action.DEAD_LETTER:
+                await self._bus._dead_letter(message, self._spec.name, verdict.reason, body=body, envelope=envelope)
+            elif verdict.action is Action.REQUEUE and envelope is not None:
+                await self._bus._retry_alone(message, self._spec.name, body, envelope, attempts)
         except BusUnavailable as error:
             log.warning("could not settle an envelope of batch %s: %s", message.delivery_tag, error)
             return False
         return True
 
-    async def _judge(self, body: bytes, attempts: int) -> _Outcome:
-        """Decode and handle one envelope that failed ``attempts`` times before; say what to do with it."""
+    async def _judge(self, body: bytes, attempts: int, *, is_request: bool) -> tuple[Envelope | None, ack.Verdict]:
+        """Decode and handle one envelope on its ``attempts``-th delivery; the policy says what next."""
+        envelope: Envelope | None = None
+        reply: WireModel | Envelope | None = None
+        error: Exception | None = None
         try:
             envelope = codec.decode(body, self._bus.types)
-        except codec.UndecodableMessage as error:
-            return _Outcome(None, dead=f"undecodable: {error}")
-        try:
             async with self._slots:
                 reply = await self._handler(envelope)
-        except Drop as outcome:
-            log.info("dropped %s %s: %s", envelope.type, envelope.message_id, outcome)
-        except PoisonMessage as error:
-            return _Outcome(envelope, dead=f"poison: {error}")
-        except Exception as error:
-            attempts += 1
-            if attempts >= self._spec.delivery_limit:
-                log.error(
-                    "giving up on %s %s after %d deliveries: %r", envelope.type, envelope.message_id, attempts, error
-                )
-                return _Outcome(envelope, dead=f"delivery limit {attempts} reached: {error!r}")
-            log.warning("handler failed on %s %s (attempt %d): %r", envelope.type, envelope.message_id, attempts, error)
-            return _Outcome(envelope, retry=True)
-        else:
-            return _Outcome(envelope, reply=reply)
-        return _Outcome(envelope)
+        except Exception as failure:  # the policy tells an expected outcome from a bug
+            error = failure
+        spec = self._spec
+        verdict = ack.decide(
+            spec.kind,
+            attempts=attempts,
+            delivery_limit=spec.delivery_limit,
+            error=error,
+            reply=reply,
+            is_request=is_request,
+        )
+        what = f"{envelope.type} {envelope.message_id}" if envelope is not None else "a message"
+        ack.report(log, verdict, what, spec.name)
+        return envelope, verdict
+
+    def _attempts(self, message: AbstractIncomingMessage) -> int:
+        """This delivery's number: failed deliveries before it (counted by a quorum queue, or by us in
+        a header when we republished it; a classic queue only says it redelivered), plus one."""
+        before = _attempts(message)
+        if self._spec.kind is QueueKind.SHARED:
+            before += _delivery_count(message)
+        elif message.redelivered:
+            before += 1
+        return before + 1
 
     async def _give_up(self, message: AbstractIncomingMessage, reason: str) -> None:
         try:
@@ -188,24 +214,15 @@ class AmqpSubscription:
         await self._settle(message.ack(), message)
 
     @staticmethod
-    async def _settle(outcome: Any, message: AbstractIncomingMessage) -> None:
-        """Ack or nack; if the channel died meanwhile, the broker redelivers the message anyway."""
+    async def _settle(outcome: Awaitable[Any], message: AbstractIncomingMessage) -> None:
+        """Ack or nack, within :data:`SETTLE_TIMEOUT`; if the channel died meanwhile (or hangs), the
+        broker redelivers the message anyway."""
         try:
-            await outcome
+            await asyncio.wait_for(outcome, SETTLE_TIMEOUT)
         except Exception as error:
-            if not is_lost(error):
+            if not isinstance(error, TimeoutError) and not is_lost(error):
                 raise
             log.warning("could not settle %s (%r); the broker will redeliver it", message.message_id, error)
-
-
-class _Outcome(NamedTuple):
-    """What a handler's run on one envelope asks of the bus: nothing more than an ack (the default),
-    a retry, or a dead letter with the reason."""
-
-    envelope: Envelope | None
-    reply: WireModel | Envelope | None = None
-    retry: bool = False
-    dead: str | None = None
 
 
 def _attempts(message: AbstractIncomingMessage) -> int:

@@ -10,26 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
-from broker import codec
+from broker import ack, codec
+from broker.ack import Action
 from broker.envelope import Envelope
 from broker.port import (
     BusUnavailable,
     DeadLetter,
-    Drop,
     Handler,
     NoRoute,
-    PoisonMessage,
     QueueKind,
     QueueSpec,
     RequestTimeout,
 )
-from broker.routing import topic_matches
+from broker.routing import broadcast_queue_name, topic_matches
 from broker.topology import Topology
-from schemas.base import MessageTypes
+from schemas.base import MessageTypes, WireModel
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +48,7 @@ class _Delivery:
 @dataclass
 class _Queue:
     spec: QueueSpec
+    auto_delete: bool = False  # deleted with its subscription (a broadcast queue)
     items: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
 
 
@@ -61,6 +60,7 @@ class _MemorySubscription:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._running: set[asyncio.Task[None]] = set()
         self._workers = [asyncio.create_task(self._work()) for _ in range(max(1, queue.spec.prefetch))]
 
     async def cancel(self) -> None:
@@ -70,6 +70,19 @@ class _MemorySubscription:
         self._workers = []
         # A cancelled worker stops waiting at once, but the handler it shielded is still running.
         await self._idle.wait()
+        self._forget()
+
+    async def abandon(self) -> None:
+        """Cancel the handlers still running (a bus closing out of time): their deliveries are lost
+        with the process, as everything on the in-process bus is."""
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._queue.auto_delete:
+            self._bus._queues.pop(self._queue.spec.name, None)
         if self in self._bus._subscriptions:
             self._bus._subscriptions.remove(self)
 
@@ -80,7 +93,10 @@ class _MemorySubscription:
             # stopping completes its in-flight handlers before it lets go.
             self._in_flight += 1
             self._idle.clear()
-            await asyncio.shield(self._finish(delivery))
+            task = asyncio.create_task(self._finish(delivery))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            await asyncio.shield(task)
 
     async def _finish(self, delivery: _Delivery) -> None:
         try:
@@ -91,42 +107,50 @@ class _MemorySubscription:
                 self._idle.set()
 
     async def _handle(self, delivery: _Delivery) -> None:
+        spec = self._queue.spec
         if delivery.expires_at is not None and asyncio.get_running_loop().time() > delivery.expires_at:
-            self._bus._dead_letter(delivery, self._queue.spec.name, "expired: no consumer took it in time")
+            self._bus._dead_letter(delivery, spec.name, "expired: no consumer took it in time")
             return
         delivery.attempts += 1
+        envelope: Envelope | None = None
+        reply: WireModel | Envelope | None = None
+        error: Exception | None = None
         try:
             envelope = codec.decode(delivery.body, self._bus.types)
-        except codec.UndecodableMessage as error:
-            self._bus._dead_letter(delivery, self._queue.spec.name, f"undecodable: {error}")
-            return
-        _handling.set(delivery)
-        try:
+            _handling.set(delivery)
             reply = await self._handler(envelope)
-        except Drop as outcome:
-            log.info("dropped %s %s: %s", envelope.type, envelope.message_id, outcome)
-        except PoisonMessage as error:
-            self._bus._dead_letter(delivery, self._queue.spec.name, f"poison: {error}")
-        except Exception as error:
-            if delivery.attempts >= self._queue.spec.delivery_limit:
-                log.error("giving up on %s after %d deliveries: %r", envelope.type, delivery.attempts, error)
-                self._bus._dead_letter(
-                    delivery, self._queue.spec.name, f"delivery limit {delivery.attempts} reached: {error!r}"
-                )
-            else:
-                log.warning("handler failed on %s (attempt %d): %r", envelope.type, delivery.attempts, error)
-                self._queue.items.put_nowait(delivery)
-        else:
-            if delivery.reply is not None and not delivery.reply.done() and reply is not None:
-                answer = reply if isinstance(reply, Envelope) else envelope.caused(reply, sender=envelope.sender)
+        except Exception as failure:  # the policy tells an expected outcome from a bug
+            error = failure
+        verdict = ack.decide(
+            spec.kind,
+            attempts=delivery.attempts,
+            delivery_limit=spec.delivery_limit,
+            error=error,
+            reply=reply,
+            is_request=delivery.reply is not None,
+        )
+        what = f"{envelope.type} {envelope.message_id}" if envelope is not None else "a message"
+        ack.report(log, verdict, what, spec.name)
+        if verdict.action is Action.DEAD_LETTER:
+            self._bus._dead_letter(delivery, spec.name, verdict.reason)
+        elif verdict.action is Action.REQUEUE:
+            self._queue.items.put_nowait(delivery)
+        elif verdict.action is Action.REPLY and envelope is not None and verdict.reply is not None:
+            if delivery.reply is not None and not delivery.reply.done():
+                answer = ack.reply_envelope(envelope, verdict.reply, replier=self._bus.sender)
                 delivery.reply.set_result(codec.encode(answer))
 
 
 class MemoryBus:
-    """Implements :class:`broker.port.MessageBus` inside one event loop."""
+    """Implements :class:`broker.port.MessageBus` inside one event loop. Nothing here outlives the
+    process, so a transient message is carried as any other."""
 
-    def __init__(self, types: MessageTypes, topology: Topology | None = None) -> None:
+    def __init__(
+        self, types: MessageTypes, topology: Topology | None = None, *, sender: str = "", close_timeout: float = 5.0
+    ) -> None:
         self.types = types
+        self.close_timeout = close_timeout
+        self.sender = sender  # the replier named in replies: one bus serves every service of the process
         self.topology = topology or Topology()
         self._queues: dict[str, _Queue] = {}
         self._subscriptions: list[_MemorySubscription] = []
@@ -137,8 +161,15 @@ class MemoryBus:
         self._open = True
 
     async def close(self) -> None:
-        for subscription in list(self._subscriptions):
-            await subscription.cancel()
+        """Let running handlers finish, for ``close_timeout`` at most; then cancel what still runs."""
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                for subscription in list(self._subscriptions):
+                    await subscription.cancel()
+        except TimeoutError:
+            log.warning("closing: handlers still running after %.1fs were cancelled", self.close_timeout)
+            for subscription in list(self._subscriptions):
+                await subscription.abandon()
         self._open = False
 
     async def publish(
@@ -159,7 +190,8 @@ class MemoryBus:
         *,
         routing_key: str | None = None,
         timeout: float = 10.0,
-        reply_exchange: str | None = None,  # in one process, every reply comes back the same way
+        transient: bool = False,
+        reply_exchange: str | None = None,
     ) -> Envelope:
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         key = routing_key or envelope.type
@@ -172,7 +204,7 @@ class MemoryBus:
             raise RequestTimeout(f"no reply to {key!r} within {timeout}s") from None
         return codec.decode(body, self.types)
 
-    async def forward(self, exchange: str, envelope: Envelope, routing_key: str) -> None:
+    async def forward(self, exchange: str, envelope: Envelope, routing_key: str, *, transient: bool = False) -> None:
         taken = _handling.get()
         reply = taken.reply if taken is not None else None
         expires_at = taken.expires_at if taken is not None else None
@@ -184,8 +216,11 @@ class MemoryBus:
         return taken
 
     def _declare(self, spec: QueueSpec) -> _Queue:
-        if spec.kind is QueueKind.BROADCAST:  # one queue per subscriber, each gets every message
-            spec = replace(spec, name=f"{spec.name}.{uuid.uuid4().hex[:12]}")
+        if spec.kind is QueueKind.BROADCAST:
+            # A queue of this subscription's own, deleted with it: every subscriber gets every message.
+            name = broadcast_queue_name(spec.name)
+            queue = self._queues[name] = _Queue(replace(spec, name=name), auto_delete=True)
+            return queue
         queue = self._queues.get(spec.name)
         if queue is None:
             queue = self._queues[spec.name] = _Queue(spec)

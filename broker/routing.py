@@ -1,10 +1,12 @@
-"""AMQP topic matching, shared by the in-process adapter so it routes exactly as RabbitMQ does.
+"""AMQP topic matching, shared by the in-process adapter so it routes exactly as RabbitMQ does, and
+the naming rule of broadcast queues, shared by both adapters.
 
 ``*`` matches exactly one dot-separated word, ``#`` zero or more.
 """
 
 from __future__ import annotations
 
+import uuid
 from functools import lru_cache
 
 
@@ -27,3 +29,8 @@ def _match(pattern: tuple[str, ...], key: tuple[str, ...]) -> bool:
     if not key:
         return False
     return (head == "*" or head == key[0]) and _match(rest, key[1:])
+
+
+def broadcast_queue_name(name: str) -> str:
+    """The queue of one broadcast subscription: the spec's name and a suffix no other one has."""
+    return f"{name}.{uuid.uuid4().hex[:12]}"

@@ -25,7 +25,7 @@ def make_bus(settings: Settings, *, sender: str, confined: bool = False) -> Mess
         return AmqpBus(settings.amqp_url, all_message_types(), topology, sender=sender, confined=confined)
     from broker.memory import MemoryBus
 
-    return MemoryBus(all_message_types(), topology)
+    return MemoryBus(all_message_types(), topology, sender=sender)
 
 
 def make_agent_bus(settings: Settings, *, resource_id: str, token: str) -> MessageBus:

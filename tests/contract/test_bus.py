@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ClassVar
 
 import aio_pika
+import msgpack
 import pytest
+from yarl import URL
 
-from broker import amqp_batch, codec
+from broker import amqp_batch, amqp_logs, codec
 from broker.amqp import CONTENT_TYPE, AmqpBus
 from broker.envelope import Envelope
 from broker.memory import MemoryBus
@@ -28,12 +31,14 @@ from broker.port import (
     MessageBus,
     NoRoute,
     PoisonMessage,
+    QueueKind,
     QueueSpec,
     RequestTimeout,
 )
 from broker.topology import Topology
 from schemas.base import MessageTypes, WireModel
 from tests.rabbit import Vhost, rabbitmqctl, unique_namespace
+from tests.tcp_proxy import TcpProxy
 
 
 class Ping(WireModel):
@@ -57,6 +62,10 @@ class Stranger(WireModel):
 
 
 TYPES = MessageTypes(Ping, Pong)
+# The kinds of queue that competing consumers share, with retries and the delivery limit.
+COMPETING = [QueueKind.SHARED, QueueKind.AGENT, QueueKind.TRANSIENT]
+# The sender name of the bus under test: what its replies carry.
+REPLIER = "contract-test"
 
 Inject = Callable[[str, str, bytes], Awaitable[None]]
 
@@ -105,6 +114,17 @@ async def expires_unhandled(bus: MessageBus, topology: Topology, spec: QueueSpec
     assert "expired" in dead[0].reason and dead[0].envelope.payload.n == n
 
 
+def far_future(envelope: Envelope) -> bytes:
+    """``envelope`` encoded with a time no datetime can hold (``at: 1e20``)."""
+    raw = msgpack.unpackb(codec.encode(envelope))
+    raw["at"] = 1e20
+    return msgpack.packb(raw)
+
+
+async def _pong(envelope: Envelope) -> Pong:
+    return Pong(n=envelope.payload.n)
+
+
 class Recorder:
     """A handler that records every delivery, then does what ``then`` says (if anything)."""
 
@@ -132,8 +152,10 @@ class BusContract:
     def topology(self) -> Topology:
         return Topology(namespace=unique_namespace("contract"))
 
-    def spec(self, topology: Topology, purpose: str, *bindings: Binding, **options: int) -> QueueSpec:
-        return QueueSpec(topology.queue_name("contract", purpose), bindings, **options)
+    def spec(
+        self, topology: Topology, purpose: str, *bindings: Binding, kind: QueueKind = QueueKind.SHARED, **options: int
+    ) -> QueueSpec:
+        return QueueSpec(topology.queue_name("contract", purpose), bindings, kind=kind, **options)
 
     async def test_topic_patterns_route_like_rabbitmq(self, bus: MessageBus, topology: Topology) -> None:
         one_word, any_words = Recorder(), Recorder()
@@ -173,12 +195,15 @@ class BusContract:
             assert recorder.seen[0].payload == Ping(n=1)
             assert recorder.seen[0].sender == "contract"
 
-    async def test_competing_consumers_share_one_queue(self, bus: MessageBus, topology: Topology) -> None:
+    @pytest.mark.parametrize("kind", COMPETING)
+    async def test_competing_consumers_share_one_queue(
+        self, bus: MessageBus, topology: Topology, kind: QueueKind
+    ) -> None:
         async def work(envelope: Envelope) -> None:
             await asyncio.sleep(0.005)
 
         first, second = Recorder(work), Recorder(work)
-        spec = self.spec(topology, "shared", Binding(topology.commands, "contract.ping"), prefetch=1)
+        spec = self.spec(topology, "shared", Binding(topology.commands, "contract.ping"), kind=kind, prefetch=1)
         await bus.subscribe(spec, first)
         await bus.subscribe(spec, second)
 
@@ -189,8 +214,9 @@ class BusContract:
         assert first.seen and second.seen, (first.numbers(), second.numbers())
         assert sorted(first.numbers() + second.numbers()) == list(range(20))
 
+    @pytest.mark.parametrize("kind", COMPETING)
     async def test_failure_is_retried_then_dead_lettered_with_the_reason(
-        self, bus: MessageBus, topology: Topology
+        self, bus: MessageBus, topology: Topology, kind: QueueKind
     ) -> None:
         attempts: collections.Counter[int] = collections.Counter()
 
@@ -202,7 +228,9 @@ class BusContract:
             if n == 2:
                 raise RuntimeError("always broken")
 
-        spec = self.spec(topology, "retry", Binding(topology.commands, "contract.ping"), prefetch=1, delivery_limit=3)
+        spec = self.spec(
+            topology, "retry", Binding(topology.commands, "contract.ping"), kind=kind, prefetch=1, delivery_limit=3
+        )
         await bus.subscribe(spec, flaky)
         broken = ping(2)
         await bus.publish(topology.commands, ping(1))
@@ -277,6 +305,24 @@ class BusContract:
         assert stranger.envelope is None
         assert {garbage.queue, stranger.queue} == {spec.name}
 
+    async def test_an_envelope_from_the_far_future_is_dead_lettered_at_once_with_why(
+        self, bus: MessageBus, topology: Topology, inject: Inject
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "overflow", Binding(topology.commands, "contract.#"), prefetch=1, delivery_limit=8)
+        await bus.subscribe(spec, handler)
+
+        far = far_future(ping(1))
+        await inject(topology.commands, "contract.ping", far)
+        await bus.publish(topology.commands, ping(2))
+        await eventually(lambda: handler.seen, "the good message after the bad one")
+
+        (letter,) = await take_dead_letters(bus, 1)
+        assert handler.numbers() == [2]
+        assert letter.body == far and letter.envelope is None
+        assert "undecodable" in letter.reason and "1e+20" in letter.reason
+        assert (letter.queue, letter.routing_key) == (spec.name, "contract.ping")
+
     async def test_request_gets_the_handlers_reply(self, bus: MessageBus, topology: Topology) -> None:
         async def double(envelope: Envelope) -> Pong:
             await asyncio.sleep(0.001 * (envelope.payload.n % 3))
@@ -287,11 +333,71 @@ class BusContract:
         request = ping(21)
         reply = await bus.request(topology.commands, request, timeout=5)
         assert reply.payload == Pong(n=42)
+        assert reply.sender == REPLIER  # the bus that answered, not the requester ("contract")
         assert reply.causation_id == request.message_id
         assert reply.correlation_id == request.message_id
 
         replies = await asyncio.gather(*(bus.request(topology.commands, ping(n), timeout=5) for n in range(20)))
         assert [reply.payload.n for reply in replies] == [2 * n for n in range(20)]
+
+    @pytest.mark.parametrize("kind", COMPETING)
+    async def test_a_request_that_failed_once_is_answered_on_its_retry(
+        self, bus: MessageBus, topology: Topology, kind: QueueKind
+    ) -> None:
+        tries: collections.Counter[int] = collections.Counter()
+
+        async def flaky(envelope: Envelope) -> Pong:
+            tries[envelope.payload.n] += 1
+            if tries[envelope.payload.n] == 1:
+                raise RuntimeError("flaky once")
+            return Pong(n=envelope.payload.n)
+
+        spec = self.spec(topology, "rpc-retry", Binding(topology.commands, "contract.*"), kind=kind)
+        await bus.subscribe(spec, flaky)
+
+        reply = await bus.request(topology.commands, ping(6), timeout=5)
+        assert reply.payload == Pong(n=6) and tries[6] == 2
+
+    async def test_every_broadcast_subscriber_gets_its_own_copy(
+        self, bus: MessageBus, other_bus: MessageBus, topology: Topology
+    ) -> None:
+        spec = self.spec(topology, "gateway-events", Binding(topology.events, "job.*"), kind=QueueKind.BROADCAST)
+        here, there, also_here = Recorder(), Recorder(), Recorder()
+        await bus.subscribe(spec, here)
+        await other_bus.subscribe(spec, there)
+        await bus.subscribe(spec, also_here)
+
+        for n in range(3):
+            await bus.publish(topology.events, ping(n), "job.changed")
+        await eventually(lambda: all(len(r.seen) >= 3 for r in (here, there, also_here)), "three copies each")
+        await asyncio.sleep(0.1)  # time for a wrong extra delivery to show
+
+        assert here.numbers() == there.numbers() == also_here.numbers() == [0, 1, 2]
+
+    async def test_a_failing_broadcast_handler_drops_the_message(self, bus: MessageBus, topology: Topology) -> None:
+        async def fail_first(envelope: Envelope) -> None:
+            if envelope.payload.n == 1:
+                raise RuntimeError("cannot notify")
+
+        handler = Recorder(fail_first)
+        spec = self.spec(topology, "notify", Binding(topology.events, "job.*"), kind=QueueKind.BROADCAST, prefetch=1)
+        await bus.subscribe(spec, handler)
+        await bus.publish(topology.events, ping(1), "job.changed")
+        await bus.publish(topology.events, ping(2), "job.changed")
+        await eventually(lambda: 2 in handler.numbers(), "the second message")
+        await asyncio.sleep(0.2)  # time for a wrong redelivery to show
+
+        assert handler.numbers() == [1, 2]
+        assert await bus.dead_letters() == []
+
+    async def test_a_broadcast_queue_goes_with_its_subscription(self, bus: MessageBus, topology: Topology) -> None:
+        spec = self.spec(topology, "listening", Binding(topology.commands, "contract.*"), kind=QueueKind.BROADCAST)
+        subscription = await bus.subscribe(spec, Recorder(_pong))
+        assert (await bus.request(topology.commands, ping(1), timeout=5)).payload == Pong(n=1)
+        await subscription.cancel()
+
+        with pytest.raises(NoRoute):
+            await bus.request(topology.commands, ping(2), timeout=5)
 
     async def test_request_without_reply_times_out(self, bus: MessageBus, topology: Topology) -> None:
         handler = Recorder()  # returns None: nothing to answer
@@ -392,17 +498,64 @@ class BusContract:
 
         assert finished == [1]
 
+    async def test_close_cancels_a_handler_that_outlives_the_close_timeout(
+        self, bus: MessageBus, topology: Topology
+    ) -> None:
+        started, cancelled = asyncio.Event(), []
+
+        async def hang(envelope: Envelope) -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(envelope.payload.n)
+                raise
+
+        await bus.subscribe(self.spec(topology, "hang", Binding(topology.commands, "contract.ping")), hang)
+        await bus.publish(topology.commands, ping(1))
+        await asyncio.wait_for(started.wait(), 5)
+        bus.close_timeout = 1  # type: ignore[attr-defined]  # both adapters take it; the port does not name it
+
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.wait_for(bus.close(), 10)
+        assert loop.time() - began < 2
+        assert cancelled == [1]
+
     async def test_publish_after_close_raises_bus_unavailable(self, bus: MessageBus, topology: Topology) -> None:
         await bus.close()
 
         with pytest.raises(BusUnavailable):
             await bus.publish(topology.events, ping(1))
+        with pytest.raises(BusUnavailable):
+            await bus.publish(topology.events, ping(2), transient=True)
+
+    async def test_transient_messages_reach_a_transient_queue_and_need_no_route(
+        self, bus: MessageBus, topology: Topology
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "heartbeats", Binding(topology.events, "host.*"), kind=QueueKind.TRANSIENT)
+        await bus.subscribe(spec, handler)
+
+        await bus.publish(topology.events, ping(1), "nobody.listens", transient=True)  # no NoRoute: no confirm
+        for n in range(2, 5):
+            await bus.publish(topology.events, ping(n), "host.heartbeat", transient=True)
+        await eventually(lambda: len(handler.seen) >= 3, "the transient messages")
+        assert handler.numbers() == [2, 3, 4]
+
+    async def test_a_transient_request_is_answered(self, bus: MessageBus, topology: Topology) -> None:
+        spec = self.spec(topology, "live", Binding(topology.commands, "contract.*"), kind=QueueKind.TRANSIENT)
+        await bus.subscribe(spec, _pong)
+
+        assert (await bus.request(topology.commands, ping(8), timeout=5, transient=True)).payload == Pong(n=8)
+        with pytest.raises(NoRoute):
+            await bus.request(topology.commands, ping(9), routing_key="nobody.home", timeout=5, transient=True)
 
 
 class TestMemoryBus(BusContract):
     @pytest.fixture
     async def bus(self, topology: Topology) -> AsyncIterator[MemoryBus]:
-        bus = MemoryBus(TYPES, topology)
+        bus = MemoryBus(TYPES, topology, sender=REPLIER)
         await bus.start()
         yield bus
         await bus.close()
@@ -511,6 +664,82 @@ class TestAmqpBus(BusContract):
         await eventually(lambda: len(finished) >= 2, "the first run to end and the redelivery", timeout=15)
         assert set(finished) == {sent.message_id}
 
+    async def test_a_pending_request_fails_at_once_when_its_connection_drops(
+        self, bus: AmqpBus, other_bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        started, answer = asyncio.Event(), asyncio.Event()
+
+        async def slow(envelope: Envelope) -> Pong:
+            started.set()
+            await answer.wait()
+            return Pong(n=envelope.payload.n)
+
+        await other_bus.subscribe(self.spec(topology, "slow-rpc", Binding(topology.commands, "contract.*")), slow)
+        pending = asyncio.create_task(bus.request(topology.commands, ping(1), timeout=30))
+        try:
+            await asyncio.wait_for(started.wait(), 5)
+            loop = asyncio.get_running_loop()
+            cut_at = loop.time()
+            await asyncio.to_thread(amqp_vhost.close_all_connections, "test")
+
+            with pytest.raises(BusUnavailable, match="connection was lost"):
+                await asyncio.wait_for(pending, 10)
+            assert loop.time() - cut_at < 5, "failed at once, not at its 30 s timeout"
+        finally:
+            answer.set()
+        # The bus recovers: the next request is answered.
+        assert (await bus.request(topology.commands, ping(2), timeout=10)).payload == Pong(n=2)
+
+    async def test_close_returns_in_bounded_time_when_the_network_stalls(
+        self, topology: Topology, amqp_url: str
+    ) -> None:
+        target = URL(amqp_url)
+        async with TcpProxy(target.host or "127.0.0.1", target.port or 5672) as proxy:
+            bus = AmqpBus(proxy.url(amqp_url), TYPES, topology, publish_timeout=30, sender=REPLIER, close_timeout=2)
+            await bus.start()
+            started, stalled, finished = asyncio.Event(), asyncio.Event(), []
+
+            async def follow_up(envelope: Envelope) -> None:
+                started.set()
+                await stalled.wait()
+                # A publish, then an ack, into a network that holds every byte: neither ever completes.
+                await bus.publish(topology.events, ping(envelope.payload.n + 1), "contract.followed")
+                finished.append(envelope.payload.n)
+
+            await bus.subscribe(self.spec(topology, "stalled", Binding(topology.commands, "contract.ping")), follow_up)
+            await bus.publish(topology.commands, ping(1))
+            await asyncio.wait_for(started.wait(), 5)
+            proxy.stall()
+            stalled.set()
+
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await asyncio.wait_for(bus.close(), 10)
+            assert loop.time() - began < 3, "close() is bounded by its close_timeout (2 s)"
+            assert finished == []  # the handler was still publishing when time ran out
+
+    async def test_a_broadcast_subscription_comes_back_after_a_dropped_connection(
+        self, bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "listening", Binding(topology.events, "job.*"), kind=QueueKind.BROADCAST)
+        await bus.subscribe(spec, handler)
+        await bus.publish(topology.events, ping(1), "job.changed")
+        await eventually(lambda: handler.numbers() == [1], "the first broadcast")
+
+        assert await asyncio.to_thread(amqp_vhost.close_all_connections, "test") >= 2
+
+        async def heard_again() -> bool:
+            # What is published before the queue is declared again is lost for it, by design.
+            await bus.publish(topology.events, ping(2), "job.changed")
+            await asyncio.sleep(0.1)
+            return 2 in handler.numbers()
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not await heard_again():
+            assert loop.time() < deadline, "the broadcast queue was not declared and consumed again"
+
     async def test_an_unreachable_broker_raises_bus_unavailable_then_recovers(
         self, topology: Topology, amqp_url: str, amqp_vhost: Vhost
     ) -> None:
@@ -527,12 +756,84 @@ class TestAmqpBus(BusContract):
                     await bus.publish(topology.commands, ping(1))
                 with pytest.raises(BusUnavailable):
                     await bus.request(topology.commands, ping(2), timeout=1)
+                with pytest.raises(BusUnavailable):
+                    await bus.publish(topology.commands, ping(4), transient=True)
             finally:
                 await asyncio.to_thread(rabbitmqctl, "set_permissions", "-p", amqp_vhost.name, "guest", *[".*"] * 3)
             await bus.publish(topology.commands, ping(3))
             await eventually(lambda: 3 in handler.numbers(), "the message published once the broker was back")
         finally:
             await bus.close()
+
+    async def test_each_kind_declares_its_own_kind_of_queue(
+        self, bus: AmqpBus, topology: Topology, amqp_vhost: Vhost
+    ) -> None:
+        for kind in QueueKind:
+            spec = self.spec(topology, kind.value, Binding(topology.events, "job.*"), kind=kind)
+            await bus.subscribe(spec, Recorder())
+
+        columns = ("name", "type", "durable", "auto_delete", "exclusive")
+        listing = await asyncio.to_thread(rabbitmqctl, "list_queues", "-p", amqp_vhost.name, *columns)
+        queues = {}
+        for line in listing.splitlines():
+            name, *rest = line.split("\t")
+            if name.startswith(topology.queue_name("contract", "")):
+                queues[name.removeprefix(topology.queue_name("contract", ""))] = tuple(rest)
+
+        broadcast = [name for name in queues if name.startswith("broadcast.")]
+        assert len(broadcast) == 1, queues  # named by the spec, with a suffix of its own
+        assert queues.pop(broadcast[0]) == ("classic", "false", "true", "true")
+        assert queues == {
+            "shared": ("quorum", "true", "false", ""),  # a quorum queue is never exclusive: no column
+            "agent": ("classic", "true", "false", "false"),
+            "transient": ("classic", "false", "false", "false"),
+        }
+
+    async def test_an_outage_is_logged_once_and_its_end_too(
+        self, topology: Topology, amqp_url: str, amqp_vhost: Vhost, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO)
+
+        def ours() -> list[tuple[int, str]]:
+            return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "broker.amqp"]
+
+        bus = AmqpBus(amqp_url, TYPES, topology, publish_timeout=1, sender="outage-test")
+        await bus.start()
+        handler = Recorder()
+        await bus.subscribe(self.spec(topology, "outage-log", Binding(topology.commands, "contract.ping")), handler)
+        try:
+            await asyncio.to_thread(rabbitmqctl, "clear_permissions", "-p", amqp_vhost.name, "guest")
+            try:
+                await asyncio.to_thread(amqp_vhost.close_all_connections, "test")
+                await asyncio.sleep(3.5)  # three refused reconnection attempts a connection, at least
+            finally:
+                await asyncio.to_thread(rabbitmqctl, "set_permissions", "-p", amqp_vhost.name, "guest", *[".*"] * 3)
+            await bus.publish(topology.commands, ping(1))
+            await eventually(lambda: handler.seen, "a message once the broker is back", timeout=15)
+            await eventually(lambda: any("restored" in message for _, message in ours()), "the recovery line")
+        finally:
+            await bus.close()
+
+        assert [level for level, message in ours() if "connection lost" in message] == [logging.WARNING]
+        assert [level for level, message in ours() if "restored" in message] == [logging.INFO]
+        assert not [r.msg for r in caplog.records if r.levelno >= logging.ERROR], "an outage is no error"
+        # Theirs: once each per outage (reconnecting connections can start a second "outage" apiece).
+        theirs = [r.msg for r in caplog.records if r.name in amqp_logs.RECONNECT_LOGGERS]
+        assert len(theirs) <= 2 * len(amqp_logs.RECONNECT_LOGGERS), theirs
+
+    async def test_an_agent_queue_declared_as_a_quorum_queue_before_is_consumed_as_it_is(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        spec = self.spec(topology, "old-agent", Binding(topology.agent_commands, "old.#"), kind=QueueKind.AGENT)
+        connection = await aio_pika.connect(amqp_url)
+        async with connection, connection.channel() as channel:  # as the adapter declared it before
+            arguments = {"x-queue-type": "quorum", "x-dead-letter-exchange": topology.dead, "x-delivery-limit": 7}
+            await channel.declare_queue(spec.name, durable=True, arguments=arguments)
+        handler = Recorder()
+        await bus.subscribe(spec, handler)
+
+        await bus.publish(topology.agent_commands, ping(1), "old.contract.ping")
+        await eventually(lambda: handler.numbers() == [1], "the message on the old queue")
 
     async def test_messages_wait_in_the_queue_for_a_restarted_consumer(
         self, bus: AmqpBus, topology: Topology, amqp_url: str
@@ -580,19 +881,34 @@ class TestAmqpBus(BusContract):
     # Publisher-side batching: what only the AMQP adapter does.
 
     async def take_raw(
-        self, amqp_url: str, topology: Topology, purpose: str, send: Callable[[], Awaitable[None]]
+        self,
+        amqp_url: str,
+        topology: Topology,
+        purpose: str,
+        send: Callable[[], Awaitable[None]],
+        *,
+        expect: int = 0,
     ) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Bind a plain queue of our own to ``contract.ping`` on commands, run ``send``, and return the
-        AMQP messages that arrived, read past the adapter."""
+        AMQP messages that arrived (at least ``expect`` of them, waiting up to 5 s), read past the
+        adapter."""
         connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(topology.queue_name("contract", purpose), auto_delete=True)
             await queue.bind(topology.commands, "contract.ping")
             await send()
-            messages = []
-            while (message := await queue.get(no_ack=True, fail=False)) is not None:
-                messages.append(message)
+            messages: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+            async def drain() -> None:
+                while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                    messages.append(message)
+
+            deadline = asyncio.get_running_loop().time() + 5
+            await drain()
+            while len(messages) < expect and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+                await drain()
             return messages
 
     async def test_concurrent_publishes_travel_as_fewer_messages(
@@ -614,6 +930,21 @@ class TestAmqpBus(BusContract):
         assert [envelope.message_id for envelope in carried] == [envelope.message_id for envelope in sent]
         assert alone.content_type == CONTENT_TYPE and codec.decode(alone.body, TYPES).payload == Ping(n=999)
         assert (bus.batches.messages, bus.batches.envelopes) == (len(messages), 201)
+
+    async def test_a_transient_publish_is_not_persisted_nor_batched(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        async def send() -> None:
+            await asyncio.gather(*(bus.publish(topology.commands, ping(n), transient=True) for n in range(5)))
+            await bus.publish(topology.commands, ping(99))  # confirmed
+
+        messages = await self.take_raw(amqp_url, topology, "transient-wire", send, expect=6)
+
+        # Transient and confirmed publishes go on channels of their own: no order between the two.
+        modes = {codec.decode(m.body, TYPES).payload.n: m.delivery_mode for m in messages}
+        transient, persistent = aio_pika.DeliveryMode.NOT_PERSISTENT, aio_pika.DeliveryMode.PERSISTENT
+        assert modes == {**dict.fromkeys(range(5), transient), 99: persistent}
+        assert (bus.batches.messages, bus.batches.envelopes) == (1, 1)  # only the confirmed one went through it
 
     async def test_every_envelope_of_a_batch_is_handled_once(self, bus: AmqpBus, topology: Topology) -> None:
         handler = Recorder()
@@ -701,6 +1032,27 @@ class TestAmqpBus(BusContract):
         assert "unknown message type 'contract.stranger'" in by_body[bodies[2]].reason
         assert "undecodable batch" in by_body[b"\x00\x00\x01"].reason
         assert {(letter.queue, letter.routing_key) for letter in letters} == {(spec.name, "contract.mixed")}
+
+    async def test_a_bad_envelope_of_a_batch_goes_alone_and_its_good_sibling_is_handled_once(
+        self, bus: AmqpBus, topology: Topology, amqp_url: str
+    ) -> None:
+        handler = Recorder()
+        spec = self.spec(topology, "overflow-batch", Binding(topology.commands, "contract.#"), delivery_limit=8)
+        await bus.subscribe(spec, handler)
+        good, bad = ping(1), far_future(ping(2))
+        connection = await aio_pika.connect(amqp_url)
+        async with connection, connection.channel() as channel:
+            exchange = await channel.get_exchange(topology.commands, ensure=False)
+            batch = amqp_batch.pack([codec.encode(good), bad])
+            await exchange.publish(aio_pika.Message(batch, content_type=amqp_batch.BATCH_CONTENT_TYPE), "contract.ping")
+
+        (letter,) = await take_dead_letters(bus, 1)
+        await asyncio.sleep(0.3)  # time for a wrong redelivery of the batch to show
+        assert handler.ids() == {good.message_id} and len(handler.seen) == 1
+        assert letter.body == bad and letter.envelope is None
+        assert "undecodable" in letter.reason and "1e+20" in letter.reason
+        assert (letter.queue, letter.routing_key) == (spec.name, "contract.ping")
+        assert await bus.dead_letters() == []
 
     async def test_a_batch_dead_lettered_by_rabbitmq_reads_back_as_one_letter_per_envelope(
         self, bus: AmqpBus, topology: Topology, amqp_url: str

@@ -66,3 +66,46 @@ def test_signature_survives_the_wire_and_detects_tampering() -> None:
         signature=received.signature,
     )
     assert not signature_is_valid(verify_key(token), codec.signed_bytes(claimed_other_host), received.signature)
+
+
+def raw_envelope(**fields: object) -> bytes:
+    """A well-formed encoded ``Ping`` envelope with ``fields`` of its map replaced."""
+    raw = msgpack.unpackb(codec.encode(Envelope(Ping(n=1))))
+    raw.update(fields)
+    return msgpack.packb(raw)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        raw_envelope(at=1e20),  # OverflowError in datetime.fromtimestamp
+        raw_envelope(at=-1e20),
+        raw_envelope(at=float("nan")),  # ValueError
+        raw_envelope(at=float("inf")),
+        raw_envelope(at=2**63),
+        raw_envelope(at="yesterday"),  # TypeError
+        raw_envelope(at=None),
+        raw_envelope(at=True),
+        raw_envelope(t=["test.ping"]),  # unhashable: TypeError in the registry lookup
+        raw_envelope(t=None),
+        raw_envelope(p="not bytes"),
+        raw_envelope(p=b"\xc1"),  # msgpack FormatError in the payload
+        raw_envelope(i=7),
+        raw_envelope(s=b"sender"),
+        raw_envelope(g="not bytes"),
+        raw_envelope(c=["c"]),
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb("a string"),
+        b"",
+        b"\xc1",
+        msgpack.packb({"t": "test.ping"}) + b"trailing",
+    ],
+)
+def test_any_bad_body_raises_only_the_decode_error(body: bytes) -> None:
+    with pytest.raises(codec.UndecodableMessage):
+        codec.decode(body, TYPES)
+
+
+def test_an_envelope_from_the_far_future_says_why() -> None:
+    with pytest.raises(codec.UndecodableMessage, match="time 1e\\+20"):
+        codec.decode(raw_envelope(at=1e20), TYPES)
