@@ -17,6 +17,7 @@ from services.agent.agent import agent_from_settings
 from services.agent.data_client import DataClient, DataClientError
 from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
 from services.content_manager.service import ContentManagerService
+from services.files import private_dir, restrict_new_files
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
@@ -56,6 +57,7 @@ def echo(line: str = "") -> None:
 @click.option("--log-level", default="INFO", show_default=True, envvar="SKYBUS_LOG_LEVEL")
 def main(log_level: str) -> None:
     """skybus: run commands, roles and content on a fleet of Linux hosts."""
+    restrict_new_files()  # every service and command: what skybus creates is its user's alone
     configure_logging(log_level)
 
 
@@ -67,7 +69,7 @@ def listen_options(command: Any) -> Any:
 
 
 async def _run(settings: Settings, sender: str, build: Any, *, on_ready: Any = None) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     store = await open_document_store(settings)
     bus = make_bus(settings, sender=sender)
     try:
@@ -290,7 +292,7 @@ def token_create(user: str | None, admin: bool, join: bool, data_dir: Path | Non
             raise click.BadParameter(str(error), param_hint="--user") from None
 
     async def create() -> str:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         store = await open_document_store(settings)
         try:
             if join:

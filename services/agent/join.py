@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import aiohttp
 
+from services.files import private_dir, write_private
 from services.security import new_token
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,7 @@ class GatewayUnreachable(Exception):
 
 def save(path: Path, credentials: JoinCredentials) -> None:
     """Write the file whole, mode 0600 from its first byte, then move it over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.unlink(missing_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(asdict(credentials), out)
-        out.flush()
-        os.fsync(out.fileno())
-    partial.replace(path)
+    write_private(private_dir(path.parent) / path.name, json.dumps(asdict(credentials)).encode())
 
 
 def load_or_make(path: Path, hostname: str | None, default_hostname: str) -> JoinCredentials:

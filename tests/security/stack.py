@@ -31,11 +31,21 @@ USERS = {"admin": True, "steve": False, "alice": False}
 
 
 class Secure:
-    def __init__(self, client: TestClient, tokens: dict[str, str], store: SqliteDocumentStore, settings: Settings):
+    def __init__(
+        self,
+        client: TestClient,
+        tokens: dict[str, str],
+        store: SqliteDocumentStore,
+        settings: Settings,
+        bus: MemoryBus,
+        topology: Topology,
+    ) -> None:
         self.client = client
         self.tokens = tokens
         self.store = store
         self.settings = settings
+        self.bus = bus
+        self.topology = topology
 
     def auth(self, user: str = "steve") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[user]}"}
@@ -73,7 +83,7 @@ async def open_secure(tmp_path: Path, **overrides: Any) -> tuple[Secure, Any]:
         await bus.close()
         await store.close()
 
-    return Secure(client, tokens, store, settings), close
+    return Secure(client, tokens, store, settings, bus, topology), close
 
 
 @pytest.fixture(name="secure")
