@@ -10,7 +10,16 @@ from pydantic import BaseModel
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.gateway import content_api, data_api, jobs_api, join_api, pool_api, resources_api, roles_api
+from services.gateway import (
+    content_api,
+    data_api,
+    jobs_api,
+    join_api,
+    pool_api,
+    resources_api,
+    roles_api,
+    tokens_api,
+)
 from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
@@ -84,6 +93,7 @@ async def create_app(
     app.add_routes(jobs_api.routes)
     app.add_routes(roles_api.routes)
     app.add_routes(pool_api.routes)
+    app.add_routes(tokens_api.routes)
     app.cleanup_ctx.append(job_watcher_context)
     return app
 

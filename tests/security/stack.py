@@ -58,7 +58,7 @@ class Secure:
 
 async def open_secure(tmp_path: Path, **overrides: Any) -> tuple[Secure, Any]:
     settings = Settings(data_dir=tmp_path, request_timeout=2.0, max_upload_bytes=1024**2, **overrides)
-    store = await SqliteDocumentStore.open(tmp_path / "secure.db")
+    store = await SqliteDocumentStore.open(tmp_path / "skybus.db")  # where the skybus CLI finds it
     topology = Topology("secure")
     bus = MemoryBus(all_message_types(), topology)
     await bus.start()
