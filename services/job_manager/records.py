@@ -16,6 +16,7 @@ from services.paging import Page
 from services.store.port import DocumentStore
 
 _ENDED = sorted(FINAL_STATES)
+_NOT_ENDED = sorted(set(JobState) - FINAL_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +118,9 @@ async def ended_or_gone(store: DocumentStore, job_ids: Sequence[str]) -> list[st
     ended = await jobs.find({"id": {"$in": list(job_ids)}, "state": {"$in": _ENDED}}, limit=len(job_ids))
     gone = await jobs.find({"id": {"$in": list(job_ids)}, "deleted": True}, limit=len(job_ids))
     return [job["id"] for job in [*ended.items, *gone.items]]
+
+
+async def count_active_jobs(store: DocumentStore, user: str) -> int:
+    """How many of ``user``'s jobs are pending or under way (not ended, not deleted): one count
+    over the (user, created_at) index."""
+    return await store.collection(JOBS).count({"user": user, "state": {"$in": _NOT_ENDED}, "deleted": False})
