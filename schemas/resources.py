@@ -55,6 +55,9 @@ class JoinBody(BaseModel):
     id: UuidText
     hostname: Hostname
     token: UuidText
+    registration_token: UuidText | None = Field(
+        default=None, description="to adopt the registration of this hostname: the token POST /api/resources gave it"
+    )
 
 
 class ResourceCreated(BaseModel):
@@ -95,7 +98,9 @@ class RegisterResource(WireModel):
     and verify key travel.
 
     ``joined`` marks a host that joined with a cluster join token (``POST /api/join``): it may adopt
-    a registration of its hostname that no agent has used yet, and a clash is a 409."""
+    a registration of its hostname that no agent has used yet only with ``registration_token_hash``,
+    the hash of that registration's token (which the joining agent was given), as proof; any other
+    clash is a 409."""
 
     message_type: ClassVar[str] = "resource.register"
 
@@ -106,6 +111,7 @@ class RegisterResource(WireModel):
     verify_key: str
     authorized: bool = True
     joined: bool = False
+    registration_token_hash: str | None = None
 
 
 class AuthorizeResource(WireModel):

@@ -171,6 +171,11 @@ for _name, (_service, _summary) in MANAGERS.items():
 @click.option("--token", help="[SKYBUS_TOKEN] the token POST /api/resources returned")
 @click.option("--join-token", help="[SKYBUS_JOIN_TOKEN] join with the cluster's join token instead")
 @click.option("--hostname", help="with --join-token: the name to join as (default: this machine's)")
+@click.option(
+    "--registration-token",
+    help="[SKYBUS_REGISTRATION_TOKEN] with --join-token: adopt this hostname's registration, proven by "
+    "the token POST /api/resources gave it",
+)
 @reboot_option
 @click.option(
     "--unsandboxed-jobs",
@@ -182,6 +187,7 @@ def agent(
     token: str | None,
     join_token: str | None,
     hostname: str | None,
+    registration_token: str | None,
     allow_reboot: bool,
     unsandboxed_jobs: bool,
 ) -> None:
@@ -190,6 +196,7 @@ def agent(
         resource_id=resource_id,
         token=token,
         join_token=join_token,
+        registration_token=registration_token,
         allow_reboot=allow_reboot or None,
         unsandboxed_jobs=unsandboxed_jobs or None,
     )
@@ -202,6 +209,10 @@ def agent(
         raise click.UsageError(
             "give either --join-token (SKYBUS_JOIN_TOKEN) or --resource-id and --token "
             "(SKYBUS_RESOURCE_ID and SKYBUS_TOKEN), not both"
+        )
+    if settings.registration_token and not settings.join_token:
+        raise click.UsageError(
+            "--registration-token goes with --join-token: without it, run with --resource-id and --token"
         )
     if hostname is not None and not settings.join_token:
         raise click.UsageError(
@@ -242,7 +253,9 @@ async def join_cluster(settings: Settings, join_token: str, hostname: str | None
     path = settings.data_dir / "agent-join" / CREDENTIALS
     try:
         credentials = load_or_make(path, hostname, socket.gethostname())
-        joined = await join(path, settings.gateway_url, join_token, credentials)
+        joined = await join(
+            path, settings.gateway_url, join_token, credentials, registration_token=settings.registration_token
+        )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     except JoinRefused as refused:

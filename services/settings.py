@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     resource_id: str | None = None
     token: str | None = None
     join_token: str | None = Field(default=None, description="a cluster join token, instead of resource_id and token")
+    registration_token: str | None = Field(
+        default=None, description="with join_token: the token of this hostname's registration, to adopt it"
+    )
 
     @property
     def embedded_bus(self) -> bool:

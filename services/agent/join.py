@@ -75,9 +75,14 @@ def load_or_make(path: Path, hostname: str | None, default_hostname: str) -> Joi
     return made
 
 
-async def call_join(gateway_url: str, join_token: str, credentials: JoinCredentials) -> str:
-    """``POST /api/join`` once; the id the gateway answers with."""
+async def call_join(
+    gateway_url: str, join_token: str, credentials: JoinCredentials, registration_token: str | None = None
+) -> str:
+    """``POST /api/join`` once; the id the gateway answers with. ``registration_token`` (the token
+    ``POST /api/resources`` gave a registration of this hostname) proves this agent may adopt it."""
     body = {"id": credentials.resource_id, "hostname": credentials.hostname, "token": credentials.token}
+    if registration_token is not None:
+        body["registration_token"] = registration_token
     headers = {"Authorization": f"Bearer {join_token}"}
     timeout = aiohttp.ClientTimeout(total=30)
     try:
@@ -100,6 +105,7 @@ async def join(
     join_token: str,
     credentials: JoinCredentials,
     *,
+    registration_token: str | None = None,
     first_delay: float = 1.0,
 ) -> JoinCredentials:
     """Join with ``credentials`` and save what the gateway said. A first join waits out an
@@ -108,7 +114,7 @@ async def join(
     delay = first_delay
     while True:
         try:
-            resource_id = await call_join(gateway_url, join_token, credentials)
+            resource_id = await call_join(gateway_url, join_token, credentials, registration_token)
         except GatewayUnreachable as error:
             if credentials.joined:
                 log.warning("could not join again (%s): going on as resource %s", error, credentials.resource_id)
