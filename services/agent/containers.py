@@ -98,8 +98,11 @@ class Containers:
             raise PoolError(
                 501, f"containers need bubblewrap on this node, and {self._tool!r} is not installed: {INSTALL_HINT}"
             )
-        if shutil.which("nsenter") is None:
-            raise PoolError(501, "containers need nsenter on this node (package util-linux), and it is not installed")
+        for tool in ("nsenter", "setpriv"):
+            if shutil.which(tool) is None:
+                raise PoolError(
+                    501, f"containers need {tool} on this node (package util-linux), and it is not installed"
+                )
         if os.geteuid() != 0:
             raise PoolError(
                 501,
