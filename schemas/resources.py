@@ -55,6 +55,9 @@ class JoinBody(BaseModel):
     id: UuidText
     hostname: Hostname
     token: UuidText
+    registration_token: UuidText | None = Field(
+        default=None, description="to adopt the registration of this hostname: the token POST /api/resources gave it"
+    )
 
 
 class ResourceCreated(BaseModel):
@@ -95,7 +98,9 @@ class RegisterResource(WireModel):
     and verify key travel.
 
     ``joined`` marks a host that joined with a cluster join token (``POST /api/join``): it may adopt
-    a registration of its hostname that no agent has used yet, and a clash is a 409."""
+    a registration of its hostname that no agent has used yet only with ``registration_token_hash``,
+    the hash of that registration's token (which the joining agent was given), as proof; any other
+    clash is a 409."""
 
     message_type: ClassVar[str] = "resource.register"
 
@@ -110,6 +115,7 @@ class RegisterResource(WireModel):
     """RabbitMQ's hash (``rabbit_password_hashing_sha256``) of the agent's broker password, which
     is derived from its token: the resource manager provisions the agent's own broker user with it.
     None from an older gateway: no user is provisioned."""
+    registration_token_hash: str | None = None
 
 
 class AuthorizeResource(WireModel):

@@ -7,7 +7,9 @@ import errno
 import logging
 import socket
 import sys
+import time
 from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from services.agent.data_client import DataClient, DataClientError
 from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
 from services.client.entry import COMMANDS as CLIENT_COMMANDS
 from services.content_manager.service import ContentManagerService
+from services.files import private_dir, restrict_new_files
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
@@ -32,11 +35,15 @@ from services.settings import Settings
 from services.store.factory import open_document_store
 from services.store.port import DocumentStore
 from services.tokens import (
+    TokenRecord,
     check_user_name,
     create_join_token,
     create_token,
     has_admin_token,
     join_tokens_collection,
+    list_tokens,
+    parse_duration,
+    revoke_token,
     tokens_collection,
 )
 from services.version import VERSION
@@ -73,6 +80,7 @@ def main(log_level: str) -> None:
     Shell completion (bash; zsh and fish alike):
       eval "$(_SKYBUS_COMPLETE=bash_source skybus)"
     """
+    restrict_new_files()  # every service and command: what skybus creates is its user's alone
     configure_logging(log_level)
 
 
@@ -88,7 +96,7 @@ def listen_options(command: Any) -> Any:
 
 
 async def _run(settings: Settings, sender: str, build: Any, *, on_ready: Any = None) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     store = await open_document_store(settings)
     bus = make_bus(settings, sender=sender)
     try:
@@ -210,6 +218,11 @@ for _name, (_service, _summary) in MANAGERS.items():
 @click.option("--token", help="[SKYBUS_TOKEN] the token POST /api/resources returned")
 @click.option("--join-token", help="[SKYBUS_JOIN_TOKEN] join with the cluster's join token instead")
 @click.option("--hostname", help="with --join-token: the name to join as (default: this machine's)")
+@click.option(
+    "--registration-token",
+    help="[SKYBUS_REGISTRATION_TOKEN] with --join-token: adopt this hostname's registration, proven by "
+    "the token POST /api/resources gave it",
+)
 @reboot_option
 @click.option(
     "--unsandboxed-jobs",
@@ -221,6 +234,7 @@ def agent(
     token: str | None,
     join_token: str | None,
     hostname: str | None,
+    registration_token: str | None,
     allow_reboot: bool,
     unsandboxed_jobs: bool,
 ) -> None:
@@ -229,6 +243,7 @@ def agent(
         resource_id=resource_id,
         token=token,
         join_token=join_token,
+        registration_token=registration_token,
         allow_reboot=allow_reboot or None,
         unsandboxed_jobs=unsandboxed_jobs or None,
     )
@@ -241,6 +256,10 @@ def agent(
         raise click.UsageError(
             "give either --join-token (SKYBUS_JOIN_TOKEN) or --resource-id and --token "
             "(SKYBUS_RESOURCE_ID and SKYBUS_TOKEN), not both"
+        )
+    if settings.registration_token and not settings.join_token:
+        raise click.UsageError(
+            "--registration-token goes with --join-token: without it, run with --resource-id and --token"
         )
     if hostname is not None and not settings.join_token:
         raise click.UsageError(
@@ -281,7 +300,9 @@ async def join_cluster(settings: Settings, join_token: str, hostname: str | None
     path = settings.data_dir / "agent-join" / CREDENTIALS
     try:
         credentials = load_or_make(path, hostname, socket.gethostname())
-        joined = await join(path, settings.gateway_url, join_token, credentials)
+        joined = await join(
+            path, settings.gateway_url, join_token, credentials, registration_token=settings.registration_token
+        )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     except JoinRefused as refused:
@@ -322,10 +343,15 @@ def token() -> None:
 @click.option("--user", help="the user the token speaks for")
 @click.option("--admin", is_flag=True, default=False)
 @click.option("--join", is_flag=True, default=False, help="a cluster join token for `skybus agent --join-token`")
+@click.option("--expires", help="the token expires after this long: 30d, 12h, 90m, 45s, 2w (default: never)")
 @click.option("--data-dir", type=click.Path(path_type=Path))
-def token_create(user: str | None, admin: bool, join: bool, data_dir: Path | None) -> None:
+def token_create(user: str | None, admin: bool, join: bool, expires: str | None, data_dir: Path | None) -> None:
     """Create a token for USER, or a cluster join token, and print it once (it is stored hashed)."""
     settings = load_settings(data_dir=data_dir)
+    try:
+        expires_at = None if expires is None else time.time() + parse_duration(expires)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--expires") from None
     if join and (user is not None or admin):
         raise click.UsageError("--join makes a cluster join token, which belongs to no user: drop --user/--admin")
     if not join:
@@ -336,19 +362,67 @@ def token_create(user: str | None, admin: bool, join: bool, data_dir: Path | Non
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--user") from None
 
-    async def create() -> str:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await open_document_store(settings)
-        try:
-            if join:
-                return await create_join_token(join_tokens_collection(store))
-            assert user is not None
-            return await create_token(await tokens_collection(store), user=user, admin=admin)
-        finally:
-            await store.close()
+    async def create(store: DocumentStore) -> str:
+        if join:
+            return await create_join_token(join_tokens_collection(store), expires_at=expires_at)
+        assert user is not None
+        return await create_token(await tokens_collection(store), user=user, admin=admin, expires_at=expires_at)
 
-    made = asyncio.run(create())
+    made = asyncio.run(_with_store(settings, create))
     echo(f"SKYBUS_JOIN_TOKEN={made}" if join else f"SKYBUS_TOKEN={made}")
+
+
+def _when(timestamp: float | None) -> str:
+    return "-" if timestamp is None else datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _with_store(settings: Settings, work: Any) -> Any:
+    private_dir(settings.data_dir)
+    store = await open_document_store(settings)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+@token.command("list")
+@click.option("--join", is_flag=True, default=False, help="list the cluster join tokens instead")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def token_list(join: bool, data_dir: Path | None) -> None:
+    """List API tokens (or join tokens) by id: never the tokens themselves."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def read(store: DocumentStore) -> list[TokenRecord]:
+        tokens = join_tokens_collection(store) if join else await tokens_collection(store)
+        return await list_tokens(tokens, join=join)
+
+    now = time.time()
+    echo(f"{'ID':<20}  {'USER':<16}  {'ADMIN':<5}  {'CREATED':<20}  EXPIRES")
+    for record in asyncio.run(_with_store(settings, read)):
+        expired = " (expired)" if record.expires_at is not None and record.expires_at <= now else ""
+        user = "(join)" if record.join else record.user or ""
+        admin = "yes" if record.admin else "no"
+        created = _when(record.created_at)
+        echo(f"{record.id:<20}  {user:<16}  {admin:<5}  {created:<20}  {_when(record.expires_at)}{expired}")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def token_revoke(token_id: str, data_dir: Path | None) -> None:
+    """Revoke the API token or join token with this id (`skybus token list` shows ids); gateways
+    refuse it within two seconds."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def revoke(store: DocumentStore) -> TokenRecord | None:
+        return await revoke_token(await tokens_collection(store), token_id) or await revoke_token(
+            join_tokens_collection(store), token_id
+        )
+
+    revoked = asyncio.run(_with_store(settings, revoke))
+    if revoked is None:
+        raise click.ClickException(f"no token has the id {token_id}")
+    echo(f"revoked {'join token' if revoked.join else f'the token of {revoked.user}'} {token_id}")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ its own credentials; the store holds only the token's hash and verify key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import os
 import socket
 import uuid
 from collections.abc import Callable
@@ -20,6 +20,7 @@ from broker.topology import Topology
 from schemas.base import Accepted
 from schemas.resources import DeleteResource, RegisterResource
 from services.agent.agent import Agent, agent_from_settings
+from services.files import write_private
 from services.resource_manager import records as resources
 from services.security import new_agent_credentials
 from services.settings import Settings
@@ -91,8 +92,8 @@ class LocalAgentService:
                 verify_key=verify_key,
             )
         )
-        self._credentials_file.write_text(json.dumps({"resource_id": resource_id, "token": token}))
-        os.chmod(self._credentials_file, 0o600)
+        secret = json.dumps({"resource_id": resource_id, "token": token}).encode()
+        await asyncio.to_thread(write_private, self._credentials_file, secret)
         log.info("registered this host (%s) as resource %s", hostname, resource_id)
         return resource_id, token
 

@@ -40,6 +40,24 @@ class Settings(BaseSettings):
         default=30.0, description="seconds between stores of a responding host's last_response_time"
     )
     max_upload_bytes: int = 8 * 1024**3
+
+    # Limits on what a client may hold open or store (admins are exempt from the per-user quotas).
+    header_timeout: float = Field(
+        default=15.0, description="seconds a connection may take to send a request's headers, or idle between requests"
+    )
+    body_idle_timeout: float = Field(default=30.0, description="seconds a request body may send nothing: then 408")
+    body_min_rate: int = Field(
+        default=1024, description="bytes a second a request body must average once it has taken body_idle_timeout"
+    )
+    max_decompressed_bytes: int = Field(
+        default=64 * 1024**2, description="largest body a Content-Encoding (gzip, deflate, br) may expand to: 413"
+    )
+    max_active_jobs_per_user: int | None = Field(
+        default=1000, description="pending and running jobs a user may have; more are refused with 429 (None: no limit)"
+    )
+    max_stored_bytes_per_user: int | None = Field(
+        default=100 * 1024**3, description="bytes of data and content a user may store; more is refused with 429"
+    )
     content_orphan_grace: float = Field(
         default=3600.0, description="seconds an uploaded blob may stay uncommitted before cleanup deletes it"
     )
@@ -85,6 +103,9 @@ class Settings(BaseSettings):
     resource_id: str | None = None
     token: str | None = None
     join_token: str | None = Field(default=None, description="a cluster join token, instead of resource_id and token")
+    registration_token: str | None = Field(
+        default=None, description="with join_token: the token of this hostname's registration, to adopt it"
+    )
 
     @property
     def embedded_bus(self) -> bool:

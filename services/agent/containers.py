@@ -225,6 +225,11 @@ class Containers:
             raise PoolError(400, f"{prefix}name: {process.name!r} is not found in container {record['id']}")
         if process.pwd and not await asyncio.to_thread(os.path.isdir, root + process.pwd):
             raise PoolError(400, f"{prefix}pwd: {process.pwd!r} is not a directory in container {record['id']}")
+        # Capabilities are dropped by the container's own setpriv (nsenter changes root before it
+        # execs): a root filesystem without one (a minimal tarball) runs its processes with them.
+        setpriv = executable_in(root, "setpriv", DEFAULT_PATH)
+        if setpriv is None:
+            log.warning("container %s has no setpriv: its process keeps root's capabilities", record["id"])
         job_id = str(uuid.uuid4())
         env[JOB_ENV] = job_id
         jobs = self.dir / record["id"] / "jobs"
@@ -235,6 +240,7 @@ class Containers:
             host_networking=record["host_networking"],
             pwd=process.pwd,
             command=[program, *process.args],
+            setpriv=setpriv,
         )
         pgid = await launch_detached(argv, jobs / f"{job_id}.log", env)
         _write_json(jobs / f"{job_id}.json", {"id": job_id, "startTime": started, "pgid": pgid, "name": program})

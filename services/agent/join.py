@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import aiohttp
 
+from services.files import private_dir, write_private
 from services.security import new_token
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,7 @@ class GatewayUnreachable(Exception):
 
 def save(path: Path, credentials: JoinCredentials) -> None:
     """Write the file whole, mode 0600 from its first byte, then move it over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.unlink(missing_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(asdict(credentials), out)
-        out.flush()
-        os.fsync(out.fileno())
-    partial.replace(path)
+    write_private(private_dir(path.parent) / path.name, json.dumps(asdict(credentials)).encode())
 
 
 def load_or_make(path: Path, hostname: str | None, default_hostname: str) -> JoinCredentials:
@@ -83,9 +75,14 @@ def load_or_make(path: Path, hostname: str | None, default_hostname: str) -> Joi
     return made
 
 
-async def call_join(gateway_url: str, join_token: str, credentials: JoinCredentials) -> str:
-    """``POST /api/join`` once; the id the gateway answers with."""
+async def call_join(
+    gateway_url: str, join_token: str, credentials: JoinCredentials, registration_token: str | None = None
+) -> str:
+    """``POST /api/join`` once; the id the gateway answers with. ``registration_token`` (the token
+    ``POST /api/resources`` gave a registration of this hostname) proves this agent may adopt it."""
     body = {"id": credentials.resource_id, "hostname": credentials.hostname, "token": credentials.token}
+    if registration_token is not None:
+        body["registration_token"] = registration_token
     headers = {"Authorization": f"Bearer {join_token}"}
     timeout = aiohttp.ClientTimeout(total=30)
     try:
@@ -108,6 +105,7 @@ async def join(
     join_token: str,
     credentials: JoinCredentials,
     *,
+    registration_token: str | None = None,
     first_delay: float = 1.0,
 ) -> JoinCredentials:
     """Join with ``credentials`` and save what the gateway said. A first join waits out an
@@ -116,7 +114,7 @@ async def join(
     delay = first_delay
     while True:
         try:
-            resource_id = await call_join(gateway_url, join_token, credentials)
+            resource_id = await call_join(gateway_url, join_token, credentials, registration_token)
         except GatewayUnreachable as error:
             if credentials.joined:
                 log.warning("could not join again (%s): going on as resource %s", error, credentials.resource_id)

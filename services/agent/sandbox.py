@@ -69,15 +69,24 @@ def bwrap_argv(tool: str, spec: ContainerSpec, root: Path | None, info_fd: int) 
     return [*argv, "--chdir", "/", "--info-fd", str(info_fd), "--", *KEEPALIVE]
 
 
-def nsenter_argv(init_pid: int, *, host_networking: bool, pwd: str, command: list[str]) -> list[str]:
-    """Run ``command`` in every namespace of the container whose pid 1 is ``init_pid``, in ``pwd``.
+DROP_CAPABILITIES = ["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--"]
+"""setpriv's options for a container's process: root with no capability left, so it can neither
+remount a ``:ro`` bind read-write nor mount, load modules or change the host."""
+
+
+def nsenter_argv(
+    init_pid: int, *, host_networking: bool, pwd: str, command: list[str], setpriv: str | None = "setpriv"
+) -> list[str]:
+    """Run ``command`` in every namespace of the container whose pid 1 is ``init_pid``, in ``pwd``,
+    with every capability dropped by ``setpriv`` (its path inside the container), unless None.
 
     The working directory is opened through ``/proc/<pid>/root`` before nsenter changes root: a
     plain path would be opened on the host's side of the chroot.
     """
     namespaces = ["--pid", "--mount", "--uts", "--ipc", *([] if host_networking else ["--net"])]
     workdir = f"/proc/{init_pid}/root{pwd or '/'}"
-    return ["nsenter", f"--target={init_pid}", *namespaces, "--root", f"--wd={workdir}", "--", *command]
+    confined = command if setpriv is None else [setpriv, *DROP_CAPABILITIES, *command]
+    return ["nsenter", f"--target={init_pid}", *namespaces, "--root", f"--wd={workdir}", "--", *confined]
 
 
 # Detached launches: not the agent's children, so nothing the agent does on exit can end them.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.content_manager.domain import DATA
-from services.content_manager.repository import CONTENTS, resource_at, resources_of
+from services.content_manager.repository import CONTENTS, PAGE, resource_at, resources_of
 from services.store.port import DocumentStore
 
 
@@ -91,3 +91,15 @@ async def data_files_of(store: DocumentStore, owner: str | None, *, limit: int) 
         query["owner"] = owner
     page = await store.collection(CONTENTS).find(query, sort=[("created_at", -1)], limit=limit)
     return [ContentRecord.from_document(document) for document in page.items]
+
+
+async def stored_bytes(store: DocumentStore, owner: str) -> int:
+    """The bytes of everything ``owner`` stores (data files and seed 004 resources), a page at a time."""
+    contents = store.collection(CONTENTS)
+    total, cursor = 0, None
+    while True:
+        page = await contents.find({"owner": owner}, limit=PAGE, cursor=cursor)
+        total += sum(int(document.get("size", 0)) for document in page.items)
+        if page.next_cursor is None:
+            return total
+        cursor = page.next_cursor

@@ -10,11 +10,22 @@ from pydantic import BaseModel
 
 from broker.port import MessageBus
 from broker.topology import Topology
-from services.gateway import content_api, data_api, jobs_api, join_api, ops_api, pool_api, resources_api, roles_api
+from services.gateway import (
+    content_api,
+    data_api,
+    jobs_api,
+    join_api,
+    ops_api,
+    pool_api,
+    resources_api,
+    roles_api,
+    tokens_api,
+)
 from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
 from services.gateway.job_watch import job_watcher_context
+from services.gateway.limits import body_deadline_middleware, server_options
 from services.gateway.openapi import build_openapi, documented
 from services.settings import Settings
 from services.store.factory import open_blob_store
@@ -64,7 +75,7 @@ async def _blob_store_lifetime(app: web.Application) -> AsyncIterator[None]:
 async def create_app(
     settings: Settings, bus: MessageBus, store: DocumentStore, topology: Topology, *, blobs: BlobStore | None = None
 ) -> web.Application:
-    middlewares = [ops_api.metrics_middleware, error_middleware, auth_middleware]
+    middlewares = [ops_api.metrics_middleware, error_middleware, body_deadline_middleware, auth_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=1024**2)
     app[SETTINGS] = settings
     app[BUS] = bus
@@ -87,6 +98,7 @@ async def create_app(
     app.add_routes(roles_api.routes)
     app.add_routes(pool_api.routes)
     app.add_routes(ops_api.routes)
+    app.add_routes(tokens_api.routes)
     app.cleanup_ctx.append(job_watcher_context)
     return app
 
@@ -104,7 +116,7 @@ class GatewayService:
 
     async def start(self) -> None:
         app = await create_app(self._settings, self._bus, self._store, self._topology)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0, **server_options(self._settings))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
         await site.start()

@@ -5,9 +5,10 @@ A bearer token is a user's API token, or else an agent's resource token (the one
 resource manager's resources; an unauthorized host's token is not taken. An agent is never an admin
 and may only use the routes in :data:`AGENT_PREFIXES`.
 
-A user's token found is remembered (by its hash) for :data:`REMEMBER_SECONDS`, so a client's calls
-do not each read the store; a host's token is looked up on every call, so a deleted host's is refused
-at once.
+A user's token found is remembered (by its hash) for :data:`REMEMBER_SECONDS`, and never past its
+expiry, so a client's calls do not each read the store and a token revoked elsewhere (the CLI,
+another gateway) is refused within that time; one revoked through this gateway is forgotten at once
+(:func:`forget`). A host's token is looked up on every call, so a deleted host's is refused at once.
 
 The routes in :data:`JOIN_PATHS` take a cluster join token and nothing else; a join token is taken
 nowhere else.
@@ -24,7 +25,7 @@ from services.gateway.errors import ApiError, Handler
 from services.resource_manager import records as resources
 from services.security import hash_token
 from services.store.port import DocumentStore
-from services.tokens import Principal, is_join_token, principal_for
+from services.tokens import Principal, is_join_token, principal_for, token_id
 
 PUBLIC_PATHS: set[str] = {
     "/health",
@@ -48,6 +49,13 @@ async def agent_principal_for(store: DocumentStore, token: str) -> Principal | N
     return Principal(user=f"agent:{resource.id}", admin=False, resource_id=resource.id)
 
 
+def forget(app: web.Application, public_id: str) -> None:
+    """Drop a revoked token from this gateway's memory at once (others forget it within seconds)."""
+    remembered = app[REMEMBERED]
+    for token_hash in [key for key in remembered if token_id(key) == public_id]:
+        del remembered[token_hash]
+
+
 def agent_may_use(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in AGENT_PREFIXES)
 
@@ -64,7 +72,10 @@ async def known_principal(app: web.Application, token: str) -> Principal:
     if principal is not None:
         if len(remembered) >= REMEMBER_AT_MOST:
             remembered.clear()
-        remembered[token_hash] = (now + REMEMBER_SECONDS, principal)
+        until = now + REMEMBER_SECONDS
+        if principal.expires_at is not None:
+            until = min(until, now + principal.expires_at - time.time())
+        remembered[token_hash] = (until, principal)
         return principal
     principal = await agent_principal_for(app[STORE], token)
     if principal is None:

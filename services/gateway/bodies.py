@@ -20,6 +20,9 @@ from services.gateway.errors import ApiError
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+"""Arrays and objects a JSON body may nest: deeper ones are refused before they reach a model, the
+bus's codec or the store, each of which recurses."""
 
 
 async def read_fields(request: web.Request) -> dict[str, Any]:
@@ -46,15 +49,47 @@ async def read_fields(request: web.Request) -> dict[str, Any]:
     return dict(pairs)
 
 
-def parse_json(text: str) -> Any:
-    """JSON, forgiving one thing: a trailing comma before ``}`` or ``]``, as the seeds' samples have."""
+def parse_json(text: str, what: str = "body") -> Any:
+    """JSON, forgiving one thing: a trailing comma before ``}`` or ``]``, as the seeds' samples have.
+    Nesting deeper than :data:`MAX_DEPTH` is a 400 naming ``what``."""
     try:
-        return json.loads(text)
+        return shallow(json.loads(text), what)
     except json.JSONDecodeError as error:
         try:
-            return json.loads(without_trailing_commas(text))
+            return shallow(json.loads(without_trailing_commas(text)), what)
         except json.JSONDecodeError:
             raise ApiError(400, f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+        except RecursionError:
+            raise ApiError(400, too_deep(what)) from None
+    except RecursionError:
+        raise ApiError(400, too_deep(what)) from None
+
+
+def too_deep(what: str) -> str:
+    return f"{what}: JSON nested deeper than {MAX_DEPTH} levels"
+
+
+def depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value, counted without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def shallow(value: Any, what: str) -> Any:
+    if depth(value) > MAX_DEPTH:
+        raise ApiError(400, too_deep(what))
+    return value
 
 
 _CLOSING = re.compile(r"\s*[}\]]")

@@ -25,6 +25,7 @@ from schemas.content_rules import (
     check_settings,
 )
 from services.content_manager.records import ContentRecord
+from services.gateway.bodies import MAX_DEPTH, depth, too_deep
 
 MAX_PATH_BYTES = 1024
 RESERVED_FIRST_SEGMENT = ".applicationserver"
@@ -77,6 +78,10 @@ def parse_resource_info(text: str | None) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError:
         raise ContentError(400, NOT_JSON) from None
+    except RecursionError:
+        raise ContentError(400, too_deep("resourceInfo")) from None
+    if depth(value) > MAX_DEPTH:
+        raise ContentError(400, too_deep("resourceInfo"))
     if not isinstance(value, dict):
         raise ContentError(400, NOT_JSON)
     unknown = sorted(set(value) - _FIELDS)

@@ -58,6 +58,17 @@ def error_response(request: web.Request, status: int, message: str) -> web.Respo
     return web.json_response(shape(request, status, message), status=status)
 
 
+def unreadable_body(request: web.Request, error: web.RequestPayloadError) -> str:
+    """Why the body could not be read, naming the header to blame: aiohttp decodes a
+    ``Content-Encoding`` while the body streams in and fails the read when the bytes are not that."""
+    cause = error.__cause__ or error
+    detail = getattr(cause, "message", "") or str(cause)
+    encoding = request.headers.get("Content-Encoding")
+    if encoding:
+        return f"Content-Encoding: the body is not valid {encoding} data ({detail.strip() or type(cause).__name__})"
+    return f"the body could not be read ({detail.strip() or type(cause).__name__})"
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -72,6 +83,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         message = error.text if error.text and not error.text.startswith(str(error.status)) else error.reason
         return error_response(request, error.status, message)
+    except web.RequestPayloadError as error:
+        response = error_response(request, 400, unreadable_body(request, error))
+        response.force_close()  # the rest of the body cannot be read: the connection cannot carry another request
+        return response
     except (BusUnavailable, NoRoute, StoreUnavailable) as error:
         log.warning("%s %s: service unavailable: %s", request.method, request.path, error)
         return error_response(request, 503, f"service unavailable, try again shortly: {error}")

@@ -26,6 +26,7 @@ from services.gateway.context import SETTINGS, STORE, caller, publish_command, r
 from services.gateway.errors import ApiError
 from services.gateway.ids import minted_at, uuid7
 from services.gateway.job_watch import WATCHER, any_change, ended, until
+from services.gateway.limits import check_job_quota
 from services.gateway.openapi import documented
 from services.gateway.resources_api import iso, parse_uuid
 from services.job_manager import records as jobs
@@ -134,6 +135,7 @@ async def run_job(request: web.Request) -> web.Response:
     body = await parse_body(request, RunJobBody)
     if body.privileged and not caller(request).admin:
         raise ApiError(403, "only an admin may run a privileged (unsandboxed) job")
+    await check_job_quota(request)
     await check_files(request, body)
     resource_id = await pinned_host(request, body)
     job_id = idempotent_job_id(request)

@@ -11,12 +11,16 @@ reply is the outcome:
   ``AuthorizeResource``).
 * the same id, hostname and token again: success, the same host (an agent that crashed after the
   call, or that joins again at every start with the credentials it saved).
-* a hostname that an admin registered with ``POST /api/resources`` and that no agent has spoken for
-  yet (``last_response_time`` is None): the joining agent **adopts** it. The host keeps the id and
-  the owner the admin gave it, stays authorized (it was authorized "beforehand"), and its
-  credentials become the joining agent's: the token the admin was given stops working, so it cannot
-  speak for a different machine. The reply carries the adopted id, which the agent uses from then on.
-* any other clash (the hostname joined or used by another agent, the id taken): 409.
+* a hostname registered with ``POST /api/resources`` that no agent has spoken for yet
+  (``last_response_time`` is None), *and* the body's ``registration_token`` is the token that
+  registration was given: the joining agent **adopts** it. The host keeps the id and the owner it
+  was registered with, stays authorized (it was authorized "beforehand"), and its credentials
+  become the joining agent's: the registration's token stops working, so it cannot speak for a
+  different machine. The reply carries the adopted id, which the agent uses from then on. Without
+  that proof a hostname grants nothing: whoever registered a name first (any user) cannot capture
+  the machine that later joins by it, and the join is refused.
+* any other clash (the hostname registered, joined or used by another agent, the id taken): 409,
+  saying how to adopt or to join under another hostname.
 
 The response is ``201 {"id": ...}``; errors are ``{"error": ...}``: 400 for a bad body, 401 without
 a valid join token (a user's token, an admin's included, is not one), 409 for a clash.
@@ -57,6 +61,7 @@ async def join(request: web.Request) -> web.Response:
             authorized=False,
             joined=True,
             broker_password_hash=broker_password_hash(body.token),
+            registration_token_hash=hash_token(body.registration_token) if body.registration_token else None,
         ),
     )
     return web.json_response(ResourceId(id=accepted.id or body.id).model_dump(), status=201)

@@ -271,6 +271,7 @@ async def list_processes(request: web.Request) -> web.Response:
 @routes.post(CONTAINER + "/processes")
 @documented(body=ProcessSpec, status=202, summary="Start a process in a container, as a job (Location: the job)")
 async def start_process(request: web.Request) -> web.Response:
+    require_admin(request)  # a process in a container runs as its root: as creating the container does
     process = await parse_body(request, ProcessSpec)
     started = await ask_node(request, StartContainerProcess, Accepted, in_container=True, process=process)
     return web.Response(

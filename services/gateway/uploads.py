@@ -25,6 +25,7 @@ from schemas.content import BlobRef
 from services.gateway.content_views import upload_file_name
 from services.gateway.context import BLOBS
 from services.gateway.errors import ApiError
+from services.gateway.limits import is_encoded, size_error, upload_limit
 from services.store.port import BlobInfo, BlobStore, BlobTooLarge, StoreError
 
 log = logging.getLogger(__name__)
@@ -45,20 +46,16 @@ class Upload:
         return BlobRef(blob_id=self.blob.id, size=self.blob.size, sha256=self.blob.sha256)
 
 
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, f"The upload is larger than the limit of {limit} bytes.")
-
-
 def check_length(request: web.Request, limit: int) -> None:
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit)
+    if request.content_length is not None and request.content_length > limit and not is_encoded(request):
+        raise size_error(request, limit)
 
 
-async def _put(blobs: BlobStore, chunks: AsyncIterator[bytes], limit: int) -> BlobInfo:
+async def _put(request: web.Request, chunks: AsyncIterator[bytes], limit: int) -> BlobInfo:
     try:
-        return await blobs.put(chunks, max_size=limit)
+        return await request.app[BLOBS].put(chunks, max_size=limit)
     except BlobTooLarge:
-        raise too_large(limit) from None
+        raise size_error(request, limit) from None
     except ConnectionError:
         raise ApiError(400, "The upload was cut short.") from None
 
@@ -113,6 +110,7 @@ async def read_multipart(
     request: web.Request, *, is_file: Callable[[BodyPartReader], bool], text_parts: set[str], limit: int
 ) -> Upload:
     """Stream the one file part into the blob store and read the named text parts; skip the rest."""
+    limit = await upload_limit(request, limit)
     check_length(request, limit + MULTIPART_SLACK)
     blobs = request.app[BLOBS]
     upload = Upload()
@@ -124,7 +122,7 @@ async def read_multipart(
             if is_file(part):
                 if upload.blob is not None:
                     raise ApiError(400, f"More than one {part.name!r} part.")
-                upload.blob = await _put(blobs, _part_chunks(part), limit)
+                upload.blob = await _put(request, _part_chunks(part), limit)
                 # Some clients (aiohttp among them) percent-encode the file name.
                 upload.filename = upload_file_name(unquote(part.filename) if part.filename else None)
             elif part.name in text_parts:
@@ -144,8 +142,9 @@ async def read_multipart(
 
 
 async def read_raw(request: web.Request, *, limit: int) -> Upload:
+    limit = await upload_limit(request, limit)
     check_length(request, limit)
-    return Upload(blob=await _put(request.app[BLOBS], request.content.iter_chunked(CHUNK), limit))
+    return Upload(blob=await _put(request, request.content.iter_chunked(CHUNK), limit))
 
 
 async def release(blobs: BlobStore, blob: BlobInfo | None) -> None:

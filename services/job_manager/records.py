@@ -16,6 +16,7 @@ from services.paging import Page
 from services.store.port import DocumentStore
 
 _ENDED = sorted(FINAL_STATES)
+_NOT_ENDED = sorted(set(JobState) - FINAL_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +135,9 @@ async def count_by_state(store: DocumentStore) -> dict[JobState, int]:
     """How many stored jobs are in each state (deleted ones left out): one count query per state."""
     jobs = store.collection(JOBS)
     return {state: await jobs.count({"state": state.value, "deleted": False}) for state in JobState}
+
+
+async def count_active_jobs(store: DocumentStore, user: str) -> int:
+    """How many of ``user``'s jobs are pending or under way (not ended, not deleted): one count
+    over the (user, created_at) index."""
+    return await store.collection(JOBS).count({"user": user, "state": {"$in": _NOT_ENDED}, "deleted": False})

@@ -43,10 +43,18 @@ def is_same_registration(stored: dict[str, Any], *, hostname: str, token_hash: s
     return stored["hostname"] == hostname and stored["token_hash"] == token_hash
 
 
-def may_adopt(stored: dict[str, Any], *, hostname: str) -> bool:
-    """A joining agent takes over a host an admin registered for its hostname (``POST /api/resources``)
-    as long as no agent has spoken for it yet and no other agent joined as it."""
-    return stored["hostname"] == hostname and not stored.get("joined", False) and stored["last_response_time"] is None
+def may_adopt(stored: dict[str, Any], *, hostname: str, proof: str | None) -> bool:
+    """A joining agent takes over a host registered for its hostname (``POST /api/resources``) only
+    with proof, the hash of the token that registration was given, and as long as no agent has
+    spoken for it yet and no other agent joined as it. A hostname alone proves nothing: whoever
+    registered it first (any user) would otherwise capture the machine that later joins by it."""
+    return (
+        proof is not None
+        and proof == stored["token_hash"]
+        and stored["hostname"] == hostname
+        and not stored.get("joined", False)
+        and stored["last_response_time"] is None
+    )
 
 
 def adoption(*, token_hash: str, verify_key: str) -> dict[str, Any]:

@@ -136,8 +136,8 @@ class ResourceManager:
             return Rejected(status=400, error=f"hostname {command.hostname!r} is already registered")
         if stored["hostname"] != command.hostname:
             return Rejected(status=409, error=f"resource id {command.resource_id} is taken by another host")
-        if not domain.may_adopt(stored, hostname=command.hostname):
-            return Rejected(status=409, error=f"hostname {command.hostname!r} is in use by another host")
+        if not domain.may_adopt(stored, hostname=command.hostname, proof=command.registration_token_hash):
+            return Rejected(status=409, error=_clash(command))
         # A concurrent write (the admin's own agent heartbeating first) raises VersionConflict: the
         # command is redelivered and finds the host in use.
         changes = domain.adoption(token_hash=command.token_hash, verify_key=command.verify_key)
@@ -391,3 +391,13 @@ class ResourceManager:
             await self._tell(updated, "unresponsive", None)
             log.info("resource %s stopped responding", resource_id, extra={"resource_id": resource_id})
         return marked
+
+
+def _clash(command: RegisterResource) -> str:
+    if command.registration_token_hash is None:
+        return (
+            f"hostname {command.hostname!r} is in use by another host: to adopt a registration of this "
+            "hostname, join with the token POST /api/resources gave it (skybus agent --registration-token), "
+            "or join under another hostname (--hostname)"
+        )
+    return f"hostname {command.hostname!r} is in use by another host, or the registration token is not its own"

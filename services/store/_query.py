@@ -119,6 +119,10 @@ def decode_cursor(cursor: str, query: str, size: int) -> list[Any]:
         raise ValueError("not a cursor this store gave") from exc
     if owner != query or not isinstance(values, list) or len(values) != size:
         raise ValueError("the cursor belongs to another query (filter or sort changed)")
+    if not all(value is None or isinstance(value, str | int | float) for value in values):
+        raise ValueError("not a cursor this store gave")  # forged: a sort value is never a list or an object
+    if not isinstance(values[-1], str):
+        raise ValueError("not a cursor this store gave")  # the last value is the id
     return values
 
 

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+from services.files import PRIVATE_DIR, PRIVATE_FILE
 from services.store.port import BlobInfo, BlobNotFound, BlobTooLarge
 
 _WRITE_PIECE = 1024 * 1024
@@ -69,8 +70,10 @@ class _TempWriter:
     def start(self) -> None:
         with self._lock:
             if not self._discarded:
-                self.tmp.parent.mkdir(parents=True, exist_ok=True)
-                self.file = self.tmp.open("xb")
+                self.tmp.parent.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)  # the root
+                self.tmp.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+                self.file = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -92,7 +95,8 @@ class _TempWriter:
             os.utime(self.tmp, ns=(now, now))
             directory = root / blob_id[0:2] / blob_id[2:4]
             created = not directory.exists()
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)  # mkdir's parents=True ignores mode
+            directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
             final = directory / f"{blob_id}.{digest}"
             os.rename(self.tmp, final)
             self.final = final

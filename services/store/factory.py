@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services.files import private_dir
 from services.settings import Settings
 from services.store.port import BlobStore, DocumentStore
 
@@ -16,7 +17,7 @@ async def open_document_store(settings: Settings) -> DocumentStore:
         return await MongoDocumentStore.open(settings.mongo_url, settings.mongo_database)
     from services.store.sqlite import SqliteDocumentStore
 
-    await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(private_dir, settings.data_dir)
     return await SqliteDocumentStore.open(settings.data_dir / "skybus.db")
 
 
@@ -27,6 +28,6 @@ async def open_blob_store(settings: Settings) -> BlobStore:
         return await GridFsBlobStore.connect(settings.mongo_url, settings.mongo_database)
     from services.store.disk_blobs import DiskBlobStore
 
-    root = settings.data_dir / "blobs"
-    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(private_dir, settings.data_dir)
+    root = await asyncio.to_thread(private_dir, settings.data_dir / "blobs")
     return DiskBlobStore(root)

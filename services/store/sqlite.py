@@ -18,15 +18,18 @@ operators only match values of the operand's type.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from services.files import create_private
 from services.store._query import (
     Condition,
     check_changes,
@@ -312,6 +315,9 @@ class SqliteDocumentStore:
     ) -> SqliteDocumentStore:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"not a synchronous mode: {synchronous!r}")
+        if str(path) != ":memory:":
+            # SQLite gives the -wal and -shm files the database file's mode: 0600 from the start.
+            await asyncio.to_thread(create_private, Path(path))
         try:
             db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
         except sqlite3.OperationalError as exc:

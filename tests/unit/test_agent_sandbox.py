@@ -81,6 +81,8 @@ def test_nsenter_opens_the_working_directory_inside_the_container() -> None:
     argv = nsenter_argv(42, host_networking=False, pwd="/srv", command=["/bin/sh", "-c", "pwd"])
     assert argv == [
         "nsenter", "--target=42", "--pid", "--mount", "--uts", "--ipc", "--net",
-        "--root", "--wd=/proc/42/root/srv", "--", "/bin/sh", "-c", "pwd",
+        "--root", "--wd=/proc/42/root/srv", "--",
+        "setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--",
+        "/bin/sh", "-c", "pwd",
     ]  # fmt: skip
     assert "--net" not in nsenter_argv(42, host_networking=True, pwd="", command=["true"])

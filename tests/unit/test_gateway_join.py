@@ -144,7 +144,7 @@ async def test_a_joined_hosts_token_works_on_rest_once_it_is_authorized(stack: S
 
 async def test_joining_adopts_a_registration_no_agent_used(stack: Stack) -> None:
     admins = await register_for_steve(stack, "h1")
-    body = agent_made("h1")
+    body = {**agent_made("h1"), "registration_token": admins["token"]}
     assert await join(stack, body) == (201, {"id": admins["id"]})
     assert await join(stack, body) == (201, {"id": admins["id"]})  # an agent that crashed after the call
     status, view = await resource(stack, admins["id"], stack.steve)
@@ -159,7 +159,7 @@ async def test_joining_adopts_a_registration_no_agent_used(stack: Stack) -> None
 async def test_a_registration_an_agent_already_used_is_not_adopted(stack: Stack) -> None:
     admins = await register_for_steve(stack, "h1")
     await stack.manager.manager.resources.update(admins["id"], {"last_response_time": 1.0})  # it heartbeated
-    status, error = await join(stack, agent_made("h1"))
+    status, error = await join(stack, {**agent_made("h1"), "registration_token": admins["token"]})
     assert status == 409 and "in use" in error["error"]
     assert await whoami(stack, admins["token"]) == 200
 

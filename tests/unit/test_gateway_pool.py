@@ -256,7 +256,7 @@ async def test_a_container_on_the_host_directories_runs_jobs_in_its_own_namespac
         "args": ["-c", 'echo "$GREETING $(hostname) $$" > out; exec sleep 60'],
         "env": ["GREETING=hello"],
     }
-    response = await pool.client.post(f"{containers}/box1/processes", json=process, headers=pool.stack.steve)
+    response = await pool.client.post(f"{containers}/box1/processes", json=process, headers=pool.stack.admin)
     assert response.status == 202, await response.text()
     job_id = response.headers["Location"].rsplit("/", 1)[1]
     assert response.headers["Location"] == f"{containers}/box1/jobs/{job_id}"

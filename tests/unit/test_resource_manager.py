@@ -22,7 +22,7 @@ from schemas.resources import (
 )
 from services.resource_manager.handlers import ResourceManager
 from services.resource_manager.repository import resources_collection
-from services.security import new_agent_credentials, signing_key
+from services.security import hash_token, new_agent_credentials, signing_key
 from services.store.sqlite import SqliteDocumentStore
 
 FACTS = HostFacts(hostname="web-1", os_family="linux", arch="x86_64", os_info="Debian 12")
@@ -239,7 +239,10 @@ async def test_commands_for_an_agent_are_forwarded_untouched_or_refused_at_once(
 # Hosts that join with a cluster join token, adoption, and authorization.
 
 
-def joining(hostname: str = "web-1", resource_id: str = "joiner") -> tuple[RegisterResource, str]:
+def joining(
+    hostname: str = "web-1", resource_id: str = "joiner", *, proof: str | None = None
+) -> tuple[RegisterResource, str]:
+    """A join command; ``proof`` is the token of the registration it adopts, if any."""
     token, token_hash, verify_key = new_agent_credentials()
     command = RegisterResource(
         resource_id=resource_id,
@@ -249,6 +252,7 @@ def joining(hostname: str = "web-1", resource_id: str = "joiner") -> tuple[Regis
         verify_key=verify_key,
         authorized=False,
         joined=True,
+        registration_token_hash=None if proof is None else hash_token(proof),
     )
     return command, token
 
@@ -285,7 +289,7 @@ async def test_a_joining_host_cannot_take_an_id_in_use(manager: ResourceManager)
 
 async def test_a_joining_host_adopts_a_registration_no_agent_used(manager: ResourceManager) -> None:
     resource_id, admins_token = await registered(manager)
-    command, token = joining()
+    command, token = joining(proof=admins_token)
     assert await manager.register_resource(Envelope(command)) == Accepted(id=resource_id)
     assert await manager.register_resource(Envelope(command)) == Accepted(id=resource_id)  # retried after a crash
     stored = await manager.resources.get(resource_id)
@@ -375,7 +379,7 @@ async def test_adoption_racing_the_admins_agent_loses_on_redelivery(manager: Res
     reads = iter([stale])
     real_find_one = manager.resources.find_one
     monkeypatch.setattr(manager.resources, "find_one", lambda filter: _first_or(reads, real_find_one, filter))
-    envelope = Envelope(joining()[0])
+    envelope = Envelope(joining(proof=admins_token)[0])
     with pytest.raises(VersionConflict):
         await manager.register_resource(envelope)
     reply = await manager.register_resource(envelope)
