@@ -14,6 +14,7 @@ from services.gateway import content_api, data_api, jobs_api, join_api, ops_api,
 from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
+from services.gateway.events_api import install_event_stream
 from services.gateway.job_watch import job_watcher_context
 from services.gateway.openapi import build_openapi, documented
 from services.settings import Settings
@@ -88,6 +89,7 @@ async def create_app(
     app.add_routes(pool_api.routes)
     app.add_routes(ops_api.routes)
     app.cleanup_ctx.append(job_watcher_context)
+    install_event_stream(app)  # after the job watcher, which feeds it
     return app
 
 
