@@ -37,6 +37,12 @@ PUBLIC_PATHS: set[str] = {
     "/metrics",
     "/health/live",
     "/health/ready",
+    # The web UI's page and files (services/gateway/ui_routes.py): the page asks for a token.
+    "/ui",
+    "/ui/",
+    "/ui/index.html",
+    "/ui/app.js",
+    "/ui/app.css",
 }
 AGENT_PREFIXES: tuple[str, ...] = ("/api/data", "/api/whoami")
 JOIN_PATHS: set[str] = {"/api/join"}
