@@ -245,6 +245,21 @@ async function loadData(tbody) {
   if (!list.items.length) tbody.append(h("tr", {}, h("td", { colspan: 5, class: "muted", text: "No data files." })));
 }
 
+const hostnames = new Map();
+
+async function hostnameOf(hostId) {
+  if (!hostnames.has(hostId)) {
+    try {
+      const host = await api("GET", `/v1/hosts/${hostId}`);
+      hostnames.set(hostId, host.info.hostname);
+    } catch (error) {
+      if (error.status !== 404) throw error;
+      hostnames.set(hostId, hostId);  // not one this caller may see by name
+    }
+  }
+  return hostnames.get(hostId);
+}
+
 function showJob(jobId) {
   clearView();
   const view = h("div", { id: "job" });
@@ -260,7 +275,7 @@ function showJob(jobId) {
       onclick: guarded(async () => { await api("DELETE", "/api/job/delete", { job_id: jobId }); location.hash = "#/"; }) });
     const fields = [
       ["state", h("span", { id: "job-state" }, badge(job.state))], ["command", h("code", { text: job.command })],
-      ["user", job.user], ["host", job.resource_id || "not placed yet"], ["created", when(job.created_at)],
+      ["user", job.user], ["host", job.resource_id ? await hostnameOf(job.resource_id) : "not placed yet"], ["created", when(job.created_at)],
       ["started", when(job.started_at)], ["finished", when(job.finished_at)], ["exit code", job.exit_code ?? ""],
       ["error", job.error || ""], ["ttl", job.ttl ? `${job.ttl} s` : ""],
     ];
