@@ -1,8 +1,10 @@
-"""``GET /api/events``: job changes as Server-Sent Events, fed by the broadcast the gateway already hears.
+"""``GET /api/events``: job and host changes as Server-Sent Events, fed by broadcasts, never by the store.
 
 Every gateway hears every ``job.changed`` on its own broadcast queue (:mod:`services.gateway.job_watch`);
 the watcher hands each one to this gateway's :class:`EventHub`, which numbers it, keeps the last
-:data:`WINDOW` of them in memory and fans it out to the open streams. Nothing here reads the store.
+:data:`WINDOW` of them in memory and fans it out to the open streams. Host transitions (``host.changed``,
+``host.deleted``: the resource manager publishes transitions only, never a plain heartbeat) come on a
+broadcast queue of the hub's own. Nothing here reads the store.
 
 Guarantees, per gateway: ids increase by one per event (they start at the gateway's start time in
 microseconds, so a restarted gateway does not reuse an id); a stream gets every event after the one
@@ -11,10 +13,11 @@ client was away too long, or its id came from another gateway behind a load bala
 opens with an ``event: reset``: the client re-reads what it shows. A client that cannot keep up (its
 queue of :data:`QUEUE_LIMIT` events fills) has its stream closed; it reconnects and resumes.
 
-A caller sees its own jobs, an admin every job. ``EventSource`` cannot send an ``Authorization``
-header, so this route alone also takes the token as ``?token=`` (see :mod:`services.gateway.auth`). A
-stream authenticates when it opens and ends after :data:`STREAM_SECONDS`; the browser reconnects with
-its ``Last-Event-ID``, so a revoked token stops streaming within that time.
+A caller sees its own jobs and hosts, an admin all (a host's deletion, which names no owner: admins
+only). ``EventSource`` cannot send an ``Authorization`` header, so this route alone also takes the token
+as ``?token=`` (see :mod:`services.gateway.auth`). A stream authenticates when it opens and ends after
+:data:`STREAM_SECONDS`; the browser reconnects with its ``Last-Event-ID``, so a revoked token stops
+streaming within that time.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from broker.envelope import Envelope
 from schemas.jobs import JobChanged
-from services.gateway.context import caller
+from schemas.resources import HostChanged, HostDeleted
+from services.gateway.context import BUS, TOPOLOGY, caller
 from services.gateway.errors import ApiError
 from services.gateway.job_watch import WATCHER
 from services.gateway.openapi import documented
@@ -46,7 +51,9 @@ QUEUE_LIMIT = 1_000
 KEEP_ALIVE_SECONDS = 15.0
 STREAM_SECONDS = 600.0
 RETRY_MILLISECONDS = 2_000
-TOPICS = frozenset({"job"})
+TOPICS = frozenset({"job", "host"})
+ADMINS_ONLY = ""
+"""The owner of an event that only admins see."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +65,14 @@ class Event:
     data: dict[str, object]
 
     def visible_to(self, principal: Principal) -> bool:
-        return principal.admin or self.user == principal.user
+        return principal.admin or (self.user != ADMINS_ONLY and self.user == principal.user)
 
     def encode(self) -> bytes:
         return f"id: {self.id}\nevent: {self.topic}\ndata: {json.dumps(self.data)}\n\n".encode()
 
+
+HOST_FIELDS = {"resource_id", "change", "at", "user", "authorized", "joined", "responding", "last_response_time"}
+"""What a host event tells (not the jobs it runs, which may be other users')."""
 
 END = None
 """Put on a listener's queue: its stream ends (the gateway stops, or the listener fell behind)."""
@@ -101,6 +111,15 @@ class EventHub:
     def job_changed(self, change: JobChanged) -> None:
         """The watcher's listener: every job change this gateway hears."""
         self.publish("job", change.user, change.model_dump(mode="json"))
+
+    async def host_changed(self, envelope: Envelope) -> None:
+        """The handler of the hub's broadcast queue of host transitions."""
+        host = envelope.payload
+        if isinstance(host, HostChanged):
+            data = host.model_dump(mode="json", include=HOST_FIELDS)
+            self.publish("host", host.user or ADMINS_ONLY, data)
+        elif isinstance(host, HostDeleted):
+            self.publish("host", ADMINS_ONLY, {"resource_id": host.resource_id, "deleted": True})
 
     def missed(self, last_id: int | None) -> tuple[list[Event], bool]:
         """The events after ``last_id`` still in the window, and whether some before them are gone."""
@@ -155,7 +174,7 @@ def last_event_id(request: web.Request) -> int | None:
 
 @routes.get("/api/events")
 @documented(
-    summary="Job changes as Server-Sent Events (text/event-stream): ?topic=job, Last-Event-ID resumes; "
+    summary="Job and host changes as Server-Sent Events (text/event-stream): ?topic=job,host; Last-Event-ID resumes; "
     "the token may come as ?token= (EventSource sends no header)"
 )
 async def events(request: web.Request) -> web.StreamResponse:
@@ -200,7 +219,9 @@ async def stream(response: web.StreamResponse, listener: Listener, topics: froze
 async def _hub_lifetime(app: web.Application) -> AsyncIterator[None]:
     hub = app[EVENT_HUB]
     app[WATCHER].listeners.append(hub.job_changed)
+    hosts = await app[BUS].subscribe(app[TOPOLOGY].host_changes("gateway-events"), hub.host_changed)
     yield
+    await hosts.cancel()
 
 
 async def _end_streams(app: web.Application) -> None:

@@ -1,4 +1,4 @@
-"""``GET /api/events``: job changes as Server-Sent Events, from the broadcast every gateway hears."""
+"""``GET /api/events``: job and host changes as Server-Sent Events, from the broadcasts every gateway hears."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from broker.memory import MemoryBus
 from broker.topology import Topology
 from schemas.jobs import JobChanged
 from schemas.registry import all_message_types
+from schemas.resources import HostChanged, HostDeleted
 from services.gateway.app import create_app
 from services.gateway.context import BUS, TOPOLOGY
 from services.gateway.events_api import EVENT_HUB, EventHub
@@ -38,6 +39,17 @@ class Gateway:
         assert app is not None
         change = JobChanged(job_id=job_id, user=user, state=state, at=1.0, **fields)
         await app[BUS].publish(app[TOPOLOGY].events, Envelope(change))
+
+    async def host(self, user: str, *, deleted: bool = False) -> None:
+        app = self.client.app
+        assert app is not None
+        event: HostChanged | HostDeleted = HostDeleted(resource_id=OTHER)
+        if not deleted:
+            event = HostChanged(
+                resource_id=OTHER, change="responding", at=1.0, version=2, user=user, authorized=True,
+                joined=False, responding=True, verify_key="k", running_jobs=[JOB],
+            )  # fmt: skip
+        await app[BUS].publish(app[TOPOLOGY].events, Envelope(event))
 
     def stream(self, user: str, *, last_id: int | None = None, **query: str) -> Any:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"}
@@ -145,6 +157,23 @@ async def test_the_token_may_come_in_the_query_and_topics_are_checked(gateway: G
         assert response.status == 401  # only the event stream takes a token in its URL
     async with gateway.stream("ann", topic="job,weather") as response:
         assert response.status == 400 and "weather" in (await response.json())["error"]
+
+
+async def test_host_changes_reach_their_owner_and_admins(gateway: Gateway) -> None:
+    async with (
+        gateway.stream("steve", topic="host") as steve,
+        gateway.stream("admin") as admin,
+        gateway.stream("ann", topic="host,job") as ann,
+    ):
+        await gateway.host("steve")
+        await gateway.host("steve", deleted=True)
+        await gateway.change(JOB, "ann", "running")
+        (mine,) = await read_events(steve, 1)
+        everything = await read_events(admin, 3)
+        (job,) = await read_events(ann, 1)
+    assert mine["event"] == "host" and mine["data"]["responding"] and "running_jobs" not in mine["data"]
+    assert [e["event"] for e in everything] == ["host", "host", "job"] and everything[1]["data"]["deleted"]
+    assert job["event"] == "job"
 
 
 def test_the_window_is_bounded_and_a_slow_listener_is_let_go() -> None:

@@ -11,6 +11,7 @@ const FINAL = new Set(["succeeded", "failed", "cancelled", "lost"]);
 const main = document.getElementById("main");
 let stream = null;          // the EventSource, while signed in
 let onJobEvent = () => {};  // what the current view does with a job change
+let onHostEvent = () => {}; // ... and with a host's
 let timers = [];            // the current view's intervals
 
 // ---- helpers
@@ -121,10 +122,11 @@ function setLive(on) {
 function listen() {
   if (stream) stream.close();
   const token = encodeURIComponent(localStorage.getItem(TOKEN_KEY));
-  stream = new EventSource(`/api/events?topic=job&token=${token}`);
+  stream = new EventSource(`/api/events?topic=job,host&token=${token}`);
   stream.onopen = () => setLive(true);
   stream.onerror = () => setLive(false);  // the browser reconnects with Last-Event-ID by itself
   stream.addEventListener("job", (event) => onJobEvent(JSON.parse(event.data)));
+  stream.addEventListener("host", (event) => onHostEvent(JSON.parse(event.data)));
   stream.addEventListener("reset", () => route());  // events were missed: read everything again
 }
 
@@ -134,6 +136,7 @@ function clearView() {
   timers.forEach(clearInterval);
   timers = [];
   onJobEvent = () => {};
+  onHostEvent = () => {};
   main.replaceChildren();
 }
 
@@ -162,7 +165,8 @@ function showHome() {
       h("table", { id: "jobs" }, h("thead", {}, h("tr", {}, ["state", "command", "host", "user", "created", "exit"].map((c) => h("th", { text: c })))), jobs)),
     dataSection(data));
   guarded(() => Promise.all([loadHosts(hosts), loadJobs(jobs, ""), loadData(data)]))();
-  timers.push(setInterval(guarded(() => loadHosts(hosts)), 10000));
+  timers.push(setInterval(guarded(() => loadHosts(hosts)), 30000));  // facts change without an event
+  onHostEvent = guarded(() => loadHosts(hosts));
   let reload = null;
   onJobEvent = (change) => {
     const row = jobs.querySelector(`tr[data-job-id="${change.job_id}"]`);
