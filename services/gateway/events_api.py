@@ -187,13 +187,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
     with hub.listening(last_id) as (listener, missed, gap):
         await response.prepare(request)
-        await response.write(f"retry: {RETRY_MILLISECONDS}\n: skybus events\n\n".encode())
-        if gap:
-            await response.write(b"event: reset\ndata: {}\n\n")
-        for event in missed:
-            if event.topic in topics and event.visible_to(principal):
-                await response.write(event.encode())
         try:
+            await response.write(f"retry: {RETRY_MILLISECONDS}\n: skybus events\n\n".encode())
+            if gap:
+                await response.write(b"event: reset\ndata: {}\n\n")
+            for event in missed:
+                if event.topic in topics and event.visible_to(principal):
+                    await response.write(event.encode())
             await stream(response, listener, topics, principal)
         except ConnectionResetError:
             log.debug("an event stream's client went away")

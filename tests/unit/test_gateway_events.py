@@ -185,3 +185,17 @@ def test_the_window_is_bounded_and_a_slow_listener_is_let_go() -> None:
         assert listener.queue.qsize() == 1_001 and hub._listeners == set()
     assert [e.id for e in hub.missed(998)[0]] == [999, 1000, 1001] and not hub.missed(998)[1]
     assert hub.missed(5)[1] and hub.missed(2_000)[1]
+
+
+async def test_a_stream_whose_client_went_away_is_let_go(gateway: Gateway) -> None:
+    app = gateway.client.app
+    assert app is not None
+    hub = app[EVENT_HUB]
+    async with gateway.stream("steve") as response:
+        await gateway.change(JOB, "steve", "pending")
+        await read_events(response, 1)
+        assert len(hub._listeners) == 1
+    async with asyncio.timeout(5):
+        while hub._listeners:  # the next write finds the connection closed
+            await gateway.change(JOB, "steve", "running")
+            await asyncio.sleep(0.05)
