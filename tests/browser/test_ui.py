@@ -25,6 +25,9 @@ pytestmark = pytest.mark.e2e
 
 async def sign_in(page: Page, skybus: Skybus) -> None:
     await page.goto(f"{skybus.url}/ui")
+    await page.fill("#token", "not-a-token")
+    await page.click("#sign-in button")
+    await expect(page.locator("#flash")).to_contain_text("refused")
     assert skybus.token
     await page.fill("#token", skybus.token)
     await page.click("#sign-in button")
