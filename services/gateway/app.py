@@ -24,9 +24,11 @@ from services.gateway import (
 from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
+from services.gateway.events_api import install_event_stream
 from services.gateway.job_watch import job_watcher_context
 from services.gateway.limits import body_deadline_middleware, server_options
 from services.gateway.openapi import build_openapi, documented
+from services.gateway.ui_routes import install_ui
 from services.settings import Settings
 from services.store.factory import open_blob_store
 from services.store.port import BlobStore, DocumentStore
@@ -100,6 +102,8 @@ async def create_app(
     app.add_routes(ops_api.routes)
     app.add_routes(tokens_api.routes)
     app.cleanup_ctx.append(job_watcher_context)
+    install_event_stream(app)  # after the job watcher, which feeds it
+    install_ui(app)
     return app
 
 

@@ -10,6 +10,10 @@ expiry, so a client's calls do not each read the store and a token revoked elsew
 another gateway) is refused within that time; one revoked through this gateway is forgotten at once
 (:func:`forget`). A host's token is looked up on every call, so a deleted host's is refused at once.
 
+The routes in :data:`QUERY_TOKEN_PATHS` also take the token as a ``?token=`` query parameter when no
+``Authorization`` header comes: a browser's ``EventSource`` cannot send one. A token in a URL may be
+kept in a proxy's log, so nothing else takes it there.
+
 The routes in :data:`JOIN_PATHS` take a cluster join token and nothing else; a join token is taken
 nowhere else.
 """
@@ -34,9 +38,16 @@ PUBLIC_PATHS: set[str] = {
     "/metrics",
     "/health/live",
     "/health/ready",
+    # The web UI's page and files (services/gateway/ui_routes.py): the page asks for a token.
+    "/ui",
+    "/ui/",
+    "/ui/index.html",
+    "/ui/app.js",
+    "/ui/app.css",
 }
 AGENT_PREFIXES: tuple[str, ...] = ("/api/data", "/api/whoami")
 JOIN_PATHS: set[str] = {"/api/join"}
+QUERY_TOKEN_PATHS: set[str] = {"/api/events"}
 REMEMBER_SECONDS = 2.0
 REMEMBER_AT_MOST = 10_000
 REMEMBERED = web.AppKey("remembered_tokens", dict[str, tuple[float, Principal]])
@@ -88,6 +99,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     header = request.headers.get("Authorization", "")
+    if not header and request.path in QUERY_TOKEN_PATHS and "token" in request.query:
+        header = f"Bearer {request.query['token']}"
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <token>'")

@@ -36,6 +36,7 @@ class JobWatcher:
     def __init__(self) -> None:
         self._waiters: dict[str, list[tuple[Wanted, asyncio.Future[JobChanged]]]] = defaultdict(list)
         self.heard = 0
+        self.listeners: list[Callable[[JobChanged], None]] = []  # told every change (the event stream)
 
     @contextlib.contextmanager
     def watching(self, job_id: str, wanted: Wanted) -> Iterator[asyncio.Future[JobChanged]]:
@@ -66,6 +67,8 @@ class JobWatcher:
         change = envelope.payload
         assert isinstance(change, JobChanged)
         self.heard += 1
+        for listener in self.listeners:
+            listener(change)
         for wanted, future in self._waiters.get(change.job_id, ()):
             if not future.done() and wanted(change):
                 future.set_result(change)
