@@ -111,6 +111,9 @@ class RegisterResource(WireModel):
     verify_key: str
     authorized: bool = True
     joined: bool = False
+    shared: bool = True
+    """Part of the shared fleet (registered by an admin for an admin, or joined): it takes anyone's
+    jobs. A host registered for a user takes only that user's jobs (and those an admin pins to it)."""
     broker_password_hash: str | None = None
     """RabbitMQ's hash (``rabbit_password_hashing_sha256``) of the agent's broker password, which
     is derived from its token: the resource manager provisions the agent's own broker user with it.
@@ -176,6 +179,7 @@ class HostChanged(WireModel):
     joined: bool
     responding: bool
     verify_key: str
+    shared: bool = True
     last_response_time: float | None = None
     agent_started_at: float | None = None
     running_jobs: list[str] = []

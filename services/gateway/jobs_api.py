@@ -110,6 +110,9 @@ async def pinned_host(request: web.Request, body: RunJobBody) -> str | None:
             raise ApiError(400, f"no resource with hostname {body.hostname!r}")
     else:
         return None
+    principal = caller(request)
+    if not (principal.admin or host.shared or host.user == principal.user):
+        raise ApiError(403, f"host {host.hostname} takes only its own user's jobs")
     # A host that is not authorized yet (it joined and waits for an admin) is like one that is not
     # responding: the job waits pending, and placement takes it there once it may take jobs.
     return host.id

@@ -77,6 +77,7 @@ async def create_resource(request: web.Request) -> web.Response:
             token_hash=token_hash,
             verify_key=verify_key,
             broker_password_hash=broker_password_hash(token),
+            shared=caller(request).admin and body.user == caller(request).user,
         ),
     )
     return web.json_response(ResourceCreated(id=resource_id, token=token).model_dump())

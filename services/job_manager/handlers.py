@@ -373,7 +373,7 @@ class JobManager:
         if pinned:
             host = self.hosts.get(pinned)
             return pinned if host is not None and host.takes_jobs else None
-        return domain.choose_host(self.hosts.ready(), self.load)
+        return domain.choose_host([h for h in self.hosts.ready() if h.takes_jobs_of(job["user"])], self.load)
 
     def _placement(self, job: dict[str, Any], resource_id: str, now: float) -> dict[str, Any]:
         changes = domain.advance(job, JobState.STAGING, now) or {}

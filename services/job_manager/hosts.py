@@ -24,6 +24,7 @@ class Host:
     joined: bool
     responding: bool
     verify_key: str
+    shared: bool
     last_response_time: float | None
     agent_started_at: float | None
     version: int
@@ -32,6 +33,11 @@ class Host:
     @property
     def takes_jobs(self) -> bool:
         return self.authorized and self.responding
+
+    def takes_jobs_of(self, user: str) -> bool:
+        """Whether this host may be chosen for ``user``'s job that names no host: the shared fleet
+        takes anyone's, a host registered for a user only that user's."""
+        return self.takes_jobs and (self.shared or self.user == user)
 
 
 class HostView:
@@ -87,6 +93,7 @@ def _host(event: HostChanged) -> Host:
         joined=event.joined,
         responding=event.responding,
         verify_key=event.verify_key,
+        shared=event.shared,
         last_response_time=event.last_response_time,
         agent_started_at=event.agent_started_at,
         version=event.version,
@@ -102,6 +109,7 @@ def host_from_record(record: ResourceRecord) -> Host:
         joined=record.joined,
         responding=record.responding,
         verify_key=record.verify_key,
+        shared=record.shared,
         last_response_time=record.last_response_time,
         agent_started_at=record.agent_started_at,
         version=record.version,

@@ -20,6 +20,7 @@ def new_resource(
     now: float,
     authorized: bool = True,
     joined: bool = False,
+    shared: bool = True,
 ) -> dict[str, Any]:
     return {
         "id": resource_id,
@@ -28,6 +29,7 @@ def new_resource(
         "state": INACTIVE,
         "authorized": authorized,
         "joined": joined,
+        "shared": shared,
         "token_hash": token_hash,
         "verify_key": verify_key,
         "created_at": now,

@@ -108,6 +108,7 @@ class ResourceManager:
             now=self.clock(),
             authorized=command.authorized,
             joined=command.joined,
+            shared=command.shared,
         )
         try:
             document = await self.resources.insert(document)
@@ -344,6 +345,7 @@ class ResourceManager:
             user=resource["user"],
             authorized=resource["authorized"],
             joined=resource.get("joined", False),
+            shared=resource.get("shared", True),
             responding=resource["responding"],
             verify_key=resource["verify_key"],
             last_response_time=resource.get("last_response_time"),

@@ -31,6 +31,8 @@ class ResourceRecord:
     facts: Mapping[str, Any]
     agent_started_at: float | None
     version: int
+    shared: bool
+    """Takes anyone's jobs (the shared fleet), not only its user's."""
     """Higher for every write: a consumer of ``host.changed`` keeps the newer of an event and a read."""
 
     @classmethod
@@ -49,6 +51,7 @@ class ResourceRecord:
             facts=document.get("facts") or {},
             agent_started_at=document.get("agent_started_at"),
             version=document["version"],
+            shared=document.get("shared", True),
         )
 
 

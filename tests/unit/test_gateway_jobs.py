@@ -295,3 +295,16 @@ async def test_a_job_not_stored_yet_is_waited_for_not_404(api: Api) -> None:
     assert status == 404  # an id minted long ago that is nowhere is not waited for
     status, _ = await api.call("GET", f"/api/job/job_info/{uuid.uuid4()}")
     assert status == 404
+
+
+async def test_pinning_a_job_to_a_host_of_another_user_is_403(api: Api) -> None:
+    api.tokens["bob"] = await create_token(await tokens_collection(api.store), user="bob", admin=False)
+    status, created = await api.call("POST", "/api/resources", json={"hostname": "steves-box", "user": "steve"})
+    assert status == 200, created
+    status, body = await api.call("POST", "/api/job/run", "bob", json={"command": "id", "hostname": "steves-box"})
+    assert status == 403 and "takes only its own user's jobs" in body["error"]
+    for user in ("steve", "admin"):  # its user, and an admin, may
+        status, _ = await api.call("POST", "/api/job/run", user, json={"command": "id", "hostname": "steves-box"})
+        assert status == 201
+    status, _ = await api.call("POST", "/api/job/run", "bob", json={"command": "id", "hostname": "worker"})
+    assert status == 201  # the shared fleet takes anyone's

@@ -148,7 +148,7 @@ async def test_no_host_waits_pending_then_is_placed_by_the_sweep(manager: JobMan
     assert (await state(manager))["state"] == "pending"
     await manager.sweep()
     assert (await state(manager))["state"] == "pending"
-    manager.records[HOST_A] = Host(HOST_A, "admin", True, False, True, "", manager.clock(), None, 1)
+    manager.records[HOST_A] = Host(HOST_A, "admin", True, False, True, "", True, manager.clock(), None, 1)
     manager.clock.now += 31  # the periodic re-read of every host finds it (its event was missed)
     await manager.sweep()
     assert (await state(manager))["resource_id"] == HOST_A
@@ -201,11 +201,11 @@ def test_choose_host_takes_only_authorized_responding_hosts() -> None:
     from services.job_manager.domain import choose_host
 
     hosts = [
-        Host("a", "u", authorized=False, joined=False, responding=True, verify_key="", last_response_time=None,
+        Host("a", "u", authorized=False, joined=False, responding=True, verify_key="", shared=True, last_response_time=None,
              agent_started_at=None, version=1),
-        Host("b", "u", authorized=True, joined=False, responding=False, verify_key="", last_response_time=None,
+        Host("b", "u", authorized=True, joined=False, responding=False, verify_key="", shared=True, last_response_time=None,
              agent_started_at=None, version=1),
-        Host("c", "u", authorized=True, joined=False, responding=True, verify_key="", last_response_time=None,
+        Host("c", "u", authorized=True, joined=False, responding=True, verify_key="", shared=True, last_response_time=None,
              agent_started_at=None, version=1),
     ]  # fmt: skip
     assert choose_host(hosts, {"c": 9}) == "c"
@@ -276,7 +276,7 @@ async def test_a_host_adopted_since_it_was_heard_of_is_read_again(manager: JobMa
     await add_host(manager, HOST_A)
     await run(manager)
     new_owner = new_token()  # a joining agent adopted the host: its key changed, the event is not here yet
-    manager.records[HOST_A] = Host(HOST_A, "admin", True, True, True, verify_key(new_owner), None, None, 9)
+    manager.records[HOST_A] = Host(HOST_A, "admin", True, True, True, verify_key(new_owner), True, None, None, 9)
     done = TaskCompleted(job_id="job-1", at=1.0, outcome=JobState.SUCCEEDED, exit_code=0)
     await manager.task_completed(from_host(done, token=new_owner))
     assert (await state(manager))["state"] == "succeeded"
@@ -474,3 +474,15 @@ async def test_a_run_redelivered_after_placement_sends_the_task_again(manager: J
     manager.bus.published.clear()  # as if the job manager died before its SubmitTask left
     assert await manager.run_job(envelope) == Accepted(id="job-1")
     assert {type(e.payload) for _, e in manager.bus.published} == {SubmitTask, JobChanged}
+
+
+async def test_a_users_own_host_takes_only_that_users_jobs_and_the_shared_fleet_anyones(manager: JobManager) -> None:
+    await manager.host_changed(host_changed(manager, HOST_A, user="alice", shared=False))  # alice registered it
+    await run(manager, "bobs")  # steve's job, pinned nowhere: not on alice's host
+    assert (await state(manager, "bobs"))["state"] == "pending"
+    await manager.jobs.insert({**(await state(manager, "bobs")), "id": "alices", "user": "alice", "version": 0})
+    await manager.sweep()
+    assert (await state(manager, "alices"))["resource_id"] == HOST_A
+    assert (await state(manager, "bobs"))["resource_id"] is None
+    await add_host(manager, HOST_B)  # the shared fleet takes anyone's
+    assert (await state(manager, "bobs"))["resource_id"] == HOST_B
