@@ -200,14 +200,14 @@ async def test_an_unauthorized_host_is_never_chosen(manager: JobManager) -> None
 def test_choose_host_takes_only_authorized_responding_hosts() -> None:
     from services.job_manager.domain import choose_host
 
+    def host(resource_id: str, *, authorized: bool, responding: bool) -> Host:
+        return Host(resource_id, "u", authorized, False, responding, "", True, None, None, 1)
+
     hosts = [
-        Host("a", "u", authorized=False, joined=False, responding=True, verify_key="", shared=True, last_response_time=None,
-             agent_started_at=None, version=1),
-        Host("b", "u", authorized=True, joined=False, responding=False, verify_key="", shared=True, last_response_time=None,
-             agent_started_at=None, version=1),
-        Host("c", "u", authorized=True, joined=False, responding=True, verify_key="", shared=True, last_response_time=None,
-             agent_started_at=None, version=1),
-    ]  # fmt: skip
+        host("a", authorized=False, responding=True),
+        host("b", authorized=True, responding=False),
+        host("c", authorized=True, responding=True),
+    ]
     assert choose_host(hosts, {"c": 9}) == "c"
     assert choose_host(hosts[:2], {}) is None
 
