@@ -305,6 +305,11 @@ class JobManager:
         before, after = self.hosts.apply(event)
         if after.takes_jobs and (before is None or not before.takes_jobs):
             await self._sweep_unplaced()  # jobs waiting for a host (or for this one) may go now
+        for job_id in event.running_jobs:  # its agent is back and still runs these: are they still wanted?
+            job = await self.jobs.get(job_id)
+            if job is not None and job["resource_id"] == event.resource_id and domain.is_final(job):
+                why = f"the job ended {job['state']} while its host was away"
+                await self._to_agent(CancelTask(job_id=job_id, reason=why), envelope, job)
 
     async def host_deleted(self, envelope: Envelope) -> None:
         event = envelope.payload

@@ -162,7 +162,7 @@ async def test_jobs_of_a_killed_agent_become_lost(fleet: Fleet) -> None:
         assert info["state"] == "lost" and "has not responded" in info["error"], info
     assert all(processes_of(job_id) for job_id in job_ids)  # orphans of the dead agent, still running
 
-    await fleet.start_agent()  # a restarted agent kills what its predecessor left behind
+    await fleet.start_agent()  # the restarted agent adopts them; the job manager has it stop what ended lost
 
     async def orphans_gone() -> bool:
         return not any(processes_of(job_id) for job_id in job_ids)

@@ -486,3 +486,21 @@ async def test_a_users_own_host_takes_only_that_users_jobs_and_the_shared_fleet_
     assert (await state(manager, "bobs"))["resource_id"] is None
     await add_host(manager, HOST_B)  # the shared fleet takes anyone's
     assert (await state(manager, "bobs"))["resource_id"] == HOST_B
+
+
+async def test_a_job_that_ended_lost_is_stopped_when_its_agent_comes_back_still_running_it(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager)
+    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=1.0, pid=1)))
+    heard = manager.clock()
+    await manager.host_changed(
+        host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=heard)
+    )
+    manager.clock.now += 31
+    await manager.sweep()
+    assert (await state(manager))["state"] == "lost"
+    manager.bus.published.clear()
+    back = host_changed(manager, HOST_A, "responding", responding=True, running_jobs=["job-1"])
+    await manager.host_changed(back)
+    [cancel] = manager.bus.payloads(CancelTask)
+    assert cancel.job_id == "job-1" and "ended lost" in cancel.reason
