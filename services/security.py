@@ -9,6 +9,7 @@ with an Ed25519 key derived from their token; the server keeps only the public h
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -47,10 +48,16 @@ def signature_is_valid(verify_key_hex: str, data: bytes, signature: bytes | None
     if not signature:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(verify_key_hex)).verify(signature, data)
+        _public_key(verify_key_hex).verify(signature, data)
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=65536)
+def _public_key(verify_key_hex: str) -> Ed25519PublicKey:
+    """A host's verify key, parsed once: every heartbeat and task event of the host is checked with it."""
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(verify_key_hex))
 
 
 def signed_by(envelope: Envelope, verify_key_hex: str) -> bool:
