@@ -579,6 +579,13 @@ class AmqpBus:
             return
         await self._send(self._open_channel(), "", queue, body, properties)
 
+    def ready(self) -> str | None:
+        if self._closed or self._publisher is None or self._consumer is None:
+            return "not connected to RabbitMQ (not started, or closed)"
+        if self._publisher.is_closed or self._consumer.is_closed:
+            return "the connection to RabbitMQ is down; reconnecting"
+        return None
+
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
         queue = self._dead_queue
         if queue is None or self._closed:

@@ -211,6 +211,9 @@ class MemoryBus:
         if not self._route(exchange, routing_key, codec.encode(envelope), reply=reply, expires_at=expires_at):
             raise NoRoute(f"no queue takes {routing_key!r} on {exchange!r}")
 
+    def ready(self) -> str | None:
+        return None if self._open else "the in-process bus is closed"
+
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
         taken, self._dead = self._dead[:max_count], self._dead[max_count:]
         return taken

@@ -193,5 +193,8 @@ class MessageBus(Protocol):
         ``transient``: not persisted, as for :meth:`request` (still confirmed).
         """
 
+    def ready(self) -> str | None:
+        """Why the bus cannot carry messages now (not started, closed, the broker unreachable), or None."""
+
     async def dead_letters(self, max_count: int = 100) -> list[DeadLetter]:
         """Take (and remove) up to ``max_count`` messages from the dead-letter queue."""

@@ -89,9 +89,8 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def unready_reason(app: web.Application) -> str | None:
-    """Why this gateway cannot serve now, or None. A bus adapter may offer ``ready() -> str | None``."""
-    probe = getattr(app[BUS], "ready", None)
-    if callable(probe) and (reason := probe()) is not None:
+    """Why this gateway cannot serve now, or None."""
+    if (reason := app[BUS].ready()) is not None:
         return f"bus: {reason}"
     try:
         await app[TOKENS].count({})

@@ -157,6 +157,11 @@ class BusContract:
     ) -> QueueSpec:
         return QueueSpec(topology.queue_name("contract", purpose), bindings, kind=kind, **options)
 
+    async def test_ready_says_why_not_once_closed(self, bus: MessageBus) -> None:
+        assert bus.ready() is None
+        await bus.close()
+        assert bus.ready() is not None
+
     async def test_topic_patterns_route_like_rabbitmq(self, bus: MessageBus, topology: Topology) -> None:
         one_word, any_words = Recorder(), Recorder()
         await bus.subscribe(self.spec(topology, "star", Binding(topology.commands, "job.*"), prefetch=1), one_word)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.gateway.context import BUS
 from tests.unit.test_gateway_jobs import Api, api  # noqa: F401
 
 
@@ -57,3 +58,10 @@ async def test_readiness_is_503_with_the_reason_when_the_store_is_closed(api: Ap
     body = await ready.json()
     assert ready.status == 503 and body["status"] == "unavailable" and body["reason"].startswith("store: ")
     assert (await api.client.get("/health/live")).status == 200
+
+
+async def test_readiness_is_503_with_the_reason_when_the_bus_is_closed(api: Api) -> None:  # noqa: F811
+    await api.client.app[BUS].close()
+    ready = await api.client.get("/health/ready")
+    body = await ready.json()
+    assert ready.status == 503 and body["reason"].startswith("bus: ")
