@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 Say = Callable[..., Awaitable[None]]
 Ended = dict[str, Any]  # a launcher's exit record: {"status": wait status, "cpu": seconds}
 NOT_STARTED_IN_TIME = "not started before its start_by deadline"
+ADOPTION_LOOKUP_TIMEOUT = 5.0  # seconds a restarted agent waits to learn which of its jobs still run
 
 
 class TaskRunner:
@@ -101,9 +102,11 @@ class TaskRunner:
     async def recover(self) -> None:
         """After a restart: adopt what the previous agent left running, report what ended meanwhile,
         and never start what it took but had not handed to a launcher."""
+        decided: list[asyncio.Event] = []
         for record in self.ledger.unfinished():
             if record.home is not None:
-                self._spawn(self._adopt(record))
+                decided.append(asyncio.Event())
+                self._spawn(self._adopt(record, decided[-1]))
                 continue
             if record.pid is not None:
                 _kill_leftover(record)
@@ -116,6 +119,10 @@ class TaskRunner:
             )
         for record in self.ledger.unreported():
             self._spawn(self._report(record))
+        # The first heartbeat names every job adopted here: the job manager stops any that ended lost.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ADOPTION_LOOKUP_TIMEOUT):
+                await asyncio.gather(*(event.wait() for event in decided))
 
     async def stop(self) -> None:
         """Stop taking work; the jobs run on under their launchers, and the next agent adopts them."""
@@ -281,8 +288,15 @@ class TaskRunner:
         times = {"accepted_at": accepted_at, "started_at": started_at}
         await self._finish(job_id, home, ended, error, caused_by=envelope, **times)
 
-    async def _adopt(self, record: TaskRecord) -> None:
-        """A job the previous agent handed to a launcher: wait for it if it runs, report it if it ended."""
+    async def _adopt(self, record: TaskRecord, decided: asyncio.Event) -> None:
+        """A job the previous agent handed to a launcher: wait for it if it runs, report it if it ended.
+        ``decided`` is set once it is known which (and a running one is among the running jobs)."""
+        try:
+            await self._adopt_or_report(record, decided)
+        finally:
+            decided.set()
+
+    async def _adopt_or_report(self, record: TaskRecord, decided: asyncio.Event) -> None:
         assert record.home is not None
         job_id, home = record.job_id, self.supervisors.home(record.home)
         ended = _read_exit(home.run(job_id, "exit"))
@@ -295,6 +309,7 @@ class TaskRunner:
                     if job_id in running:
                         log.info("job %s still runs: adopted", job_id, extra={"job_id": job_id})
                         self._running[job_id] = (supervisor, running[job_id])
+                        decided.set()
                         ended, error = await self._wait(supervisor, job_id, running[job_id], record.deadline)
                         await self._finish(job_id, record.home, ended, error)
                         return

@@ -309,6 +309,7 @@ class JobManager:
             job = await self.jobs.get(job_id)
             if job is not None and job["resource_id"] == event.resource_id and domain.is_final(job):
                 why = f"the job ended {job['state']} while its host was away"
+                log.info("job %s: its agent still runs it; stopping it (%s)", job_id, why, extra={"job_id": job_id})
                 await self._to_agent(CancelTask(job_id=job_id, reason=why), envelope, job)
 
     async def host_deleted(self, envelope: Envelope) -> None:

@@ -294,6 +294,7 @@ class ResourceManager:
             return
         seen.written_at = now
         if change is not None:
+            log.info("resource %s %s", resource["id"], change, extra={"resource_id": resource["id"]})
             await self._tell(updated, change, envelope, running_jobs=beat.running_jobs)
 
     async def _write(self, resource: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any] | None:

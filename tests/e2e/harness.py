@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 FAST_TIMINGS = {
     "SKYBUS_HEARTBEAT_INTERVAL": "0.3",
     "SKYBUS_RESPONDING_TIMEOUT": "2.0",
+    # A deleted host is listed again once a heartbeat newer than the deletion is stored.
+    "SKYBUS_LIVENESS_WRITE_INTERVAL": "0.5",
     "SKYBUS_LOG_LEVEL": "INFO",
 }
 
