@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,10 @@ class AmqpSubscription:
         self._slots = asyncio.Semaphore(max(1, spec.prefetch))
 
     async def start(self) -> None:
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        # A broadcast is a notification to this process alone, lost with it anyway: taken without acks,
+        # which spares a frame per message both ways (every gateway hears every job change).
+        no_ack = self._spec.kind is QueueKind.BROADCAST
+        self._consumer_tag = await self._queue.consume(self._on_message, no_ack=no_ack)
 
     async def cancel(self) -> None:
         self._stopping = True
@@ -216,7 +220,11 @@ class AmqpSubscription:
     @staticmethod
     async def _settle(outcome: Awaitable[Any], message: AbstractIncomingMessage) -> None:
         """Ack or nack, within :data:`SETTLE_TIMEOUT`; if the channel died meanwhile (or hangs), the
-        broker redelivers the message anyway."""
+        broker redelivers the message anyway. A message taken without an ack needs none."""
+        if message.processed:  # no_ack: settled when it was delivered
+            if inspect.iscoroutine(outcome):
+                outcome.close()
+            return
         try:
             await asyncio.wait_for(outcome, SETTLE_TIMEOUT)
         except Exception as error:
