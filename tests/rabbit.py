@@ -4,9 +4,13 @@ The broker is ``amqp://guest:guest@127.0.0.1:5672/`` unless ``SKYBUS_TEST_AMQP_U
 When it cannot be reached, a test that needs it is skipped with the reason, except on CI
 (``CI=true``), where it fails with that reason: a CI run must not pass by testing nothing.
 
-The vhost is made and removed with ``rabbitmqctl`` (so it needs a broker on this machine); without
-``rabbitmqctl`` the tests share the URL's own vhost and rely on their namespaces alone. Each test
-still takes a Topology of its own (``amqp_topology``), so nothing leaks between tests.
+The vhost is made and removed through the management HTTP API (``SKYBUS_TEST_AMQP_API``, by default
+port 15672 of the broker's host): fast, and nothing like ``rabbitmqctl``'s few distribution ports to
+exhaust. Without the API, ``rabbitmqctl`` (a broker on this machine) does it; without either, the
+tests share the URL's own vhost and rely on their namespaces alone; so they do when the broker does
+not make the vhost within 20 s (one vhost stuck in deletion blocks every other), or when
+``SKYBUS_TEST_SHARED_VHOST`` is set. Each test still takes a Topology of its own
+(``amqp_topology``), so nothing leaks between tests.
 
 Use from a conftest::
 
@@ -15,14 +19,21 @@ Use from a conftest::
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import pytest
@@ -70,16 +81,57 @@ def rabbitmqctl(*args: str, quiet: bool = True, timeout: float = 30.0) -> str:
     return done.stdout
 
 
+def management_api(url: str) -> str:
+    """The management API's base URL for the broker at ``url``."""
+    default = f"http://{URL(url).host or '127.0.0.1'}:15672/api"
+    return os.environ.get("SKYBUS_TEST_AMQP_API") or default
+
+
+def api_call(url: str, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> bytes:
+    """One management API call with the broker URL's credentials; raises OSError when unreachable."""
+    parsed = URL(url)
+    request = urllib.request.Request(
+        management_api(url) + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    credentials = base64.b64encode(f"{parsed.user or 'guest'}:{parsed.password or 'guest'}".encode()).decode()
+    request.add_header("Authorization", f"Basic {credentials}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read()
+
+
+def api_reachable(url: str) -> bool:
+    try:
+        api_call(url, "GET", "/overview", timeout=2.0)
+        return True
+    except (OSError, urllib.error.HTTPError):
+        return False
+
+
 @dataclass(frozen=True)
 class Vhost:
     name: str
     url: str
-    managed: bool  # made by us with rabbitmqctl (and so also closable with it)
+    managed: bool  # made by us (and so its connections are ours to close)
+    api: bool = False  # made through the management API
 
     def close_all_connections(self, explanation: str = "test") -> int:
         """Make the broker drop every client connection of this vhost; returns how many it closed."""
         if not self.managed:
-            unavailable("dropping connections needs rabbitmqctl and a vhost of the test's own")
+            unavailable("dropping connections needs a vhost of the test's own")
+        if self.api:
+            path = f"/vhosts/{urllib.parse.quote(self.name, safe='')}/connections"
+            deadline = time.monotonic() + 10.0  # the API lists a new connection within its stats interval (5 s)
+            while not (names := [c["name"] for c in json.loads(api_call(self.url, "GET", path))]):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            for name in names:
+                with suppress(urllib.error.HTTPError):  # gone already
+                    api_call(self.url, "DELETE", f"/connections/{urllib.parse.quote(name, safe='')}")
+            return len(names)
         output = rabbitmqctl("close_all_connections", "-p", self.name, explanation, quiet=False)
         closed = re.search(r"Closed (\d+) connection", output)
         return int(closed.group(1)) if closed else 0
@@ -92,15 +144,34 @@ def fresh_vhost(prefix: str = "skybus-test") -> Iterator[Vhost]:
     reason = unreachable_reason(url)
     if reason is not None:
         unavailable(reason)
-    if shutil.which("rabbitmqctl") is None:
-        yield Vhost(URL(url).path.lstrip("/") or "/", url, managed=False)
-        return
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     user = URL(url).user or "guest"
+    vhost_url = str(URL(url).with_path(f"/{name}").with_query(URL(url).query))
+    shared = Vhost(URL(url).path.lstrip("/") or "/", url, managed=False)
+    if os.environ.get("SKYBUS_TEST_SHARED_VHOST"):
+        yield shared  # a broker that cannot make vhosts now (one stuck deleting another blocks them all)
+        return
+    if api_reachable(url):
+        quoted = urllib.parse.quote(name, safe="")
+        try:
+            api_call(url, "PUT", f"/vhosts/{quoted}", {}, timeout=20.0)
+        except OSError as error:
+            warnings.warn(f"the broker did not make vhost {name} ({error}): tests share {shared.name!r}", stacklevel=2)
+            yield shared
+            return
+        try:
+            api_call(url, "PUT", f"/permissions/{quoted}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
+            yield Vhost(name, vhost_url, managed=True, api=True)
+        finally:
+            api_call(url, "DELETE", f"/vhosts/{quoted}", timeout=60.0)
+        return
+    if shutil.which("rabbitmqctl") is None:
+        yield shared
+        return
     rabbitmqctl("add_vhost", name)
     try:
         rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
-        yield Vhost(name, str(URL(url).with_path(f"/{name}").with_query(URL(url).query)), managed=True)
+        yield Vhost(name, vhost_url, managed=True)
     finally:
         rabbitmqctl("delete_vhost", name)
 
