@@ -1,0 +1,183 @@
+"""Faults injected into a running fleet, and the check that no job was lost, stuck or run twice.
+
+Shared by ``tests/chaos`` (short runs, in CI) and ``bench/chaos.py`` (longer runs, a table). Every
+job appends its id to a marks file as it starts (``echo $SKYBUS_JOB_ID >> marks``), so the marks
+tell what ran, whatever the services believe. Jobs are submitted privileged (the fleet's token is
+an admin's) so they may write the marks file outside their work dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.e2e.fleet import Fleet
+from tests.tcp_proxy import TcpProxy
+
+FINAL = {"succeeded", "failed", "cancelled", "lost"}
+FLEET_ENV = {"SKYBUS_KILL_GRACE": "1", "SKYBUS_JOB_SWEEP_INTERVAL": "0.3", "SKYBUS_LOST_TIMEOUT": "3"}
+
+Inject = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    fault: str
+    jobs: int
+    states: Counter[str] = field(default_factory=Counter)
+    ran_twice: list[str] = field(default_factory=list)
+    finals_not_one: list[str] = field(default_factory=list)
+    succeeded_unmarked: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    recovery: float = 0.0
+    """Seconds from the end of the fault until every job was in a final state."""
+
+    @property
+    def sound(self) -> bool:
+        return not (self.ran_twice or self.finals_not_one or self.succeeded_unmarked or self.stuck)
+
+    def row(self) -> str:
+        states = " ".join(f"{state}={n}" for state, n in sorted(self.states.items()))
+        return (f"{self.fault:<26} {self.jobs:>5}  {states:<30} {len(self.ran_twice):>9} {len(self.stuck):>5}"
+                f" {self.recovery:>9.1f}s")  # fmt: skip
+
+
+HEADER = f"{'fault':<26} {'jobs':>5}  {'final states':<30} {'run twice':>9} {'stuck':>5} {'recovery':>10}"
+
+
+class Chaos:
+    def __init__(self, fleet: Fleet, proxy: TcpProxy, marks: Path) -> None:
+        self.fleet = fleet
+        self.proxy = proxy
+        self.marks = marks
+        self._submitted = 0
+
+    # Faults.
+
+    def network(self, kind: str, seconds: float = 0.0) -> Inject:
+        """``drop`` (every connection reset once), ``cut`` (reset and refused) or ``stall`` (no byte moves)."""
+
+        async def inject() -> None:
+            getattr(self.proxy, kind)()
+            if seconds:
+                await asyncio.sleep(seconds)
+                self.proxy.restore()
+
+        return inject
+
+    def kill(self, name: str, down: float = 0.5) -> Inject:
+        """SIGKILL the process ``name`` and start it again after ``down`` seconds."""
+
+        async def inject() -> None:
+            await self.fleet.processes[name].kill()
+            await asyncio.sleep(down)
+            if name == "agent":
+                await self.fleet.start_agent()
+            else:
+                await self.fleet.start_service(name)
+
+        return inject
+
+    def pause(self, name: str, seconds: float = 2.0) -> Inject:
+        """SIGSTOP the process ``name`` for ``seconds``, then SIGCONT."""
+
+        async def inject() -> None:
+            process = self.fleet.processes[name].process
+            assert process is not None
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+
+        return inject
+
+    # One run.
+
+    async def run(self, fault: str, inject: Inject, *, jobs: int = 20, in_flight: int = 8,
+                  settle: float = 60.0) -> Outcome:  # fmt: skip
+        """Submit ``jobs`` jobs, inject the fault once half are in, and wait for every job to end."""
+        job_ids: list[str] = []
+        half = asyncio.Event()
+        semaphore = asyncio.Semaphore(in_flight)
+        first = self._submitted
+        self._submitted += jobs
+        connector = aiohttp.TCPConnector(limit=in_flight * 2)
+        async with aiohttp.ClientSession(connector=connector, headers=self._headers()) as session:
+
+            async def one(n: int) -> None:
+                async with semaphore:
+                    job_ids.append(await self._submit(session, n))
+                if len(job_ids) >= jobs // 2:
+                    half.set()
+
+            async def fault_then_end() -> float:
+                await half.wait()
+                await inject()
+                return time.monotonic()
+
+            *_, fault_ended = await asyncio.gather(*(one(n) for n in range(first, first + jobs)), fault_then_end())
+            infos = await self._wait_final(session, job_ids, settle)
+        outcome = Outcome(fault, jobs, recovery=max(0.0, time.monotonic() - fault_ended))
+        self._judge(outcome, infos)
+        return outcome
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.fleet.token}"}
+
+    async def _submit(self, session: aiohttp.ClientSession, n: int) -> str:
+        """A client that retries with its Idempotency-Key, on every gateway in turn, until it has its job."""
+        body = {"command": f'echo "$SKYBUS_JOB_ID" >> {self.marks}; sleep 0.3', "privileged": True}
+        headers = {"Idempotency-Key": f"chaos-{n}"}
+        for attempt in range(600):
+            url = self.fleet.urls[(n + attempt) % len(self.fleet.urls)]
+            try:
+                async with session.post(url + "/api/job/run", json=body, headers=headers) as response:
+                    if response.status == 201:
+                        return (await response.json())["job_id"]
+                    assert response.status in (502, 503, 504), await response.text()
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"job {n} was never accepted")
+
+    async def _wait_final(self, session: aiohttp.ClientSession, job_ids: list[str], settle: float) -> dict[str, Any]:
+        infos: dict[str, Any] = {}
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            for job_id in job_ids:
+                if infos.get(job_id, {}).get("state") in FINAL:
+                    continue
+                try:
+                    async with session.get(f"{self.fleet.url}/api/job/job_info/{job_id}") as response:
+                        if response.status == 200:
+                            infos[job_id] = await response.json()
+                except (TimeoutError, aiohttp.ClientError):
+                    pass
+            if all(infos.get(job_id, {}).get("state") in FINAL for job_id in job_ids):
+                break
+            await asyncio.sleep(0.3)
+        return {job_id: infos.get(job_id, {"state": "unknown", "history": []}) for job_id in job_ids}
+
+    def _judge(self, outcome: Outcome, infos: dict[str, Any]) -> None:
+        marks = Counter(self.marks.read_text().split()) if self.marks.exists() else Counter()
+        for job_id, info in infos.items():
+            outcome.states[info["state"]] += 1
+            if info["state"] not in FINAL:
+                outcome.stuck.append(job_id)
+                continue
+            if sum(step["state"] in FINAL for step in info["history"]) != 1:
+                outcome.finals_not_one.append(job_id)
+            if marks[job_id] > 1:
+                outcome.ran_twice.append(job_id)
+            if info["state"] == "succeeded" and marks[job_id] != 1:
+                outcome.succeeded_unmarked.append(job_id)

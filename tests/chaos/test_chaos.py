@@ -1,0 +1,58 @@
+"""The fleet (every service its own process) on RabbitMQ through a TCP proxy the test controls:
+the network dropped, cut and stalled, and each process SIGKILLed and SIGSTOPped while jobs flow.
+After each fault every job ends in exactly one final state, none is stuck and none ran twice
+(``lost`` is an honest end when the agent or its network is what failed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from yarl import URL
+
+from tests.chaos.faults import FLEET_ENV, HEADER, Chaos, Outcome
+from tests.e2e.fleet import MANAGERS, Fleet
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.amqp
+
+JOBS = 16
+
+
+@pytest.fixture
+async def chaos(tmp_path, amqp_url: str) -> AsyncIterator[Chaos]:
+    broker = URL(amqp_url)
+    proxy = await TcpProxy(broker.host or "127.0.0.1", broker.port or 5672).start()
+    fleet = Fleet(tmp_path / "data", proxy.url(amqp_url), **FLEET_ENV)
+    try:
+        await fleet.start()
+        yield Chaos(fleet, proxy, tmp_path / "marks")
+    finally:
+        proxy.restore()
+        await fleet.stop()
+        await proxy.close()
+
+
+def check(outcome: Outcome, *, may_lose: bool) -> None:
+    print(f"\n{HEADER}\n{outcome.row()}")
+    assert outcome.sound, outcome
+    allowed = {"succeeded", "lost"} if may_lose else {"succeeded"}
+    assert set(outcome.states) <= allowed, outcome
+
+
+async def test_the_network_to_the_broker_dropped_cut_and_stalled(chaos: Chaos) -> None:
+    check(await chaos.run("drop every connection", chaos.network("drop"), jobs=JOBS), may_lose=False)
+    check(await chaos.run("cut for 1.5 s", chaos.network("cut", 1.5), jobs=JOBS), may_lose=True)
+    check(await chaos.run("stall for 1.5 s", chaos.network("stall", 1.5), jobs=JOBS), may_lose=True)
+
+
+async def test_each_process_sigkilled_and_restarted(chaos: Chaos) -> None:
+    for name in (*MANAGERS, "gateway"):
+        check(await chaos.run(f"SIGKILL {name}", chaos.kill(name), jobs=JOBS), may_lose=False)
+    check(await chaos.run("SIGKILL agent", chaos.kill("agent"), jobs=JOBS), may_lose=True)
+
+
+async def test_each_process_sigstopped(chaos: Chaos) -> None:
+    for name in (*MANAGERS, "gateway"):
+        check(await chaos.run(f"SIGSTOP {name} 2 s", chaos.pause(name), jobs=JOBS), may_lose=False)
+    check(await chaos.run("SIGSTOP agent 2 s", chaos.pause("agent"), jobs=JOBS), may_lose=True)
