@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.chaos.proxy import TcpProxy
 from tests.e2e.fleet import Fleet
-from tests.tcp_proxy import TcpProxy
 
 FINAL = {"succeeded", "failed", "cancelled", "lost"}
 FLEET_ENV = {"SKYBUS_KILL_GRACE": "1", "SKYBUS_JOB_SWEEP_INTERVAL": "0.3", "SKYBUS_LOST_TIMEOUT": "3"}
@@ -47,15 +47,15 @@ class Outcome:
 
     def row(self) -> str:
         states = " ".join(f"{state}={n}" for state, n in sorted(self.states.items()))
-        return (f"{self.fault:<26} {self.jobs:>5}  {states:<30} {len(self.ran_twice):>9} {len(self.stuck):>5}"
+        return (f"{self.fault:<28} {self.jobs:>5}  {states:<30} {len(self.ran_twice):>9} {len(self.stuck):>5}"
                 f" {self.recovery:>9.1f}s")  # fmt: skip
 
 
-HEADER = f"{'fault':<26} {'jobs':>5}  {'final states':<30} {'run twice':>9} {'stuck':>5} {'recovery':>10}"
+HEADER = f"{'fault':<28} {'jobs':>5}  {'final states':<30} {'run twice':>9} {'stuck':>5} {'recovery':>10}"
 
 
 class Chaos:
-    def __init__(self, fleet: Fleet, proxy: TcpProxy, marks: Path) -> None:
+    def __init__(self, fleet: Fleet, proxy: TcpProxy | None, marks: Path) -> None:
         self.fleet = fleet
         self.proxy = proxy
         self.marks = marks
@@ -67,10 +67,18 @@ class Chaos:
         """``drop`` (every connection reset once), ``cut`` (reset and refused) or ``stall`` (no byte moves)."""
 
         async def inject() -> None:
+            assert self.proxy is not None, "network faults need the fleet behind a TcpProxy"
             getattr(self.proxy, kind)()
             if seconds:
                 await asyncio.sleep(seconds)
                 self.proxy.restore()
+
+        return inject
+
+    @staticmethod
+    def nothing() -> Inject:
+        async def inject() -> None:
+            return None
 
         return inject
 

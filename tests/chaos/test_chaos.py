@@ -11,8 +11,8 @@ import pytest
 from yarl import URL
 
 from tests.chaos.faults import FLEET_ENV, HEADER, Chaos, Outcome
+from tests.chaos.proxy import TcpProxy
 from tests.e2e.fleet import MANAGERS, Fleet
-from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.amqp
 

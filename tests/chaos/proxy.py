@@ -1,10 +1,14 @@
 """A TCP proxy a test controls, to fail the network between services and RabbitMQ without root.
 
-    proxy = await TcpProxy("127.0.0.1", 5672).start()   # services connect to proxy.port
+    proxy = await TcpProxy("127.0.0.1", 5672).start()   # services connect to proxy.url(amqp_url)
     proxy.drop()      # reset every open connection once; new ones pass
     proxy.cut()       # reset every open connection and refuse new ones, until restore()
     proxy.stall()     # keep connections open but move no byte (a partition), until restore()
     proxy.restore()
+
+The ``bus`` branch brings ``tests/tcp_proxy.py`` (stall, restore, and a cut that still accepts new
+connections: this ``drop``) for the bus's own tests; this one adds refusing new connections, which a
+fleet that reconnects needs to be kept off the broker. Once both are on main they can become one.
 
 A refused connection is accepted and closed at once (the client sees a reset, as from a broker that
 went away); a stalled one holds what it reads and delivers it, in order, on restore.
