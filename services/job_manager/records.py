@@ -40,6 +40,8 @@ class JobRecord:
     error: str | None
     deleted: bool
     deleted_reason: str | None
+    attempt: int = 1
+    retries: int = 0
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> JobRecord:
@@ -64,6 +66,8 @@ class JobRecord:
             error=document.get("error"),
             deleted=document.get("deleted", False),
             deleted_reason=document.get("deleted_reason"),
+            attempt=document.get("attempt", 1),
+            retries=document.get("retries", 0),
         )
 
     @property
