@@ -241,9 +241,14 @@ class Supervisor:
         return int(answer["pid"])
 
     async def running(self) -> dict[str, int]:
-        reply = self._replies[""] = asyncio.get_running_loop().create_future()
-        self._send({"op": "list"})
-        return dict((await reply)["running"])
+        """The launcher's running jobs. A ``list`` reply names no job, so concurrent callers (the
+        adoption of every job a restarted agent finds) share one request: a second request would
+        take the first one's reply slot and leave its caller waiting forever."""
+        reply = self._replies.get("")
+        if reply is None or reply.done():
+            reply = self._replies[""] = asyncio.get_running_loop().create_future()
+            self._send({"op": "list"})
+        return dict((await asyncio.shield(reply))["running"])
 
     def kill(self, pgid: int, signal_number: int) -> None:
         with contextlib.suppress(LauncherGone):
