@@ -38,6 +38,8 @@ class Outcome:
     finals_not_one: list[str] = field(default_factory=list)
     succeeded_unmarked: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
+    retried: int = 0
+    """Jobs that ran more than one attempt (``retries``): each attempt has a task id, and so a mark, of its own."""
     recovery: float = 0.0
     """Seconds from the end of the fault until every job was in a final state."""
 
@@ -111,8 +113,8 @@ class Chaos:
 
     # One run.
 
-    async def run(self, fault: str, inject: Inject, *, jobs: int = 20, in_flight: int = 8,
-                  settle: float = 60.0) -> Outcome:  # fmt: skip
+    async def run(self, fault: str, inject: Inject, *, jobs: int = 20, in_flight: int = 8, settle: float = 60.0,
+                  seconds: float = 0.3, retries: int = 0) -> Outcome:  # fmt: skip
         """Submit ``jobs`` jobs, inject the fault once half are in, and wait for every job to end."""
         job_ids: list[str] = []
         half = asyncio.Event()
@@ -124,7 +126,7 @@ class Chaos:
 
             async def one(n: int) -> None:
                 async with semaphore:
-                    job_ids.append(await self._submit(session, n))
+                    job_ids.append(await self._submit(session, n, seconds, retries))
                 if len(job_ids) >= jobs // 2:
                     half.set()
 
@@ -142,9 +144,10 @@ class Chaos:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.fleet.token}"}
 
-    async def _submit(self, session: aiohttp.ClientSession, n: int) -> str:
+    async def _submit(self, session: aiohttp.ClientSession, n: int, seconds: float, retries: int) -> str:
         """A client that retries with its Idempotency-Key, on every gateway in turn, until it has its job."""
-        body = {"command": f'echo "$SKYBUS_JOB_ID" >> {self.marks}; sleep 0.3', "privileged": True}
+        command = f'echo "$SKYBUS_JOB_ID" >> {self.marks}; sleep {seconds:g}'
+        body = {"command": command, "privileged": True, "retries": retries}
         headers = {"Idempotency-Key": f"chaos-{n}"}
         for attempt in range(600):
             url = self.fleet.urls[(n + attempt) % len(self.fleet.urls)]
@@ -183,9 +186,14 @@ class Chaos:
             if info["state"] not in FINAL:
                 outcome.stuck.append(job_id)
                 continue
-            if sum(step["state"] in FINAL for step in info["history"]) != 1:
+            # A lost attempt that was retried carries its attempt number: it is not the job's end.
+            if sum(step["state"] in FINAL and "attempt" not in step for step in info["history"]) != 1:
                 outcome.finals_not_one.append(job_id)
-            if marks[job_id] > 1:
+            attempt = info.get("attempt", 1)
+            outcome.retried += attempt > 1
+            tasks = [job_id, *(f"{job_id}.{n}" for n in range(2, attempt + 1))]
+            if any(marks[task] > 1 for task in tasks):
                 outcome.ran_twice.append(job_id)
+            job_id = tasks[-1]  # what the last attempt's mark is under
             if info["state"] == "succeeded" and marks[job_id] != 1:
                 outcome.succeeded_unmarked.append(job_id)
