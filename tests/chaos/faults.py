@@ -78,6 +78,16 @@ class Chaos:
         return inject
 
     @staticmethod
+    def after(seconds: float, inject: Inject) -> Inject:
+        """``inject`` once ``seconds`` have passed since half the jobs were in (so that they run)."""
+
+        async def later() -> None:
+            await asyncio.sleep(seconds)
+            await inject()
+
+        return later
+
+    @staticmethod
     def nothing() -> Inject:
         async def inject() -> None:
             return None

@@ -5,7 +5,6 @@ After each fault every job ends in exactly one final state, none is stuck and no
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -52,7 +51,8 @@ async def test_each_process_sigkilled_and_restarted(chaos: Chaos) -> None:
         check(await chaos.run(f"SIGKILL {name}", chaos.kill(name), jobs=JOBS), may_lose=False)
     check(await chaos.run("SIGKILL agent", chaos.kill("agent"), jobs=JOBS), may_lose=True)
     # Down past the lost timeout: its running jobs are lost (they had no retries), and run no more than once.
-    outcome = await chaos.run("SIGKILL agent 6 s", chaos.kill("agent", down=6.0), jobs=6, in_flight=6, seconds=3)
+    down = chaos.after(1.0, chaos.kill("agent", down=6.0))
+    outcome = await chaos.run("SIGKILL agent 6 s", down, jobs=6, in_flight=6, seconds=3)
     check(outcome, may_lose=True)
     assert outcome.states["lost"] >= 1, outcome
 
@@ -67,11 +67,7 @@ async def test_jobs_lost_with_their_agent_run_again_when_they_have_retries(chaos
     """Jobs outlive a restarted agent (their launcher adopts them), so the agent stays down past the
     lost timeout: the job manager declares them lost, and runs each again once the host is back."""
 
-    async def agent_down_while_they_run() -> None:
-        await asyncio.sleep(1.0)  # every job of the run is running (each sleeps 3 s)
-        await chaos.kill("agent", down=6.0)()
-
-    outcome = await chaos.run("SIGKILL agent 6 s, retries=2", agent_down_while_they_run, jobs=6, in_flight=6,
-                              seconds=3, retries=2)  # fmt: skip
+    down = chaos.after(1.0, chaos.kill("agent", down=6.0))  # every job of the run is running (each sleeps 3 s)
+    outcome = await chaos.run("SIGKILL agent 6 s, retries=2", down, jobs=6, in_flight=6, seconds=3, retries=2)
     check(outcome, may_lose=False)
     assert outcome.retried == 6, outcome  # each ran again once, under a task id of its own
