@@ -3,6 +3,7 @@ agent) against Celery (prefork, 2 processes, the same RabbitMQ, rpc:// results) 
 command, measured in the same run.
 
     .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 100]
+    .venv/bin/python bench/jobs.py --replicas 2    # jobs/s with 2 processes of every service beside 1
 
 skybus: REST submit → ``succeeded`` seen through ``GET /api/job/job_info?wait=60`` (long polling).
 Celery: ``apply_async``
@@ -108,12 +109,44 @@ def celery_measure(url: str, jobs: int, in_flight: int, latency_jobs: int) -> tu
         worker.wait(timeout=30)
 
 
+# --replicas: throughput with one replica of every manager and gateway beside ``--replicas`` of each.
+
+
+async def replicas_throughput(url: str, replicas: int, jobs: int, in_flight: int) -> dict[int, float]:
+    """jobs/s of a fleet with one process of each manager and gateway, then with ``replicas`` of each
+    (competing consumers on the managers' queues; clients speak to the first gateway)."""
+    rates = {}
+    for count in sorted({1, replicas}):
+        data = Path(tempfile.mkdtemp(prefix="skybus-bench-"))
+        fleet = Fleet(data, url, replicas=count, SKYBUS_LOG_LEVEL="WARNING")
+        try:
+            await fleet.start()
+            await skybus_throughput(fleet, 50, 8)  # warm up
+            rates[count] = await skybus_throughput(fleet, jobs, in_flight)
+        finally:
+            await fleet.stop()
+            shutil.rmtree(data, ignore_errors=True)
+    return rates
+
+
+async def print_replicas(args: argparse.Namespace) -> None:
+    with fresh_vhost("skybus-bench") as vhost:
+        rates = await replicas_throughput(vhost.url, args.replicas, args.jobs, args.in_flight)
+    print(f"{args.jobs} jobs of {COMMAND!r}, {args.in_flight} in flight")
+    for count, rate in rates.items():
+        print(f"skybus, {count} replica{'s' if count > 1 else ''} of each service: {rate:8.1f} jobs/s")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--latency", type=int, default=100)
+    parser.add_argument("--replicas", type=int, default=1, help="compare one replica of each service with this many")
     args = parser.parse_args()
+    if args.replicas > 1:
+        await print_replicas(args)
+        return
 
     with fresh_vhost("skybus-bench") as vhost:
         data = Path(tempfile.mkdtemp(prefix="skybus-bench-"))
