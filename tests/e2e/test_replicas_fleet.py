@@ -13,9 +13,16 @@ from tests.e2e.fleet import Fleet
 
 pytestmark = pytest.mark.amqp
 
-JOBS = 400
+JOBS = 600
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="main's AMQP adapter declares BROADCAST queues (host changes, heartbeats, job changes) as one shared "
+    "quorum queue, so a second job manager never hears a host respond and declares its jobs lost; the bus "
+    "branch's queue kinds fix it (checked with a per-process exclusive queue: 400/400 succeeded). Remove this "
+    "mark when that lands: strict, so the first pass says so.",
+)
 async def test_two_replicas_of_everything_run_every_job_once(tmp_path, amqp_url: str) -> None:
     fleet = Fleet(tmp_path / "data", amqp_url, replicas=2, **FLEET_ENV)
     try:
