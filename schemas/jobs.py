@@ -53,6 +53,9 @@ def canonical_uuid(text: str) -> str:
 Uuid = Annotated[StrictStr, AfterValidator(canonical_uuid)]
 
 
+MAX_RETRIES = 10
+
+
 class RunJobBody(BaseModel):
     """``POST /api/job/run``."""
 
@@ -66,6 +69,9 @@ class RunJobBody(BaseModel):
     hostname: Annotated[StrictStr, Field(min_length=1, max_length=253)] | None = None
     privileged: bool = False
     """Run unsandboxed as the agent's user: for admins only (the job manager refuses others)."""
+    retries: Annotated[StrictInt, Field(ge=0, le=MAX_RETRIES)] = 0
+    """How many times a job that ends ``lost`` is run again, elsewhere when another host responds:
+    the user asserts the command may run more than once (its lost attempt may have run, or still run)."""
 
     @field_validator("command")
     @classmethod
@@ -104,7 +110,11 @@ class JobInfo(BaseModel):
     finished_at: str | None
     exit_code: int | None
     error: str | None
-    history: list[dict[str, str]]
+    history: list[dict[str, str | int]]
+    """Each step's ``state`` and ``at``; with retries, a lost attempt's ``lost`` step and the next
+    ``pending`` step carry their ``attempt`` (1, 2, …)."""
+    attempt: int = 1
+    retries: int = 0
 
 
 class JobSummary(BaseModel):
@@ -146,6 +156,7 @@ class RunJob(WireModel):
     """Who asked, when not a user's REST call (``role-manager``): the job manager tells it when the
     job ends with :class:`JobFinished`."""
     privileged: bool = False
+    retries: int = 0
 
 
 class CancelJob(WireModel):

@@ -106,7 +106,7 @@ def data_info(document: ContentRecord) -> DataInfo:
 
 async def owner_of_job_on_host(request: web.Request, job_id: str, resource_id: str) -> str:
     """What an agent uploads for a job it runs (its answer, a staged-out file) belongs to the job's user."""
-    job = await jobs.get_job(request.app[STORE], job_id)
+    job = await jobs.get_job_of_task(request.app[STORE], job_id)  # an agent knows a job by its task id
     if job is None or job.resource_id != resource_id:
         raise ApiError(403, f"this host does not run job {job_id}")
     return job.user

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -55,8 +57,17 @@ def job_info(job: JobRecord) -> JobInfo:
         finished_at=iso(job.finished_at),
         exit_code=job.exit_code,
         error=job.error,
-        history=[{"state": step["state"], "at": iso(step["at"]) or ""} for step in job.history],
+        history=[history_step(step) for step in job.history],
+        attempt=job.attempt,
+        retries=job.retries,
     )
+
+
+def history_step(step: Mapping[str, Any]) -> dict[str, str | int]:
+    shown: dict[str, str | int] = {"state": step["state"], "at": iso(step["at"]) or ""}
+    if "attempt" in step:
+        shown["attempt"] = step["attempt"]
+    return shown
 
 
 FRESH = 30.0
@@ -151,6 +162,7 @@ async def run_job(request: web.Request) -> web.Response:
         ttl=body.ttl,
         resource_id=resource_id,
         privileged=body.privileged,
+        retries=body.retries,
     )
     if job_id is None:
         await publish_command(request, command)  # the job manager stores it; a read waits for it (load_job)

@@ -3,6 +3,12 @@
 States move forward only: pending → staging → accepted → running → one final state (succeeded,
 failed, cancelled, lost). Each transition is recorded once, with its time, in ``history``; an event
 that would not move a job forward (a redelivery, a late or out-of-order message) changes nothing.
+
+A job with ``retries`` left that would end ``lost`` starts a new attempt instead: it goes back to
+pending (history: ``{"state": "lost", "attempt": n, ...}`` then ``{"state": "pending", "attempt":
+n + 1, ...}``), waits its backoff, and avoids the hosts it was lost on while another one is there.
+Each attempt goes to the agent under a task id of its own (:func:`task_id`), since an agent never
+runs one task id twice; events of an earlier attempt change nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def new_job(
     now: float,
     origin: str | None = None,
     privileged: bool = False,
+    retries: int = 0,
 ) -> Job:
     return {
         "id": job_id,
@@ -51,6 +58,10 @@ def new_job(
         "pinned_resource": pinned_resource,
         "origin": origin,
         "privileged": privileged,
+        "retries": retries,
+        "attempt": 1,
+        "lost_on": [],
+        "retry_at": None,
         "resource_id": None,
         "state": JobState.PENDING.value,
         "history": [{"state": JobState.PENDING.value, "at": now}],
@@ -108,13 +119,65 @@ def advance_through(
     return {"state": state.value, "history": history, **fields}
 
 
+def attempt_of(job: Mapping[str, Any]) -> int:
+    return job.get("attempt", 1)
+
+
+def task_id(job: Mapping[str, Any]) -> str:
+    """The id an attempt of ``job`` has on its agent: the job id for the first, ``<job id>.<n>`` after."""
+    attempt = attempt_of(job)
+    return job["id"] if attempt == 1 else f"{job['id']}.{attempt}"
+
+
+def parse_task_id(task: str) -> tuple[str, int]:
+    """The job id and attempt of a task id (agents and the data manager echo it as ``job_id``)."""
+    job_id, dot, attempt = task.rpartition(".")
+    return (job_id, int(attempt)) if dot and attempt.isdigit() else (task, 1)
+
+
+def retry_backoff(attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1`` of a job whose attempt ``attempt`` was lost: 1, 2, 4 … 60."""
+    return float(min(2 ** (attempt - 1), 60))
+
+
+def retry(job: Mapping[str, Any], at: float, *, error: str | None) -> dict[str, Any] | None:
+    """The changes that start the next attempt of a job whose attempt was lost, or None if it has no
+    retries left (or is final, deleted or being cancelled: then it ends lost)."""
+    attempt = attempt_of(job)
+    if attempt > job.get("retries", 0) or is_final(job) or job["deleted"] or job["cancel_requested"]:
+        return None
+    lost_on = list(job.get("lost_on") or [])
+    if job["resource_id"] and job["resource_id"] not in lost_on:
+        lost_on.append(job["resource_id"])
+    steps = [
+        {"state": JobState.LOST.value, "at": at, "attempt": attempt, "error": error},
+        {"state": JobState.PENDING.value, "at": at, "attempt": attempt + 1},
+    ]
+    return {
+        "state": JobState.PENDING.value,
+        "history": [*job["history"], *steps],
+        "attempt": attempt + 1,
+        "lost_on": lost_on,
+        "retry_at": at + retry_backoff(attempt),
+        "resource_id": None,
+        "dispatched_at": None,
+        "start_by": None,
+        "accepted_at": None,
+        "started_at": None,
+        "error": error,
+    }
+
+
 def is_expired(job: Mapping[str, Any], now: float) -> bool:
     return job.get("expires_at") is not None and job["expires_at"] <= now
 
 
-def choose_host(candidates: Iterable[Host], load: Mapping[str, int]) -> str | None:
-    """The authorized, responding host with the fewest jobs in flight (ties: the lowest id)."""
+def choose_host(candidates: Iterable[Host], load: Mapping[str, int], avoid: Iterable[str] = ()) -> str | None:
+    """The authorized, responding host with the fewest jobs in flight (ties: the lowest id); one not in
+    ``avoid`` (where the job was lost) while there is such a host."""
     usable = [host.id for host in candidates if host.takes_jobs]
+    avoided = set(avoid)
+    usable = [rid for rid in usable if rid not in avoided] or usable
     if not usable:
         return None
     return min(usable, key=lambda rid: (load.get(rid, 0), rid))

@@ -125,6 +125,7 @@ class JobManager:
             job_id = getattr(envelope.payload, "job_id", None)
             lock = None
             if job_id is not None:
+                job_id, _ = domain.parse_task_id(job_id)  # every attempt of a job under one lock
                 lock = self._locks.get(job_id)
                 if lock is None:
                     lock = self._locks[job_id] = asyncio.Lock()  # held weakly: gone when unused
@@ -160,6 +161,7 @@ class JobManager:
             now=self.clock(),
             origin=command.origin,
             privileged=command.privileged,
+            retries=command.retries,
         )
         if command.resource_id and self.hosts.was_deleted(command.resource_id):
             job.update(domain.advance(job, JobState.LOST, job["created_at"], error="its host was deleted") or {})
@@ -281,7 +283,7 @@ class JobManager:
         """The data manager could not stage the job's files: nothing will run it."""
         event = envelope.payload
         assert isinstance(event, StagingRefused)
-        job = await self.jobs.get(event.job_id)
+        job = await self._job_of_task(event.job_id)
         if job is not None and domain.state_of(job) is JobState.STAGING:
             await self._finish(job, JobState.FAILED, error=f"staging files failed: {event.error}", cause=envelope)
 
@@ -290,7 +292,7 @@ class JobManager:
         assert isinstance(event, AgentCommandRefused)
         if event.job_id is None:
             return
-        job = await self.jobs.get(event.job_id)
+        job = await self._job_of_task(event.job_id)
         if job is None or job["resource_id"] != event.resource_id or domain.state_of(job) is not JobState.STAGING:
             return
         # Not taken: place it again (elsewhere, unless pinned) at the next sweep.
@@ -305,12 +307,19 @@ class JobManager:
         before, after = self.hosts.apply(event)
         if after.takes_jobs and (before is None or not before.takes_jobs):
             await self._sweep_unplaced()  # jobs waiting for a host (or for this one) may go now
-        for job_id in event.running_jobs:  # its agent is back and still runs these: are they still wanted?
+        for task_id in event.running_jobs:  # its agent is back and still runs these: are they still wanted?
+            job_id, attempt = domain.parse_task_id(task_id)
             job = await self.jobs.get(job_id)
-            if job is not None and job["resource_id"] == event.resource_id and domain.is_final(job):
-                why = f"the job ended {job['state']} while its host was away"
-                log.info("job %s: its agent still runs it; stopping it (%s)", job_id, why, extra={"job_id": job_id})
-                await self._to_agent(CancelTask(job_id=job_id, reason=why), envelope, job)
+            if job is None or not (domain.is_final(job) or domain.attempt_of(job) != attempt):
+                continue
+            why = f"the job ended {job['state']} while its host was away"
+            if not domain.is_final(job):
+                why = f"the job moved on to attempt {domain.attempt_of(job)} while its host was away"
+            log.info("task %s: its agent still runs it; stopping it (%s)", task_id, why, extra={"job_id": job_id})
+            stop = CancelTask(job_id=task_id, reason=why)
+            cancel = envelope.caused(stop, sender=SENDER, resource_id=event.resource_id)
+            key = self.topology.agent_routing_key(event.resource_id, CancelTask.message_type)
+            await self.bus.publish(self.topology.agent_commands, cancel, key)
 
     async def host_deleted(self, envelope: Envelope) -> None:
         event = envelope.payload
@@ -379,7 +388,8 @@ class JobManager:
         if pinned:
             host = self.hosts.get(pinned)
             return pinned if host is not None and host.takes_jobs else None
-        return domain.choose_host([h for h in self.hosts.ready() if h.takes_jobs_of(job["user"])], self.load)
+        usable = [host for host in self.hosts.ready() if host.takes_jobs_of(job["user"])]
+        return domain.choose_host(usable, self.load, avoid=job.get("lost_on") or ())
 
     def _placement(self, job: dict[str, Any], resource_id: str, now: float) -> dict[str, Any]:
         changes = domain.advance(job, JobState.STAGING, now) or {}
@@ -391,6 +401,8 @@ class JobManager:
         if pinned and self.hosts.was_deleted(pinned):
             await self._finish(job, JobState.LOST, error=f"its host {pinned} was deleted")
             return
+        if (job.get("retry_at") or 0.0) > self.clock():
+            return  # a retry waits out its backoff; the sweep places it then
         resource_id = self._choose(job)
         if resource_id is None:
             return  # stays waiting; a host event or the sweep tries again
@@ -406,14 +418,16 @@ class JobManager:
         if not files:
             await self._submit(job, cause)
             return
-        command = StageJobFiles(job_id=job["id"], resource_id=job["resource_id"], data_ids=files, binary=job["binary"])
+        command = StageJobFiles(
+            job_id=domain.task_id(job), resource_id=job["resource_id"], data_ids=files, binary=job["binary"]
+        )
         await self.bus.publish(self.topology.commands, self._envelope(command, cause, job))
 
     async def _submit(self, job: dict[str, Any], cause: Envelope | None) -> None:
         """Straight to the agent's own queue: this manager's view says its host takes jobs (the
         refusal seed 000 asks of the proxy, made without a hop)."""
         command = SubmitTask(
-            job_id=job["id"],
+            job_id=domain.task_id(job),
             command=job["command"],
             deadline=job["expires_at"],
             start_by=job.get("start_by"),
@@ -431,7 +445,7 @@ class JobManager:
             await self._finish(job, JobState.CANCELLED, error=reason, cause=cause)
             return
         job = await self._update(job, {"cancel_requested": True}) or job
-        await self._to_agent(CancelTask(job_id=job["id"], reason=reason), cause, job)
+        await self._to_agent(CancelTask(job_id=domain.task_id(job), reason=reason), cause, job)
 
     async def _delete(self, job: dict[str, Any], cause: Envelope | None, *, reason: str) -> None:
         if not domain.is_final(job):
@@ -454,6 +468,8 @@ class JobManager:
         **fields: Any,
     ) -> None:
         at = at or self.clock()
+        if outcome is JobState.LOST and await self._retry(job, at, error=fields.get("error"), cause=cause):
+            return
         if job["deleted"]:
             fields.pop("answer", None)
         changes = domain.advance_through(job, [*earlier, (outcome, at)], finished_at=at, **fields)
@@ -472,6 +488,28 @@ class JobManager:
             changes["state"],
             extra={"job_id": job["id"], "resource_id": job["resource_id"]},
         )
+
+    async def _retry(self, job: dict[str, Any], at: float, *, error: str | None, cause: Envelope | None) -> bool:
+        """Start the next attempt of a lost job that has retries left (placed by the sweep once its
+        backoff has passed); False when it has none and so ends lost."""
+        pinned = job["pinned_resource"]
+        if pinned and self.hosts.was_deleted(pinned):
+            return False
+        changes = domain.retry(job, at, error=error)
+        if changes is None:
+            return False
+        retried = await self._update(job, changes, cause)
+        if retried is not None and job["resource_id"]:
+            self.load[job["resource_id"]] -= 1
+        log.info(
+            "job %s lost (%s): attempt %d in %gs",
+            job["id"],
+            error,
+            changes["attempt"],
+            changes["retry_at"] - at,
+            extra={"job_id": job["id"], "resource_id": job["resource_id"]},
+        )
+        return True
 
     async def _tell_origin(self, job: dict[str, Any]) -> None:
         """The manager that asked for this job hears that it ended. Lost if this process dies right
@@ -515,13 +553,20 @@ class JobManager:
         )
         await self.bus.publish(self.topology.events, self._envelope(event, cause, job))
 
-    async def _job_on_sender(self, job_id: str, envelope: Envelope) -> dict[str, Any] | None:
-        """The job, if the event is signed by the host that runs it (no host speaks for another's job)."""
+    async def _job_on_sender(self, task_id: str, envelope: Envelope) -> dict[str, Any] | None:
+        """The job, if the event is signed by the host that runs it (no host speaks for another's job)
+        and is about its current attempt."""
         await self._verify(envelope)
-        job = await self.jobs.get(job_id)
+        job = await self._job_of_task(task_id)
         if job is None or job["resource_id"] != envelope.resource_id:
             return None
         return job
+
+    async def _job_of_task(self, task_id: str) -> dict[str, Any] | None:
+        """The job whose current attempt has this task id (an event of an earlier attempt finds none)."""
+        job_id, attempt = domain.parse_task_id(task_id)
+        job = await self.jobs.get(job_id)
+        return job if job is not None and domain.attempt_of(job) == attempt else None
 
     async def _verify(self, envelope: Envelope) -> None:
         """Drop (and count) an event not signed by the host it names. A host this view does not know

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.jobs import FINAL_STATES, JobState
+from services.job_manager.domain import parse_task_id
 from services.job_manager.repository import JOBS
 from services.paging import Page
 from services.store.port import DocumentStore
@@ -41,6 +42,8 @@ class JobRecord:
     error: str | None
     deleted: bool
     deleted_reason: str | None
+    attempt: int = 1
+    retries: int = 0
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> JobRecord:
@@ -65,6 +68,8 @@ class JobRecord:
             error=document.get("error"),
             deleted=document.get("deleted", False),
             deleted_reason=document.get("deleted_reason"),
+            attempt=document.get("attempt", 1),
+            retries=document.get("retries", 0),
         )
 
     @property
@@ -78,6 +83,14 @@ class JobRecord:
 async def get_job(store: DocumentStore, job_id: str) -> JobRecord | None:
     document = await store.collection(JOBS).get(job_id)
     return None if document is None else JobRecord.from_document(document)
+
+
+async def get_job_of_task(store: DocumentStore, task_id: str) -> JobRecord | None:
+    """The job an agent's task id names (``<job id>``, or ``<job id>.<n>`` for attempt n of a job
+    with retries), if that is the job's current attempt."""
+    job_id, attempt = parse_task_id(task_id)
+    job = await get_job(store, job_id)
+    return job if job is not None and job.attempt == attempt else None
 
 
 async def find_jobs(

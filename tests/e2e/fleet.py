@@ -14,6 +14,10 @@ from tests.e2e.harness import SkybusProcess, eventually, skybus_env
 MANAGERS = ("resource-manager", "job-manager", "content-manager", "role-manager")
 
 
+def replica_name(service: str, n: int) -> str:
+    return service if n == 1 else f"{service}-{n}"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -21,10 +25,16 @@ def free_port() -> int:
 
 
 class Fleet:
-    def __init__(self, data_dir: Path, amqp_url: str, **env: str) -> None:
+    """``replicas`` processes of each manager and of the gateway (named ``job-manager``,
+    ``job-manager-2``, …; gateways at ``urls``, the first at ``url``), one agent."""
+
+    def __init__(self, data_dir: Path, amqp_url: str, *, replicas: int = 1, **env: str) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.replicas = replicas
+        self.ports = [free_port() for _ in range(replicas)]
+        self.port = self.ports[0]
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.url = self.urls[0]
         self.env = skybus_env(
             SKYBUS_AMQP_URL=amqp_url,
             SKYBUS_NAMESPACE=f"fleet-{uuid.uuid4().hex[:8]}",
@@ -42,9 +52,8 @@ class Fleet:
         maker = await SkybusProcess(["token", "create", "--user", "admin", "--admin"], self.env).start()
         assert await maker.wait() == 0, maker.log
         self.token = (await maker.wait_for_line(r"^SKYBUS_TOKEN=(\S+)$")).group(1)
-        for name in MANAGERS:
+        for name in self.services:
             await self.start_service(name)
-        await self.start_service("gateway")
 
         async def gateway_up() -> bool:
             try:
@@ -67,8 +76,17 @@ class Fleet:
         await self.start_agent()
         return self
 
+    @property
+    def services(self) -> list[str]:
+        """Every service process by name, the gateways last."""
+        return [replica_name(name, n) for name in (*MANAGERS, "gateway") for n in range(1, self.replicas + 1)]
+
     async def start_service(self, name: str) -> SkybusProcess:
-        process = await SkybusProcess([name], self.env).start()
+        """Start (or start again) the service process ``name`` (``job-manager-2``: its second replica)."""
+        kind, _, n = name.rpartition("-")
+        kind, n = (kind, int(n)) if n.isdigit() else (name, 1)
+        env = self.env if kind != "gateway" else {**self.env, "SKYBUS_PORT": str(self.ports[n - 1])}
+        process = await SkybusProcess([kind], env).start()
         self.processes[name] = process
         return process
 
@@ -98,7 +116,7 @@ class Fleet:
 
     async def stop(self) -> dict[str, int]:
         codes = {}
-        for name in ["agent", "gateway", *MANAGERS]:
+        for name in ["agent", *reversed(self.services)]:
             if name in self.processes:
                 codes[name] = await self.processes[name].stop()
         return codes
