@@ -169,7 +169,7 @@ def host_view(resource: ResourceRecord, host: RoleHostRecord) -> dict[str, Any]:
     """Seed 002's host: ``responding``, ``last_response_time`` and ``role_status`` only when authorized."""
     facts = resource.facts
     info: dict[str, Any] = {
-        "hostname": facts.get("hostname") or resource.hostname,
+        "hostname": resource.hostname or facts.get("hostname"),  # the name it registered or joined under
         "os_family": facts.get("os_family"),
         "arch": facts.get("arch"),
         "os_info": facts.get("os_info"),

@@ -63,7 +63,11 @@ async def joined_agent(skybus: Skybus, tmp_path: Path, amqp_url: str, namespace:
         found = next((h for h in hosts if h["info"]["hostname"] == hostname), {}) if status == 200 else {}
         return bool(found)
 
-    await eventually(listed, timeout=30)
+    try:
+        await eventually(listed, timeout=30)
+    except AssertionError:
+        tail = "\n".join([*agent.log[-30:], "--- skybus up", *skybus.log[-30:]])
+        raise AssertionError(f"the joined host {hostname} was never listed:\n{tail}") from None
     return agent, found["id"]
 
 
