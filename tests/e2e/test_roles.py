@@ -66,6 +66,7 @@ async def joined_agent(skybus: Skybus, tmp_path: Path, amqp_url: str, namespace:
     try:
         await eventually(listed, timeout=30)
     except AssertionError:
+        await agent.stop()  # the fixture never gets it to stop
         tail = "\n".join([*agent.log[-30:], "--- skybus up", *skybus.log[-30:]])
         raise AssertionError(f"the joined host {hostname} was never listed:\n{tail}") from None
     return agent, found["id"]
