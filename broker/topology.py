@@ -111,6 +111,16 @@ class Topology:
             kind=QueueKind.BROADCAST,
         )
 
+    def gateway_job_output(self) -> QueueSpec:
+        """Live output of the tasks someone follows, straight from their agents (signed; each gateway
+        checks the host's signature): every gateway hears every chunk, and a lost one is asked again."""
+        return QueueSpec(
+            self.queue_name("gateway", "job-output"),
+            (Binding(self.agent_events, "*.job.output"),),
+            prefetch=256,
+            kind=QueueKind.BROADCAST,
+        )
+
     def role_manager_commands(self) -> QueueSpec:
         return QueueSpec(self.queue_name("role-manager", "commands"), (Binding(self.commands, "role.*"),))
 

@@ -4,16 +4,20 @@ A job's way through the fleet, one typed message per step:
 
 * gateway → job manager: :class:`RunJob`, :class:`CancelJob`, :class:`DeleteJob` (request/reply)
 * job manager → data manager: :class:`StageJobFiles` (grant the host the job's files, then ask it)
-* data manager → agent (through the resource manager): :class:`StageInFiles`, :class:`StageOutFile`
+* data manager → agent (through the resource manager): :class:`StageInFiles`
 * job manager → agent (through the resource manager): :class:`SubmitTask`, :class:`CancelTask`
-* agent → components (signed, checked and republished by the resource manager):
+* job manager → agent (straight to its queue): :class:`StageOutFile`, the job's ``output_files``
+* agent → components (signed; verified by the manager that reads them):
   :class:`FilesStagedIn`, :class:`TaskAccepted`, :class:`TaskRunning`, :class:`TaskCompleted`,
   :class:`FileStagedOut`
+* live output, only while someone follows a job: gateway → agent :class:`WatchOutput` (transient),
+  agent → every gateway :class:`OutputChunk` (signed, transient, broadcast)
 * resource manager → components: :class:`AgentCommandRefused` when the host is not responding
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
 from enum import StrEnum
 from typing import Annotated, ClassVar
@@ -54,6 +58,23 @@ Uuid = Annotated[StrictStr, AfterValidator(canonical_uuid)]
 
 
 MAX_RETRIES = 10
+MAX_OUTPUT_FILES = 64
+
+
+def relative_glob(pattern: str) -> str:
+    """A name or glob inside the job's working directory: not absolute, no ``..``, no NUL."""
+    if not pattern or len(pattern) > 1024:
+        raise ValueError("must be a name or glob of 1 to 1024 characters")
+    if "\0" in pattern:
+        raise ValueError("must not contain a NUL byte")
+    if pattern.startswith("/"):
+        raise ValueError(f"{pattern!r} is absolute: names are relative to the job's working directory")
+    if ".." in pattern.split("/"):
+        raise ValueError(f"{pattern!r} leaves the job's working directory ('..')")
+    return pattern
+
+
+OutputGlob = Annotated[StrictStr, AfterValidator(relative_glob)]
 
 
 class RunJobBody(BaseModel):
@@ -72,6 +93,9 @@ class RunJobBody(BaseModel):
     retries: Annotated[StrictInt, Field(ge=0, le=MAX_RETRIES)] = 0
     """How many times a job that ends ``lost`` is run again, elsewhere when another host responds:
     the user asserts the command may run more than once (its lost attempt may have run, or still run)."""
+    output_files: Annotated[list[OutputGlob], Field(max_length=MAX_OUTPUT_FILES)] = []
+    """Names or globs (``*.csv``, ``out/**/*.png``) relative to the job's working directory: once the
+    command ended, each match is stored as a data file of the job's user (``outputs`` in job_info)."""
 
     @field_validator("command")
     @classmethod
@@ -115,6 +139,14 @@ class JobInfo(BaseModel):
     ``pending`` step carry their ``attempt`` (1, 2, …)."""
     attempt: int = 1
     retries: int = 0
+    stdout_id: str | None = None
+    """The data file of the job's whole raw stdout, once it ended (none when it printed nothing)."""
+    stderr_id: str | None = None
+    output_files: list[str] = []
+    outputs: dict[str, str] = {}
+    """Each staged-out file (its path in the working directory) and its data id."""
+    output_errors: dict[str, str] = {}
+    """Each of ``output_files`` that gave no file, and why (no match, an upload that failed)."""
 
 
 class JobSummary(BaseModel):
@@ -157,6 +189,7 @@ class RunJob(WireModel):
     job ends with :class:`JobFinished`."""
     privileged: bool = False
     retries: int = 0
+    output_files: list[str] = []
 
 
 class CancelJob(WireModel):
@@ -218,6 +251,8 @@ class SubmitTask(WireModel):
     start_by: float | None = None
     """Epoch seconds after which the agent must not start the task (it reports it lost instead): the
     job manager may then give the job up without the risk that it still runs here."""
+    stage_out: bool = False
+    """The job has output files: keep its working directory until :class:`StageOutFile` came."""
 
 
 class CancelTask(WireModel):
@@ -227,7 +262,29 @@ class CancelTask(WireModel):
     reason: str = "cancelled"
 
 
-AGENT_COMMANDS: tuple[type[WireModel], ...] = (StageInFiles, SubmitTask, CancelTask)
+class StageOutFile(WireModel):
+    """Seed 000's *stage out file*: upload what matches ``patterns`` in the task's working directory
+    as data files of the job's user. Idempotent: asked again, the agent answers what it stored."""
+
+    message_type: ClassVar[str] = "agent.stage_out_file"
+
+    job_id: str
+    patterns: list[str]
+
+
+class WatchOutput(WireModel):
+    """A gateway follows a task's output: the agent publishes :class:`OutputChunk` from these offsets
+    for ``lease`` seconds (renewed by asking again), then stops. Transient: a lost one is asked again."""
+
+    message_type: ClassVar[str] = "agent.watch_output"
+
+    job_id: str
+    stdout_from: Annotated[int, Field(ge=0)] = 0
+    stderr_from: Annotated[int, Field(ge=0)] = 0
+    lease: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+
+AGENT_COMMANDS: tuple[type[WireModel], ...] = (StageInFiles, SubmitTask, CancelTask, StageOutFile, WatchOutput)
 
 
 # Seed 000's proxy methods: events agents send, republished once their signature checks out.
@@ -273,6 +330,46 @@ class TaskCompleted(WireModel):
     """Set for a task that ended before its acceptance or start was reported: one message for all."""
     answer: str | None = Field(default=None, max_length=ANSWER_INLINE_LIMIT)
     """A small answer travels here instead of being uploaded; the job manager has it stored."""
+    stdout_id: str | None = None
+    """The data files of the task's raw stdout and stderr (None when it wrote nothing there)."""
+    stderr_id: str | None = None
+
+
+class FileStagedOut(WireModel):
+    """Seed 000's *file staged out*: what :class:`StageOutFile` stored, for every pattern at once."""
+
+    message_type: ClassVar[str] = "task.file_staged_out"
+
+    job_id: str
+    files: dict[str, str] = {}
+    """Path in the working directory → data id."""
+    errors: dict[str, str] = {}
+    """Pattern (or path) → why it gave no data file."""
+
+
+OUTPUT_CHUNK_LIMIT = 64 * 1024  # raw bytes of output in one OutputChunk
+
+
+class OutputStream(StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+class OutputChunk(WireModel):
+    """Bytes a running task wrote, from ``offset`` in its ``stream``: ``data`` is base64 (the payload
+    is JSON-shaped; output is bytes, never decoded). ``size`` is how long the stream was when read,
+    so a reader knows when it has all there was. Signed by the agent, transient, to every gateway."""
+
+    message_type: ClassVar[str] = "job.output"
+
+    job_id: str
+    stream: OutputStream
+    offset: Annotated[int, Field(ge=0)]
+    data: Annotated[str, Field(max_length=OUTPUT_CHUNK_LIMIT * 4 // 3 + 4)] = ""
+    size: Annotated[int, Field(ge=0)] = 0
+
+    def raw(self) -> bytes:
+        return base64.b64decode(self.data)
 
 
 class JobFinished(WireModel):
@@ -333,6 +430,8 @@ JOB_MESSAGES: tuple[type[WireModel], ...] = (
     TaskAccepted,
     TaskRunning,
     TaskCompleted,
+    FileStagedOut,
+    OutputChunk,
     AgentCommandRefused,
     JobFinished,
     JobChanged,

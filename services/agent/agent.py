@@ -22,7 +22,7 @@ from broker.port import BusError, MessageBus, Subscription
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import WireModel
-from schemas.jobs import CancelTask, StageInFiles, SubmitTask
+from schemas.jobs import CancelTask, StageInFiles, StageOutFile, SubmitTask, WatchOutput
 from schemas.resources import Heartbeat
 from services.agent.containers import Containers
 from services.agent.data_client import DataClient
@@ -73,6 +73,8 @@ class Agent:
         self.router.add(SubmitTask, self.tasks.submit_task)
         self.router.add(CancelTask, self.tasks.cancel_task)
         self.router.add(StageInFiles, self.tasks.stage_in_files)
+        self.router.add(StageOutFile, self.tasks.stage_out_file)
+        self.router.add(WatchOutput, self.tasks.output.watch_output)
         containers = Containers(state_dir / "containers", self._data, tool=container_tool, kill_grace=kill_grace)
         self.node = NodeQueries(
             resource_id, self.signed, containers, allow_reboot=allow_reboot, reboot_command=reboot_command

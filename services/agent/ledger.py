@@ -34,6 +34,10 @@ class TaskRecord:
     answer: str | None = None  # a small answer, sent with the outcome
     home: str | None = None  # the home (user) whose launcher runs it: where a restarted agent finds it
     deadline: float | None = None  # when its ttl runs out, for a restarted agent that adopts it
+    stdout_id: str | None = None  # the data files of its whole output, once stored
+    stderr_id: str | None = None
+    stage_out: bool = False  # it has output files: its working directory is kept until they are staged out
+    staged_out: dict[str, dict[str, str]] | None = None  # {"files": {path: id}, "errors": {...}}, once done
 
     @property
     def finished(self) -> bool:
@@ -86,6 +90,7 @@ class Ledger:
             known = self.records.get(job_id)
             record = self.records[job_id] = TaskRecord(job_id=job_id, started_at=entry["at"], taken=True)
             record.home, record.deadline = entry.get("home"), entry.get("deadline")
+            record.stage_out = bool(entry.get("stage_out"))
             record.cancel_requested = bool(known and known.cancel_requested)
             return
         record = self.records.get(job_id)
@@ -94,7 +99,9 @@ class Ledger:
         if entry["event"] == "spawned":
             record.pid = entry["pid"]
         elif entry["event"] == "finished":
-            for key in ("outcome", "exit_code", "answer_id", "error", "accepted_at", "started_at", "answer"):
+            keys = ("outcome", "exit_code", "answer_id", "error", "accepted_at", "started_at", "answer", "stdout_id",
+                    "stderr_id")  # fmt: skip
+            for key in keys:
                 setattr(record, key, entry.get(key))
             record.finished_at = entry["at"]
         elif entry["event"] == "reported":
@@ -102,6 +109,8 @@ class Ledger:
             record.answer = None  # delivered: nothing will send it again
         elif entry["event"] == "cancel":
             record.cancel_requested = True
+        elif entry["event"] == "staged_out":
+            record.staged_out = {"files": entry["files"], "errors": entry["errors"]}
 
     def _write(self, entry: dict[str, Any]) -> None:
         self._apply(entry)
@@ -110,10 +119,14 @@ class Ledger:
     def get(self, job_id: str) -> TaskRecord | None:
         return self.records.get(job_id)
 
-    def started(self, job_id: str, *, home: str | None = None, deadline: float | None = None) -> TaskRecord:
+    def started(
+        self, job_id: str, *, home: str | None = None, deadline: float | None = None, stage_out: bool = False
+    ) -> TaskRecord:
         entry: dict[str, Any] = {"event": "started", "job_id": job_id, "at": time.time()}
         if home is not None:
             entry.update(home=home, deadline=deadline)
+        if stage_out:
+            entry["stage_out"] = True
         self._write(entry)
         return self.records[job_id]
 
@@ -134,14 +147,22 @@ class Ledger:
         accepted_at: float | None = None,
         started_at: float | None = None,
         answer: str | None = None,
+        stdout_id: str | None = None,
+        stderr_id: str | None = None,
     ) -> TaskRecord:
         entry = {"event": "finished", "job_id": job_id, "at": time.time(), "outcome": outcome}
         entry.update(exit_code=exit_code, answer_id=answer_id, error=error)
+        if stdout_id is not None or stderr_id is not None:
+            entry.update(stdout_id=stdout_id, stderr_id=stderr_id)
         if accepted_at is not None or started_at is not None:
             entry.update(accepted_at=accepted_at, started_at=started_at)
         if answer is not None:
             entry["answer"] = answer
         self._write(entry)
+        return self.records[job_id]
+
+    def staged_out(self, job_id: str, files: dict[str, str], errors: dict[str, str]) -> TaskRecord:
+        self._write({"event": "staged_out", "job_id": job_id, "at": time.time(), "files": files, "errors": errors})
         return self.records[job_id]
 
     def reported(self, job_id: str) -> None:

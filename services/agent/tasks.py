@@ -27,7 +27,7 @@ import shutil
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,11 @@ from schemas.jobs import (
     ANSWER_INLINE_LIMIT,
     CancelTask,
     FilesStagedIn,
+    FileStagedOut,
     JobState,
+    OutputStream,
     StageInFiles,
+    StageOutFile,
     SubmitTask,
     TaskAccepted,
     TaskCompleted,
@@ -51,6 +54,8 @@ from services.agent.answer import answer_chunks
 from services.agent.children import watch_children_with_pidfd
 from services.agent.data_client import DataClient, DataClientError
 from services.agent.ledger import Ledger, TaskRecord
+from services.agent.output import OutputTails
+from services.agent.stage_out import stage_out
 from services.agent.supervisor import (
     JOB_ENV,
     JobOptions,
@@ -94,6 +99,8 @@ class TaskRunner:
         self._running: dict[str, tuple[Supervisor, int]] = {}
         self._ended: deque[tuple[float, Path]] = deque()  # work dirs to remove once retention passed
         self._tasks: set[asyncio.Task[None]] = set()
+        self._staging_out: dict[str, asyncio.Lock] = {}
+        self.output = OutputTails(say, self._output_path)
         self.started_at = time.time()
         watch_children_with_pidfd()  # for the containers' helpers; jobs are the launchers' children
 
@@ -129,11 +136,19 @@ class TaskRunner:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.output.stop()
         await self.supervisors.close()
         self.ledger.close()
 
     def running_job_ids(self) -> list[str]:
         return list(self._running)
+
+    def _output_path(self, job_id: str, stream: OutputStream) -> Path | None:
+        """Where a task running here writes ``stream`` (None once it ended: its output is stored)."""
+        running = self._running.get(job_id)
+        if running is None:
+            return None
+        return running[0].home.run(job_id, "out" if stream is OutputStream.STDOUT else "err")
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -178,7 +193,7 @@ class TaskRunner:
             self._spawn(self._report(finished, caused_by=envelope))
             return
         home = home_name(command.user, command.privileged)
-        self.ledger.started(command.job_id, home=home, deadline=command.deadline)
+        self.ledger.started(command.job_id, home=home, deadline=command.deadline, stage_out=command.stage_out)
         self._spawn(self._run(command, envelope, home))
 
     def _refusal(self, command: SubmitTask) -> tuple[JobState, str] | None:
@@ -227,6 +242,31 @@ class TaskRunner:
             await self._say(FilesStagedIn(job_id=command.job_id, ok=False, error=str(error)), caused_by=envelope)
             return
         await self._say(FilesStagedIn(job_id=command.job_id, ok=True), caused_by=envelope)
+
+    async def stage_out_file(self, envelope: Envelope) -> None:
+        """Upload the task's output files, once: asked again (a redelivery, the job manager's sweep),
+        it answers what it stored the first time. Its working directory goes once this is done."""
+        command = envelope.payload
+        assert isinstance(command, StageOutFile)
+        lock = self._staging_out.setdefault(command.job_id, asyncio.Lock())
+        async with lock:
+            record = self.ledger.get(command.job_id)
+            if record is None or not record.finished:
+                errors = {pattern: "this host has no ended task of this job" for pattern in command.patterns}
+                await self._say(FileStagedOut(job_id=command.job_id, errors=errors), caused_by=envelope)
+                return
+            if record.staged_out is None:
+                workdir = self.workdir(command.job_id)
+                files, errors = await stage_out(self._data, workdir, command.patterns, job_id=command.job_id)
+                record = self.ledger.staged_out(command.job_id, files, errors)
+                if record.stage_out:
+                    self._ended.append((time.time(), workdir))
+                    self._purge_due(time.time() - self.options.workdir_retention)
+            assert record.staged_out is not None
+            staged = FileStagedOut(job_id=command.job_id, **record.staged_out)
+            await self._say(staged, caused_by=envelope)
+        if not lock.locked():
+            self._staging_out.pop(command.job_id, None)
 
     # The life of one task.
 
@@ -337,6 +377,7 @@ class TaskRunner:
         caused_by: Envelope | None = None,
     ) -> None:
         self._running.pop(job_id, None)
+        self.output.ended(job_id)
         home = self.supervisors.home(home_name_)
         stdout, stderr, exit_file = (home.run(job_id, suffix) for suffix in ("out", "err", "exit"))
         exit_code = None if ended is None else os.waitstatus_to_exitcode(ended["status"])
@@ -353,16 +394,17 @@ class TaskRunner:
             outcome = JobState.CANCELLED
         else:
             outcome = JobState.SUCCEEDED if exit_code == 0 and error is None else JobState.FAILED
-        answer_id, answer = None, None
+        answer_id, answer, stream_ids = None, None, (None, None)
         if ended is not None and stdout.exists() and stderr.exists():
             answer = _small_answer(exit_code, stdout, stderr)
+            uploads = [self._store_output(job_id, stdout, "stdout"), self._store_output(job_id, stderr, "stderr")]
             if answer is None:  # too big to travel in a message: stage it out over HTTP
-                try:
-                    answer_id = await self._data.upload(
-                        answer_chunks(exit_code, stdout, stderr), name=f"answer-{job_id}.json", job_id=job_id
-                    )
-                except DataClientError as failure:
-                    log.error("answer of job %s not staged out: %s", job_id, failure, extra={"job_id": job_id})
+                uploads.append(self._store_answer(job_id, exit_code, stdout, stderr))
+            stored = await asyncio.gather(*uploads)
+            stream_ids = stored[0], stored[1]
+            if answer is None:
+                answer_id, failure = stored[2]
+                if failure is not None:
                     error = error or f"answer not stored: {failure}"
             if outcome is JobState.FAILED and error is None and "as" in self.options.limits and answer:
                 error = _memory_error(answer, self.options.limits["as"])
@@ -375,12 +417,36 @@ class TaskRunner:
             accepted_at=accepted_at,
             started_at=started_at,
             answer=answer,
+            stdout_id=stream_ids[0],
+            stderr_id=stream_ids[1],
         )
         await self._report(finished, caused_by=caused_by)
         for path in (stdout, stderr, exit_file):
             path.unlink(missing_ok=True)
-        self._ended.append((time.time(), home.work(job_id)))
+        if not (finished.stage_out and finished.staged_out is None):  # else kept until staged out
+            self._ended.append((time.time(), home.work(job_id)))
         self._purge_due(time.time() - self.options.workdir_retention)
+
+    async def _store_output(self, job_id: str, path: Path, stream: str) -> str | None:
+        """A stream's whole raw output as a data file of the job's user, streamed from its file;
+        None when it is empty (no upload, no message) or could not be stored (logged)."""
+        if (await asyncio.to_thread(path.stat)).st_size == 0:
+            return None
+        try:
+            return await self._data.upload(_file_chunks(path), name=f"{stream}-{job_id}", job_id=job_id)
+        except (DataClientError, OSError) as failure:
+            log.error("%s of job %s not stored: %s", stream, job_id, failure, extra={"job_id": job_id})
+            return None
+
+    async def _store_answer(
+        self, job_id: str, exit_code: int | None, stdout: Path, stderr: Path
+    ) -> tuple[str | None, DataClientError | None]:
+        try:
+            chunks = answer_chunks(exit_code, stdout, stderr)
+            return await self._data.upload(chunks, name=f"answer-{job_id}.json", job_id=job_id), None
+        except DataClientError as failure:
+            log.error("answer of job %s not staged out: %s", job_id, failure, extra={"job_id": job_id})
+            return None, failure
 
     async def _wait(
         self, supervisor: Supervisor, job_id: str, pid: int, deadline: float | None
@@ -451,6 +517,8 @@ class TaskRunner:
             accepted_at=record.accepted_at,
             started_at=record.started_at,
             answer=record.answer,
+            stdout_id=record.stdout_id,
+            stderr_id=record.stderr_id,
         )
         await self._say_eventually(event, caused_by)
         self.ledger.reported(record.job_id)
@@ -518,7 +586,7 @@ def _kill_leftover(record: TaskRecord) -> None:
         return
 
 
-async def _file_chunks(path: Path, size: int = 256 * 1024):
+async def _file_chunks(path: Path, size: int = 256 * 1024) -> AsyncIterator[bytes]:
     with path.open("rb") as stream:
         while chunk := await asyncio.to_thread(stream.read, size):
             yield chunk
