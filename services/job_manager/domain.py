@@ -46,6 +46,7 @@ def new_job(
     origin: str | None = None,
     privileged: bool = False,
     retries: int = 0,
+    output_files: list[str] | None = None,
 ) -> Job:
     return {
         "id": job_id,
@@ -78,6 +79,13 @@ def new_job(
         "cancel_requested": False,
         "deleted": False,
         "deleted_reason": None,
+        "output_files": list(output_files or []),
+        "outputs": {},
+        "output_errors": {},
+        "stdout_id": None,
+        "stderr_id": None,
+        "finishing": None,
+        "stage_out_sent_at": None,
     }
 
 

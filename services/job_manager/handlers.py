@@ -38,11 +38,13 @@ from schemas.jobs import (
     CancelTask,
     DeleteJob,
     FilesStagedIn,
+    FileStagedOut,
     JobChanged,
     JobFinished,
     JobState,
     RunJob,
     StageJobFiles,
+    StageOutFile,
     StagingRefused,
     SubmitTask,
     TaskAccepted,
@@ -62,6 +64,7 @@ SENDER = "job-manager"
 ANSWERS = uuid.UUID("3b4f9e0c-8a51-4d6b-9f1e-2c7d5a8b6e43")  # answer ids are uuid5(ANSWERS, job id)
 CONFLICT_RETRIES = 5
 RESEND_AFTER = 30.0  # seconds a dispatched job may wait for its host to accept before it is sent again
+STAGE_OUT_LIMIT = 15 * 60.0  # seconds a job waits for its output files before it ends without them
 HOST_REREAD_AFTER = 5.0  # seconds between re-reads of one host whose event failed its signature check
 
 
@@ -102,6 +105,7 @@ class JobManager:
         router.add(TaskAccepted, self._serialized(self.task_accepted))
         router.add(TaskRunning, self._serialized(self.task_running))
         router.add(TaskCompleted, self._serialized(self.task_completed))
+        router.add(FileStagedOut, self._serialized(self.file_staged_out))
         router.add(AgentCommandRefused, self._serialized(self.command_refused))
         router.add(StagingRefused, self._serialized(self.staging_refused))
         return router
@@ -162,6 +166,7 @@ class JobManager:
             origin=command.origin,
             privileged=command.privileged,
             retries=command.retries,
+            output_files=command.output_files,
         )
         if command.resource_id and self.hosts.was_deleted(command.resource_id):
             job.update(domain.advance(job, JobState.LOST, job["created_at"], error="its host was deleted") or {})
@@ -262,7 +267,11 @@ class JobManager:
 
     async def task_completed(self, envelope: Envelope) -> None:
         """The outcome, with its answer: a small answer is kept in the job's record under the job's
-        answer id (no blob, no request to the data manager); a big one was uploaded by the agent."""
+        answer id (no blob, no request to the data manager); a big one was uploaded by the agent.
+
+        A job with ``output_files`` whose command ran to its end is not final yet: the outcome is
+        kept aside (``finishing``) and the agent is asked to stage the files out; the job ends on
+        :class:`FileStagedOut` (or, if that never comes, at the sweep)."""
         event = envelope.payload
         assert isinstance(event, TaskCompleted)
         job = await self._job_on_sender(event.job_id, envelope)
@@ -270,6 +279,7 @@ class JobManager:
             return  # a redelivery: the outcome and its answer are stored already
         outcome = event.outcome if event.outcome in FINAL_STATES else JobState.LOST
         fields: dict[str, Any] = {"exit_code": event.exit_code, "error": event.error, "answer_id": event.answer_id}
+        fields.update(stdout_id=event.stdout_id, stderr_id=event.stderr_id)
         if event.answer is not None and event.answer_id is None and not job["deleted"]:
             fields.update(answer_id=answer_id_of(job["id"]), answer=event.answer)
         if event.accepted_at is not None and job["accepted_at"] is None:
@@ -277,7 +287,53 @@ class JobManager:
         if event.started_at is not None and job["started_at"] is None:
             fields["started_at"] = event.started_at
         earlier = [(JobState.ACCEPTED, event.accepted_at), (JobState.RUNNING, event.started_at)]
+        if job.get("output_files") and event.exit_code is not None and outcome is not JobState.LOST:
+            await self._stage_out(job, outcome, at=event.at, earlier=earlier, cause=envelope, fields=fields)
+            return
+        if job.get("output_files"):
+            why = "the command did not run to its end"
+            fields["output_errors"] = {pattern: why for pattern in job["output_files"]}
         await self._finish(job, outcome, at=event.at, earlier=earlier, cause=envelope, **fields)
+
+    async def _stage_out(
+        self,
+        job: dict[str, Any],
+        outcome: JobState,
+        *,
+        at: float,
+        earlier: Sequence[tuple[JobState, float | None]],
+        cause: Envelope,
+        fields: dict[str, Any],
+    ) -> None:
+        """Keep the outcome aside and ask the agent for the output files (again, on a redelivery)."""
+        if job.get("finishing") is None:
+            finishing = {"outcome": outcome.value, "at": at, **fields}
+            changes = domain.advance_through(job, earlier) or {}
+            changes.update(finishing=finishing, stage_out_sent_at=self.clock())
+            job = await self._update(job, changes, cause) or job
+        await self._ask_stage_out(job, cause)
+
+    async def _ask_stage_out(self, job: dict[str, Any], cause: Envelope | None) -> None:
+        command = StageOutFile(job_id=domain.task_id(job), patterns=list(job["output_files"]))
+        await self._to_agent(command, cause, job)
+
+    async def file_staged_out(self, envelope: Envelope) -> None:
+        """The output files are stored: the job ends with the outcome kept aside."""
+        event = envelope.payload
+        assert isinstance(event, FileStagedOut)
+        job = await self._job_on_sender(event.job_id, envelope)
+        if job is None or domain.is_final(job) or job.get("finishing") is None:
+            return  # a redelivery, or an answer to a request this job never made
+        await self._finish_staged(job, event.files, event.errors, cause=envelope)
+
+    async def _finish_staged(
+        self, job: dict[str, Any], files: dict[str, str], errors: dict[str, str], *, cause: Envelope | None
+    ) -> None:
+        fields = dict(job["finishing"])
+        outcome, at = JobState(fields.pop("outcome")), fields.pop("at")
+        if job["deleted"]:
+            fields.pop("answer", None)
+        await self._finish(job, outcome, at=at, cause=cause, outputs=files, output_errors=errors, **fields)
 
     async def staging_refused(self, envelope: Envelope) -> None:
         """The data manager could not stage the job's files: nothing will run it."""
@@ -366,6 +422,10 @@ class JobManager:
                 continue
             lost = domain.why_lost(job, self.hosts.get(rid), deleted=self.hosts.was_deleted(rid), now=now,
                                    lost_timeout=self.lost_timeout)  # fmt: skip
+            if job.get("finishing") is not None:
+                with suppress(VersionConflict):
+                    await self._sweep_stage_out(job, lost, now)
+                continue
             if lost is not None:
                 with suppress(VersionConflict):
                     await self._finish(job, JobState.LOST, error=lost)
@@ -379,6 +439,20 @@ class JobManager:
                     if job is not None:
                         await self._dispatch(job, None)
         self.load = load
+
+    async def _sweep_stage_out(self, job: dict[str, Any], lost: str | None, now: float) -> None:
+        """A job whose command ended and whose output files are not staged out yet: ask again (a
+        StageOutFile or its answer lost with a broker, a manager killed between the two), or end it
+        without them once its host is gone or it waited too long. Never left unfinished."""
+        if lost is None and now - job["finishing"]["at"] > STAGE_OUT_LIMIT:
+            lost = f"its host did not stage them out within {STAGE_OUT_LIMIT:g}s"
+        if lost is not None:
+            why = f"not staged out: {lost}"
+            await self._finish_staged(job, {}, {pattern: why for pattern in job["output_files"]}, cause=None)
+        elif now - (job.get("stage_out_sent_at") or 0.0) > RESEND_AFTER:
+            asked = await self._update(job, {"stage_out_sent_at": now})
+            if asked is not None:
+                await self._ask_stage_out(asked, None)
 
     # Steps.
 
@@ -433,6 +507,7 @@ class JobManager:
             start_by=job.get("start_by"),
             user=job["user"],
             privileged=job.get("privileged", False),
+            stage_out=bool(job.get("output_files")),
         )
         await self._to_agent(command, cause, job)
 
@@ -453,9 +528,13 @@ class JobManager:
             job = await self.jobs.get(job["id"]) or job
         gone = {"deleted": True, "deleted_reason": reason, "deleted_at": self.clock(), "answer": None}
         await self._update(job, gone, cause)
-        # A big answer is a data item the agent uploaded: the data manager owns it.
+        # A big answer is a data item the agent uploaded: the data manager owns it; so are the
+        # stored stdout and stderr, which go with their job (output files stay: the user's data).
         if job.get("answer_id") and job.get("answer") is None:
             await self._forget_answer(job["answer_id"], job, cause)
+        for stream_id in (job.get("stdout_id"), job.get("stderr_id")):
+            if stream_id:
+                await self._forget_answer(stream_id, job, cause)
 
     async def _finish(
         self,

@@ -6,8 +6,9 @@ documents; a record is a snapshot of one stored document, built cheaply (no vali
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.jobs import FINAL_STATES, JobState
@@ -44,6 +45,11 @@ class JobRecord:
     deleted_reason: str | None
     attempt: int = 1
     retries: int = 0
+    stdout_id: str | None = None
+    stderr_id: str | None = None
+    output_files: Sequence[str] = ()
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    output_errors: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> JobRecord:
@@ -70,11 +76,21 @@ class JobRecord:
             deleted_reason=document.get("deleted_reason"),
             attempt=document.get("attempt", 1),
             retries=document.get("retries", 0),
+            stdout_id=document.get("stdout_id"),
+            stderr_id=document.get("stderr_id"),
+            output_files=document.get("output_files") or (),
+            outputs=document.get("outputs") or {},
+            output_errors=document.get("output_errors") or {},
         )
 
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def task_id(self) -> str:
+        """The id its current attempt has on its agent (what the agent's messages name)."""
+        return self.id if self.attempt == 1 else f"{self.id}.{self.attempt}"
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -133,6 +149,15 @@ class JobAnswer:
     user: str
     text: str
     at: float
+
+    def stream_text(self, stream: str) -> bytes:
+        """The raw bytes of ``stream`` (``stdout``, ``stderr``) in the answer: its text was decoded with
+        ``surrogateescape``, so encoding it back gives the bytes the task wrote."""
+        try:
+            value = json.loads(self.text).get(stream) or ""
+        except (ValueError, AttributeError):
+            return b""
+        return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else b""
 
 
 async def answer_by_id(store: DocumentStore, answer_id: str) -> JobAnswer | None:
