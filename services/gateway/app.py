@@ -15,6 +15,7 @@ from services.gateway import (
     data_api,
     jobs_api,
     join_api,
+    logs_api,
     ops_api,
     pool_api,
     resources_api,
@@ -25,6 +26,7 @@ from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
 from services.gateway.events_api import install_event_stream
+from services.gateway.job_output import output_hub_context
 from services.gateway.job_watch import job_watcher_context
 from services.gateway.limits import body_deadline_middleware, server_options
 from services.gateway.openapi import build_openapi, documented
@@ -97,11 +99,13 @@ async def create_app(
     app.add_routes(content_api.routes)
     app.add_routes(data_api.routes)
     app.add_routes(jobs_api.routes)
+    app.add_routes(logs_api.routes)
     app.add_routes(roles_api.routes)
     app.add_routes(pool_api.routes)
     app.add_routes(ops_api.routes)
     app.add_routes(tokens_api.routes)
     app.cleanup_ctx.append(job_watcher_context)
+    app.cleanup_ctx.append(output_hub_context)
     install_event_stream(app)  # after the job watcher, which feeds it
     install_ui(app)
     return app

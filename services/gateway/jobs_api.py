@@ -60,6 +60,11 @@ def job_info(job: JobRecord) -> JobInfo:
         history=[history_step(step) for step in job.history],
         attempt=job.attempt,
         retries=job.retries,
+        stdout_id=job.stdout_id,
+        stderr_id=job.stderr_id,
+        output_files=list(job.output_files),
+        outputs=dict(job.outputs),
+        output_errors=dict(job.output_errors),
     )
 
 
@@ -163,6 +168,7 @@ async def run_job(request: web.Request) -> web.Response:
         resource_id=resource_id,
         privileged=body.privileged,
         retries=body.retries,
+        output_files=body.output_files,
     )
     if job_id is None:
         await publish_command(request, command)  # the job manager stores it; a read waits for it (load_job)

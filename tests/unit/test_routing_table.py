@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from broker.envelope import Envelope
 from broker.port import Handler, QueueSpec
@@ -22,6 +23,7 @@ from schemas.pool import NODE_ANSWERS, NODE_QUERIES
 from schemas.registry import all_message_types
 from services.agent.agent import Agent
 from services.content_manager.service import ContentManagerService
+from services.gateway.job_output import OutputHub
 from services.gateway.job_watch import JobWatcher
 from services.job_manager.service import JobManagerService
 from services.resource_manager.service import ResourceManagerService
@@ -34,8 +36,9 @@ RID = "11111111-2222-4333-8444-555555555555"
 
 # Where each message type is published: (exchange, a routing key it travels under).
 COMMANDS, AGENT_COMMANDS, EVENTS, AGENT_EVENTS = "commands", "agent_commands", "events", "agent_events"
-BY_AGENTS = {"host.heartbeat", "task.files_staged_in", "task.accepted", "task.running", "task.completed"}
-STRAIGHT_TO_AGENTS = {"agent.submit_task", "agent.cancel_task"}
+BY_AGENTS = {"host.heartbeat", "task.files_staged_in", "task.accepted", "task.running", "task.completed",
+             "task.file_staged_out", "job.output"}  # fmt: skip
+STRAIGHT_TO_AGENTS = {"agent.submit_task", "agent.cancel_task", "agent.stage_out_file", "agent.watch_output"}
 EVENT_TYPES = {"host.changed", "host.deleted", "job.changed", "job.finished", "agent.command_refused",
                "job.staging_refused"}  # fmt: skip
 # Replies travel to the asker's reply address, not through a queue of the topology.
@@ -100,6 +103,7 @@ async def subscriptions(tmp_path) -> list[tuple[QueueSpec, Router]]:
     )
     bus.subscribed += [(topology.agent_queue(RID), agent.router), (topology.agent_live_queue(RID), agent.router)]
     bus.subscribed.append((topology.gateway_job_changes(), JobWatcher().router()))
+    bus.subscribed.append((topology.gateway_job_output(), OutputHub(web.Application()).router()))
     yield [(queue, handler) for queue, handler in bus.subscribed if isinstance(handler, Router)]
     for service in services:
         await service.stop()
@@ -133,9 +137,7 @@ async def test_every_message_type_reaches_a_queue_with_a_handler_for_it(subscrip
 
 
 def test_every_message_type_has_a_sender() -> None:
-    sources = "\n".join(
-        path.read_text() for folder in ("services",) for path in (ROOT / folder).rglob("*.py")
-    )
+    sources = "\n".join(path.read_text() for folder in ("services",) for path in (ROOT / folder).rglob("*.py"))
     unsent = []
     for model in sorted(all_message_types(), key=lambda m: m.message_type):
         name = model.message_type
