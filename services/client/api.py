@@ -124,6 +124,16 @@ class Api:
                     if advance:
                         advance(len(chunk))
 
+    async def stream(self, path: str, write: Callable[[bytes], None], **params: str) -> None:
+        """``GET path`` chunk by chunk into ``write`` as the bytes come, with no read timeout: a
+        followed job may stay silent for as long as it likes."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=None)
+        with self._reaching():
+            async with self.session.get(self.config.url + path, params=params, timeout=timeout) as response:
+                await self._checked(response)
+                async for chunk in response.content.iter_any():
+                    write(chunk)
+
     async def read(self, path: str) -> bytes:
         with self._reaching():
             async with self.session.get(self.config.url + path) as response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any
 
 import click
@@ -10,6 +12,7 @@ from services.client.api import Api
 from services.client.base import host_id, json_option, with_api
 from services.client.config import ClientConfig, normal_url, save_config
 from services.client.render import emit, field, when
+from services.client.run import writer
 
 
 @click.command()
@@ -91,6 +94,28 @@ def job_ls(state: str | None, user: str | None, host: str | None, since: str | N
 def job_show(job_id: str, as_json: bool) -> None:
     """A job's state, host, times and answer id."""
     emit(get(f"/api/job/job_info/{job_id}"), as_json=as_json)
+
+
+@job.command("logs")
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="stream the output live until the job ends")
+@click.option("--stream", type=click.Choice(["stdout", "stderr"]), help="only this one (default: both)")
+def job_logs(job_id: str, follow: bool, stream: str | None) -> None:
+    """A job's output, raw bytes as it wrote them: its stdout to stdout, its stderr to stderr.
+
+    \b
+      skybus job logs ID            what there is so far
+      skybus job logs -f ID         and then live, until it ends
+    """
+
+    async def go(api: Api) -> None:
+        wanted = [stream] if stream else ["stdout", "stderr"]
+        params = {"follow": "1"} if follow else {}
+        path = f"/api/job/logs/{job_id}"
+        targets = {"stdout": sys.stdout, "stderr": sys.stderr}
+        await asyncio.gather(*(api.stream(path, writer(targets[name]), stream=name, **params) for name in wanted))
+
+    with_api(go)
 
 
 @job.command("cancel")

@@ -10,12 +10,13 @@ import asyncio
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from services.client.api import Api
+from services.client.api import Api, Progress
 from services.client.base import is_uuid, json_option, progress_bar, with_api
 
 SKYBUS_FAILED = 125
@@ -56,6 +57,52 @@ async def wait_for(api: Api, job_id: str) -> dict[str, Any]:
             return job
 
 
+def writer(stream: Any) -> Callable[[bytes], None]:
+    """Raw bytes to a standard stream, as they come (the job's bytes, never decoded)."""
+
+    def write(data: bytes) -> None:
+        stream.buffer.write(data)
+        stream.buffer.flush()
+
+    return write
+
+
+async def follow_output(api: Api, job_id: str) -> None:
+    """The job's stdout to our stdout and its stderr to our stderr, live, until it ends."""
+    await asyncio.gather(
+        api.stream(f"/api/job/logs/{job_id}", writer(sys.stdout), follow="1", stream="stdout"),
+        api.stream(f"/api/job/logs/{job_id}", writer(sys.stderr), follow="1", stream="stderr"),
+    )
+
+
+def local_path(name: str) -> Path | None:
+    """Where an output file goes: under the current directory, at its path in the job's (None if
+    that would leave it)."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        return None
+    return Path.cwd() / relative
+
+
+async def download_outputs(api: Api, job: dict[str, Any]) -> None:
+    """Each of the job's output files into the current directory; why one is missing on stderr."""
+    for name, data_id in sorted((job.get("outputs") or {}).items()):
+        target = local_path(name)
+        if target is None:
+            click.echo(f"skybus: output {name!r} not saved: not a path under this directory", err=True)
+            continue
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        with target.open("wb") as into:
+            await api.download(f"/api/data/{data_id}", into, progress=lambda total, n=name: download_bar(total, n))
+    for pattern, error in sorted((job.get("output_errors") or {}).items()):
+        click.echo(f"skybus: output {pattern}: {error}", err=True)
+
+
+def download_bar(total: int | None, name: str) -> Progress | None:
+    advance, _ = progress_bar(total, f"downloading {name}")
+    return advance
+
+
 async def answer_of(api: Api, job: dict[str, Any]) -> dict[str, Any] | None:
     if not job.get("answer_id"):
         return None
@@ -76,6 +123,12 @@ async def answer_of(api: Api, job: dict[str, Any]) -> dict[str, Any] | None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="upload this file and stage it into the job's directory under its name (repeatable)",
 )
+@click.option(
+    "--output",
+    "outputs",
+    multiple=True,
+    help="a file or glob in the job's directory to download here once it ended (repeatable; quote globs)",
+)
 @click.option("--ttl", type=click.IntRange(min=1), help="seconds the job may wait and run, and its record is kept")
 @click.option("--detach", "-d", is_flag=True, help="print the job id and return at once")
 @click.option("--privileged", is_flag=True, help="run unsandboxed, as the agent's user (admin only)")
@@ -84,20 +137,24 @@ async def answer_of(api: Api, job: dict[str, Any]) -> dict[str, Any] | None:
 def run(
     host: str | None,
     files: tuple[Path, ...],
+    outputs: tuple[str, ...],
     ttl: int | None,
     detach: bool,
     privileged: bool,
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Run COMMAND as a job, print its output and exit with its exit code.
+    """Run COMMAND as a job, stream its output live and exit with its exit code.
 
     \b
       skybus run -- uname -a
       skybus run --file data.csv -- 'wc -l data.csv'
+      skybus run --output 'out/*.png' -- ./render.sh
       skybus run --detach --host web-1 -- sleep 600
     """
     body: dict[str, Any] = {"command": command_line(command), "privileged": privileged}
+    if outputs:
+        body["output_files"] = list(outputs)
     if ttl is not None:
         body["ttl"] = ttl
     if host is not None:
@@ -107,8 +164,11 @@ def run(
         job_id = await submit(api, body, files)
         if detach:
             return job_id, None, None
+        if not as_json:
+            await follow_output(api, job_id)
         job = await wait_for(api, job_id)
-        return job_id, job, await answer_of(api, job)
+        await download_outputs(api, job)
+        return job_id, job, await answer_of(api, job) if as_json else None
 
     job_id, job, answer = with_api(go, failure_code=SKYBUS_FAILED)
     if job is None:
@@ -116,12 +176,8 @@ def run(
         return
     if as_json:
         click.echo(json.dumps({"job": job, "answer": answer}, indent=2, sort_keys=True))
-    elif answer:
-        sys.stdout.write(answer.get("stdout") or "")
-        sys.stdout.flush()
-        sys.stderr.write(answer.get("stderr") or "")
     code = exit_code_of(job, answer)
-    if job["state"] in ("cancelled", "lost") or answer is None:
-        reason = job.get("error") or "no answer was stored"
+    if job["state"] in ("cancelled", "lost") or job.get("exit_code") is None:
+        reason = job.get("error") or "it did not run to its end"
         click.echo(f"skybus: job {job_id} {job['state']}: {reason}", err=True)
     sys.exit(code)

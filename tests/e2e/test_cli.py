@@ -78,12 +78,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def skybus(
-    fleet: Fleet, *args: str, env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE
+    fleet: Fleet, *args: str, env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
         env=env or fleet.env(),
-        cwd=REPO,
+        cwd=cwd,
         stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
@@ -141,6 +141,39 @@ def test_run_prints_the_answer_and_exits_with_the_jobs_code(fleet: Fleet) -> Non
     result = skybus(fleet, "run", "--host", "nosuchhost", "--", "true")
     assert result.returncode == 125
     one_line_error(result, "nosuchhost")
+
+
+def test_run_streams_the_output_as_it_comes(fleet: Fleet) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "run", "--", "echo first; sleep 3; echo second"],
+        env=fleet.env(PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    seen_at = time.monotonic()
+    rest, errors = process.communicate(timeout=60)
+    assert (first, rest, process.returncode) == (b"first\n", b"second\n", 0), errors
+    assert time.monotonic() - seen_at > 1.5  # the first line came while the job still ran
+
+
+def test_run_downloads_its_output_files_here(fleet: Fleet, tmp_path: Path) -> None:
+    command = "mkdir res && printf x > a.txt && printf '\\377' > res/b.bin && echo made && echo note >&2"
+    result = skybus(fleet, "run", "--output", "*.txt", "--output", "res/*", "--output", "none*", "--", command,
+                    cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "made\n", result.stderr
+    assert (tmp_path / "a.txt").read_bytes() == b"x" and (tmp_path / "res" / "b.bin").read_bytes() == b"\xff"
+    assert result.stderr.startswith("note\n") and "none*: no file matches" in result.stderr
+
+
+def test_job_logs_and_follow(fleet: Fleet) -> None:
+    job_id = skybus(fleet, "run", "--detach", "--", "echo out; sleep 1; echo err >&2").stdout.strip()
+    followed = skybus(fleet, "job", "logs", "-f", job_id)
+    assert (followed.returncode, followed.stdout, followed.stderr) == (0, "out\n", "err\n")
+    only = skybus(fleet, "job", "logs", "--stream", "stderr", job_id)
+    assert (only.stdout, only.stderr) == ("", "err\n")
+    one_line_error(skybus(fleet, "job", "logs", str(uuid.uuid4())), "not found")
 
 
 def test_run_stages_files_and_pins_a_host(fleet: Fleet, tmp_path: Path) -> None:
