@@ -227,7 +227,8 @@ class CancelTask(WireModel):
     reason: str = "cancelled"
 
 
-AGENT_COMMANDS: tuple[type[WireModel], ...] = (StageInFiles, SubmitTask, CancelTask)
+AgentCommand = StageInFiles | SubmitTask | CancelTask
+AGENT_COMMANDS: tuple[type[AgentCommand], ...] = (StageInFiles, SubmitTask, CancelTask)
 
 
 # Seed 000's proxy methods: events agents send, republished once their signature checks out.

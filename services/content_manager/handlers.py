@@ -84,9 +84,7 @@ class ContentManager:
 
     # Commands.
 
-    async def store_content(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, StoreContent)
+    async def store_content(self, command: StoreContent, envelope: Envelope) -> WireModel:
         document = domain.new_item(
             item_id=command.item_id,
             kind=RESOURCE,
@@ -100,9 +98,7 @@ class ContentManager:
         )
         return await self._insert(document, command.blob)
 
-    async def store_data(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, StoreData)
+    async def store_data(self, command: StoreData, envelope: Envelope) -> WireModel:
         document = domain.new_item(
             item_id=command.item_id,
             kind=DATA,
@@ -115,16 +111,12 @@ class ContentManager:
         )
         return await self._insert(document, command.blob)
 
-    async def replace_content(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, ReplaceContent)
+    async def replace_content(self, command: ReplaceContent, envelope: Envelope) -> WireModel:
         return await self._update(
             envelope, command.item_id, command.blob, command.filename, lambda document: command.settings
         )
 
-    async def patch_content(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, PatchContent)
+    async def patch_content(self, command: PatchContent, envelope: Envelope) -> WireModel:
 
         def change(document: dict[str, Any]) -> ResourceSettings | None:
             if not command.changes.given:
@@ -133,9 +125,7 @@ class ContentManager:
 
         return await self._update(envelope, command.item_id, command.blob, command.filename, change)
 
-    async def delete_content(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, DeleteContent)
+    async def delete_content(self, command: DeleteContent, envelope: Envelope) -> WireModel:
         item_id = command.item_id
         document = await self.contents.get(item_id)
         if document is None:
@@ -155,21 +145,17 @@ class ContentManager:
             return Accepted(id=item_id)
         raise VersionConflict(f"{item_id} kept changing while being deleted")
 
-    async def grant_data(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, GrantData)
+    async def grant_data(self, command: GrantData, envelope: Envelope) -> WireModel:
         documents, refusal = await self._load_all(command.item_ids, owner=command.owner)
         if refusal is not None:
             return refusal
         await self._grant(documents, command.resource_id)
         return Accepted()
 
-    async def stage_job_files(self, envelope: Envelope) -> None:
+    async def stage_job_files(self, command: StageJobFiles, envelope: Envelope) -> None:
         """The job manager's request to put a job's files on its host: grant the host's agent the
         files, then ask the agent (through the resource manager, seed 000's proxy) to stage them in.
         An unknown file fails the staging at once with a ``StagingRefused`` that says which."""
-        command = envelope.payload
-        assert isinstance(command, StageJobFiles)
         assert self.bus is not None and self.topology is not None
         documents, refusal = await self._load_all(tuple(command.data_ids), owner=None)
         if refusal is not None:

@@ -20,8 +20,8 @@ from broker.port import Drop, MessageBus, NoRoute
 from broker.router import Router
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
-from schemas.jobs import AGENT_COMMANDS, AgentCommandRefused
-from schemas.pool import NODE_QUERIES
+from schemas.jobs import AGENT_COMMANDS, AgentCommand, AgentCommandRefused
+from schemas.pool import NODE_QUERIES, NodeQuery
 from schemas.resources import (
     AuthorizeResource,
     DeleteResource,
@@ -96,9 +96,7 @@ class ResourceManager:
 
     # Commands.
 
-    async def register_resource(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, RegisterResource)
+    async def register_resource(self, command: RegisterResource, envelope: Envelope) -> WireModel:
         document = domain.new_resource(
             resource_id=command.resource_id,
             hostname=command.hostname,
@@ -155,9 +153,7 @@ class ResourceManager:
         )
         return Accepted(id=stored["id"])
 
-    async def authorize_resource(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, AuthorizeResource)
+    async def authorize_resource(self, command: AuthorizeResource, envelope: Envelope) -> WireModel:
         stored = await self.resources.get(command.resource_id)
         if stored is None:
             return Rejected(status=404, error=f"resource {command.resource_id} not found")
@@ -176,9 +172,7 @@ class ResourceManager:
         log.info("resource %s authorized", command.resource_id, extra={"resource_id": command.resource_id})
         return Accepted(id=command.resource_id)
 
-    async def delete_resource(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, DeleteResource)
+    async def delete_resource(self, command: DeleteResource, envelope: Envelope) -> WireModel:
         self._recent.pop(command.resource_id, None)
         self._liveness.pop(command.resource_id, None)
         # Revoked first: a delete redelivered after a crash finds no record but revokes again.
@@ -200,7 +194,7 @@ class ResourceManager:
 
     # The proxy of seed 000: components address a resource id, never an agent.
 
-    async def forward_to_agent(self, envelope: Envelope) -> None:
+    async def forward_to_agent(self, command: AgentCommand, envelope: Envelope) -> None:
         """Forward a command, payload untouched, to its host's agent; refuse at once if it cannot take it."""
         resource = await self._resource(envelope.resource_id) if envelope.resource_id else None
         reason = None
@@ -214,7 +208,7 @@ class ResourceManager:
             refusal = AgentCommandRefused(
                 resource_id=envelope.resource_id or "",
                 command_type=envelope.type,
-                job_id=getattr(envelope.payload, "job_id", None),
+                job_id=command.job_id,
                 reason=reason,
             )
             await self.bus.publish(self.topology.events, envelope.caused(refusal, sender=SENDER))
@@ -225,7 +219,7 @@ class ResourceManager:
             routing_key=self.topology.agent_routing_key(resource["id"], envelope.type),
         )
 
-    async def forward_query(self, envelope: Envelope) -> WireModel | None:
+    async def forward_query(self, query: NodeQuery, envelope: Envelope) -> WireModel | None:
         """Pass a live query of seed 003 on to its node's agent, which answers the asker directly.
 
         The refusals come from here, at once and unsigned: 404 for a node nobody registered, 409
@@ -271,12 +265,10 @@ class ResourceManager:
 
     # Heartbeats: verified here, kept in memory; only transitions are stored and published.
 
-    async def heartbeat(self, envelope: Envelope) -> None:
+    async def heartbeat(self, beat: Heartbeat, envelope: Envelope) -> None:
         """One signed heartbeat. Every copy of this manager hears each one (a broadcast queue), so each
         knows every host's liveness; a transition written twice by two copies is written once (the
         second finds it done) and published at most twice, which consumers take as one."""
-        beat = envelope.payload
-        assert isinstance(beat, Heartbeat)
         resource = await self._verified_sender(envelope, max_age=HEARTBEAT_CACHE_SECONDS)
         now, sent_at = self.clock(), envelope.time.timestamp()
         seen = self._liveness.get(resource["id"])
