@@ -18,6 +18,7 @@ from typing import Any
 from broker.envelope import Envelope
 from broker.port import Drop, MessageBus, NoRoute
 from broker.router import Router
+from broker.serial import Serialized
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
 from schemas.jobs import AGENT_COMMANDS, AgentCommand, AgentCommandRefused
@@ -40,6 +41,7 @@ from services.store.port import Collection, DuplicateKey, NotFound, VersionConfl
 log = logging.getLogger(__name__)
 
 SENDER = "resource-manager"
+CONFLICT_RETRIES = 5
 CACHE_SECONDS = 1.0
 HEARTBEAT_CACHE_SECONDS = 300.0
 """A heartbeat needs a host's verify key and its stored transitions, which only change through this
@@ -77,11 +79,14 @@ class ResourceManager:
     _recent: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     _liveness: dict[str, Liveness] = field(default_factory=dict)
     _started_at: float | None = None
+    per_resource: Serialized = field(default_factory=lambda: Serialized(VersionConflict, attempts=CONFLICT_RETRIES))
+    """One registration or authorization of a resource at a time in this process; one that lost a
+    versioned write (to a heartbeat, or a twin) runs again at once, reading afresh, instead of a requeue."""
 
     def router(self) -> Router:
         router = Router()
-        router.add(RegisterResource, self.register_resource)
-        router.add(AuthorizeResource, self.authorize_resource)
+        router.add(RegisterResource, self.register_resource, serialized=self.per_resource, key=resource_of)
+        router.add(AuthorizeResource, self.authorize_resource, serialized=self.per_resource, key=resource_of)
         router.add(DeleteResource, self.delete_resource)
         for command in AGENT_COMMANDS:
             router.add(command, self.forward_to_agent)
@@ -138,7 +143,7 @@ class ResourceManager:
         if not domain.may_adopt(stored, hostname=command.hostname, proof=command.registration_token_hash):
             return Rejected(status=409, error=_clash(command))
         # A concurrent write (the admin's own agent heartbeating first) raises VersionConflict: the
-        # command is redelivered and finds the host in use.
+        # command runs again (per_resource) and finds the host in use.
         changes = domain.adoption(token_hash=command.token_hash, verify_key=command.verify_key)
         adopted = await self.resources.update(stored["id"], changes, expected_version=stored["version"])
         self._remember(adopted)
@@ -160,7 +165,7 @@ class ResourceManager:
         if stored["authorized"]:
             await self._tell(stored, "authorized", envelope)  # the first delivery may have died before it
             return Accepted(id=command.resource_id)
-        # A concurrent write (a heartbeat) raises VersionConflict: the command is redelivered.
+        # A concurrent write (a heartbeat) raises VersionConflict: the command runs again (per_resource).
         try:
             updated = await self.resources.update(
                 command.resource_id, {"authorized": True}, expected_version=stored["version"]
@@ -386,6 +391,10 @@ class ResourceManager:
             await self._tell(updated, "unresponsive", None)
             log.info("resource %s stopped responding", resource_id, extra={"resource_id": resource_id})
         return marked
+
+
+def resource_of(command: RegisterResource | AuthorizeResource, envelope: Envelope) -> str:
+    return command.resource_id
 
 
 def _clash(command: RegisterResource) -> str:
