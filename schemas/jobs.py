@@ -284,7 +284,8 @@ class WatchOutput(WireModel):
     lease: Annotated[float, Field(gt=0, le=300)] = 30.0
 
 
-AGENT_COMMANDS: tuple[type[WireModel], ...] = (StageInFiles, SubmitTask, CancelTask, StageOutFile, WatchOutput)
+AgentCommand = StageInFiles | SubmitTask | CancelTask | StageOutFile | WatchOutput
+AGENT_COMMANDS: tuple[type[AgentCommand], ...] = (StageInFiles, SubmitTask, CancelTask, StageOutFile, WatchOutput)
 
 
 # Seed 000's proxy methods: events agents send, republished once their signature checks out.

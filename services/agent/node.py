@@ -87,10 +87,10 @@ class NodeQueries:
         for query, handler in handlers.items():
             router.add(query, self._answering(handler))
 
-    def _answering(self, handler: Callable[[Any], Awaitable[WireModel]]) -> Callable[[Envelope], Awaitable[Envelope]]:
-        async def answer(envelope: Envelope) -> Envelope:
-            query = envelope.payload
-            assert isinstance(query, NodeQuery)
+    def _answering(
+        self, handler: Callable[[Any], Awaitable[WireModel]]
+    ) -> Callable[[NodeQuery, Envelope], Awaitable[Envelope]]:
+        async def answer(query: NodeQuery, envelope: Envelope) -> Envelope:
             known = self._answered.get(envelope.message_id)
             if known is not None:
                 return known

@@ -57,10 +57,8 @@ class OutputTails:
         self._tails: dict[str, _Tail] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    async def watch_output(self, envelope: Envelope) -> None:
+    async def watch_output(self, command: WatchOutput, envelope: Envelope) -> None:
         """The handler of :class:`WatchOutput`: start, rewind or extend the task's tail."""
-        command = envelope.payload
-        assert isinstance(command, WatchOutput)
         job_id = command.job_id
         if self._path_of(job_id, OutputStream.STDOUT) is None:
             return  # not running here: its output is (or will be) in the stored files

@@ -164,9 +164,7 @@ class TaskRunner:
 
     # Handlers (acked once their record is written; the work goes on in a task of its own).
 
-    async def submit_task(self, envelope: Envelope) -> None:
-        command = envelope.payload
-        assert isinstance(command, SubmitTask)
+    async def submit_task(self, command: SubmitTask, envelope: Envelope) -> None:
         record = self.ledger.get(command.job_id)
         if record is not None and (record.taken or record.finished):
             # Taken before (running, waiting for a slot, or done): answer from the record, never run again.
@@ -204,9 +202,7 @@ class TaskRunner:
         refusal = self.supervisors.refusal(command.privileged)
         return None if refusal is None else (JobState.FAILED, refusal)
 
-    async def cancel_task(self, envelope: Envelope) -> None:
-        command = envelope.payload
-        assert isinstance(command, CancelTask)
+    async def cancel_task(self, command: CancelTask, envelope: Envelope) -> None:
         record = self.ledger.get(command.job_id)
         if record is not None and record.finished:
             return
@@ -222,9 +218,7 @@ class TaskRunner:
             )
             self._spawn(self._report(finished, caused_by=envelope))
 
-    async def stage_in_files(self, envelope: Envelope) -> None:
-        command = envelope.payload
-        assert isinstance(command, StageInFiles)
+    async def stage_in_files(self, command: StageInFiles, envelope: Envelope) -> None:
         bad = [item.name for item in command.files if not _plain_name(item.name)]
         if bad:
             error = f"not a plain file name: {bad[0]!r} (no '/', no '..', no NUL)"
@@ -243,11 +237,9 @@ class TaskRunner:
             return
         await self._say(FilesStagedIn(job_id=command.job_id, ok=True), caused_by=envelope)
 
-    async def stage_out_file(self, envelope: Envelope) -> None:
+    async def stage_out_file(self, command: StageOutFile, envelope: Envelope) -> None:
         """Upload the task's output files, once: asked again (a redelivery, the job manager's sweep),
         it answers what it stored the first time. Its working directory goes once this is done."""
-        command = envelope.payload
-        assert isinstance(command, StageOutFile)
         lock = self._staging_out.setdefault(command.job_id, asyncio.Lock())
         async with lock:
             record = self.ledger.get(command.job_id)

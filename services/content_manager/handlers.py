@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.envelope import Envelope
 from broker.port import MessageBus
 from broker.router import Router
+from broker.serial import Serialized
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
 from schemas.content import (
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 SENDER = "content-manager"
 
-ATTEMPTS = 8  # versioned updates retried in the handler before the message is requeued
+ATTEMPTS = 8  # runs of a handler that lost a versioned update, before the message is requeued
 
 Change = Callable[[dict[str, Any]], ResourceSettings | None]
 
@@ -70,23 +71,24 @@ class ContentManager:
     clock: Callable[[], float] = time.time
     bus: MessageBus | None = None  # only staging a job's files publishes anything
     topology: Topology | None = None
+    per_item: Serialized = field(default_factory=lambda: Serialized(VersionConflict, attempts=ATTEMPTS))
+    """One change of an item at a time in this process; a versioned write that lost to a twin (or to
+    a concurrent handler) is run again, reading afresh."""
 
     def router(self) -> Router:
         router = Router()
         router.add(StoreContent, self.store_content)
-        router.add(ReplaceContent, self.replace_content)
-        router.add(PatchContent, self.patch_content)
-        router.add(DeleteContent, self.delete_content)
+        router.add(ReplaceContent, self.replace_content, serialized=self.per_item, key=item_of)
+        router.add(PatchContent, self.patch_content, serialized=self.per_item, key=item_of)
+        router.add(DeleteContent, self.delete_content, serialized=self.per_item, key=item_of)
         router.add(StoreData, self.store_data)
-        router.add(GrantData, self.grant_data)
-        router.add(StageJobFiles, self.stage_job_files)
+        router.add(GrantData, self.grant_data, serialized=self.per_item)  # several items: retried, not locked
+        router.add(StageJobFiles, self.stage_job_files, serialized=self.per_item)
         return router
 
     # Commands.
 
-    async def store_content(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, StoreContent)
+    async def store_content(self, command: StoreContent, envelope: Envelope) -> WireModel:
         document = domain.new_item(
             item_id=command.item_id,
             kind=RESOURCE,
@@ -100,9 +102,7 @@ class ContentManager:
         )
         return await self._insert(document, command.blob)
 
-    async def store_data(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, StoreData)
+    async def store_data(self, command: StoreData, envelope: Envelope) -> WireModel:
         document = domain.new_item(
             item_id=command.item_id,
             kind=DATA,
@@ -115,16 +115,12 @@ class ContentManager:
         )
         return await self._insert(document, command.blob)
 
-    async def replace_content(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, ReplaceContent)
+    async def replace_content(self, command: ReplaceContent, envelope: Envelope) -> WireModel:
         return await self._update(
             envelope, command.item_id, command.blob, command.filename, lambda document: command.settings
         )
 
-    async def patch_content(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, PatchContent)
+    async def patch_content(self, command: PatchContent, envelope: Envelope) -> WireModel:
 
         def change(document: dict[str, Any]) -> ResourceSettings | None:
             if not command.changes.given:
@@ -133,43 +129,28 @@ class ContentManager:
 
         return await self._update(envelope, command.item_id, command.blob, command.filename, change)
 
-    async def delete_content(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, DeleteContent)
+    async def delete_content(self, command: DeleteContent, envelope: Envelope) -> WireModel:
         item_id = command.item_id
         document = await self.contents.get(item_id)
         if document is None:
             return Accepted(id=item_id) if await self._was_deleted(item_id) else Rejected(status=404, error=UNKNOWN)
         await self._bury(item_id)
-        for _ in range(ATTEMPTS):
-            try:
-                deleted = await self.contents.delete(item_id, expected_version=document["version"])
-            except VersionConflict:
-                document = await self.contents.get(item_id)
-                if document is None:
-                    return Accepted(id=item_id)
-                continue
-            if deleted:
-                log.info("deleted %s %s (%s)", document["kind"], item_id, document.get("path") or document["name"])
-                await self._release(document["blob_id"])
-            return Accepted(id=item_id)
-        raise VersionConflict(f"{item_id} kept changing while being deleted")
+        if await self.contents.delete(item_id, expected_version=document["version"]):
+            log.info("deleted %s %s (%s)", document["kind"], item_id, document.get("path") or document["name"])
+            await self._release(document["blob_id"])
+        return Accepted(id=item_id)
 
-    async def grant_data(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, GrantData)
+    async def grant_data(self, command: GrantData, envelope: Envelope) -> WireModel:
         documents, refusal = await self._load_all(command.item_ids, owner=command.owner)
         if refusal is not None:
             return refusal
         await self._grant(documents, command.resource_id)
         return Accepted()
 
-    async def stage_job_files(self, envelope: Envelope) -> None:
+    async def stage_job_files(self, command: StageJobFiles, envelope: Envelope) -> None:
         """The job manager's request to put a job's files on its host: grant the host's agent the
         files, then ask the agent (through the resource manager, seed 000's proxy) to stage them in.
         An unknown file fails the staging at once with a ``StagingRefused`` that says which."""
-        command = envelope.payload
-        assert isinstance(command, StageJobFiles)
         assert self.bus is not None and self.topology is not None
         documents, refusal = await self._load_all(tuple(command.data_ids), owner=None)
         if refusal is not None:
@@ -218,40 +199,33 @@ class ContentManager:
     async def _update(
         self, envelope: Envelope, item_id: str, blob: BlobRef | None, filename: str | None, change: Change
     ) -> WireModel:
-        claim_checked = blob is None
-        for _ in range(ATTEMPTS):
-            document = await self.contents.get(item_id)
-            if document is None or document["kind"] != RESOURCE:
-                return Rejected(status=404, error=UNKNOWN)
-            if domain.was_applied(document, envelope.message_id):
-                return Accepted(id=item_id)
-            try:
-                settings = change(document)
-            except ContentError as error:
-                return Rejected(status=error.status, error=error.message)
-            if not claim_checked:
-                assert blob is not None
-                refusal = await self._check_claim(blob)
-                if refusal is not None:
-                    return refusal
-                claim_checked = True
-            changes = domain.changes_for(
-                document,
-                message_id=envelope.message_id,
-                now=self.clock(),
-                blob=blob,
-                filename=filename,
-                settings=settings,
-            )
-            try:
-                await self.contents.update(item_id, changes, expected_version=document["version"])
-            except VersionConflict:
-                continue
-            log.info("updated resource %s (%s)%s", item_id, document["path"], " with new content" if blob else "")
-            if blob is not None and document["blob_id"] != blob.blob_id:
-                await self._release(document["blob_id"])
+        """One versioned read-modify-write; a lost race raises VersionConflict (the router runs it again)."""
+        document = await self.contents.get(item_id)
+        if document is None or document["kind"] != RESOURCE:
+            return Rejected(status=404, error=UNKNOWN)
+        if domain.was_applied(document, envelope.message_id):
             return Accepted(id=item_id)
-        raise VersionConflict(f"{item_id} kept changing: requeue {envelope.type}")
+        try:
+            settings = change(document)
+        except ContentError as error:
+            return Rejected(status=error.status, error=error.message)
+        if blob is not None:
+            refusal = await self._check_claim(blob)
+            if refusal is not None:
+                return refusal
+        changes = domain.changes_for(
+            document,
+            message_id=envelope.message_id,
+            now=self.clock(),
+            blob=blob,
+            filename=filename,
+            settings=settings,
+        )
+        await self.contents.update(item_id, changes, expected_version=document["version"])
+        log.info("updated resource %s (%s)%s", item_id, document["path"], " with new content" if blob else "")
+        if blob is not None and document["blob_id"] != blob.blob_id:
+            await self._release(document["blob_id"])
+        return Accepted(id=item_id)
 
     async def _check_claim(self, blob: BlobRef) -> Rejected | None:
         info = await self.blobs.info(blob.blob_id)
@@ -306,19 +280,14 @@ class ContentManager:
         log.info("granted %d items to resource %s", len(documents), resource_id)
 
     async def _set(self, document: dict[str, Any], field: str, value_for: Callable[[dict[str, Any]], Any]) -> None:
-        """Set one field to ``value_for(document)`` (None: nothing to do), re-reading on a conflict."""
-        for _ in range(ATTEMPTS):
-            value = value_for(document)
-            if value is None:
-                return
-            try:
-                await self.contents.update(
-                    document["id"], {field: value, "updated_at": self.clock()}, expected_version=document["version"]
-                )
-                return
-            except VersionConflict:
-                fresh = await self.contents.get(document["id"])
-                if fresh is None:
-                    return
-                document = fresh
-        raise VersionConflict(f"{document['id']} kept changing")
+        """Set one field to ``value_for(document)`` (None: nothing to do) with the version read; a lost
+        race raises VersionConflict (the router runs the handler again)."""
+        value = value_for(document)
+        if value is not None:
+            await self.contents.update(
+                document["id"], {field: value, "updated_at": self.clock()}, expected_version=document["version"]
+            )
+
+
+def item_of(command: ReplaceContent | PatchContent | DeleteContent, envelope: Envelope) -> str:
+    return command.item_id

@@ -100,9 +100,7 @@ class OutputHub:
         router.add(OutputChunk, self.output_chunk)
         return router
 
-    async def output_chunk(self, envelope: Envelope) -> None:
-        chunk = envelope.payload
-        assert isinstance(chunk, OutputChunk)
+    async def output_chunk(self, chunk: OutputChunk, envelope: Envelope) -> None:
         followers = self._followers.get(chunk.job_id)
         if not followers:
             return  # nobody here follows it: not even checked

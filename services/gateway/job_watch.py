@@ -62,10 +62,8 @@ class JobWatcher:
         router.add(JobChanged, self.job_changed)
         return router
 
-    async def job_changed(self, envelope: Envelope) -> None:
+    async def job_changed(self, change: JobChanged, envelope: Envelope) -> None:
         """The handler of this gateway's broadcast queue: wake whoever waits for this change."""
-        change = envelope.payload
-        assert isinstance(change, JobChanged)
         self.heard += 1
         for listener in self.listeners:
             listener(change)

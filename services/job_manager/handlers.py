@@ -22,12 +22,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
-from weakref import WeakValueDictionary
+from typing import Any, Protocol
 
 from broker.envelope import Envelope
-from broker.port import Drop, Handler, MessageBus
+from broker.port import Drop, MessageBus
 from broker.router import Router
+from broker.serial import Serialized
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
 from schemas.content import DeleteContent
@@ -90,24 +90,26 @@ class JobManager:
     rejected_events: Counter[str] = field(default_factory=Counter)
     _hosts_read_at: float = float("-inf")
     _host_reread_at: dict[str, float] = field(default_factory=dict)
-    _locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary)
+    per_job: Serialized = field(default_factory=lambda: Serialized(VersionConflict, attempts=CONFLICT_RETRIES))
+    """One message of a job at a time in this process, and a lost race with a twin process (a
+    VersionConflict) retried at once with a fresh read, instead of a requeue to the queue's end."""
 
     def command_router(self) -> Router:
         router = Router()
-        router.add(RunJob, self._serialized(self.run_job))
-        router.add(CancelJob, self._serialized(self.cancel_job))
-        router.add(DeleteJob, self._serialized(self.delete_job))
+        router.add(RunJob, self.run_job, serialized=self.per_job, key=job_of)
+        router.add(CancelJob, self.cancel_job, serialized=self.per_job, key=job_of)
+        router.add(DeleteJob, self.delete_job, serialized=self.per_job, key=job_of)
         return router
 
     def event_router(self) -> Router:
         router = Router()
-        router.add(FilesStagedIn, self._serialized(self.files_staged_in))
-        router.add(TaskAccepted, self._serialized(self.task_accepted))
-        router.add(TaskRunning, self._serialized(self.task_running))
-        router.add(TaskCompleted, self._serialized(self.task_completed))
-        router.add(FileStagedOut, self._serialized(self.file_staged_out))
-        router.add(AgentCommandRefused, self._serialized(self.command_refused))
-        router.add(StagingRefused, self._serialized(self.staging_refused))
+        router.add(FilesStagedIn, self.files_staged_in, serialized=self.per_job, key=job_of)
+        router.add(TaskAccepted, self.task_accepted, serialized=self.per_job, key=job_of)
+        router.add(TaskRunning, self.task_running, serialized=self.per_job, key=job_of)
+        router.add(TaskCompleted, self.task_completed, serialized=self.per_job, key=job_of)
+        router.add(FileStagedOut, self.file_staged_out, serialized=self.per_job, key=job_of)
+        router.add(AgentCommandRefused, self.command_refused, serialized=self.per_job, key=job_of)
+        router.add(StagingRefused, self.staging_refused, serialized=self.per_job, key=job_of)
         return router
 
     def host_router(self) -> Router:
@@ -121,39 +123,11 @@ class JobManager:
         self.hosts.replace_all(await self.read_hosts())
         self._hosts_read_at = self.clock()
 
-    def _serialized(self, handler: Handler) -> Handler:
-        """One message of a job at a time in this process, and a lost race with a twin process (a
-        VersionConflict) retried at once with a fresh read, instead of a requeue to the queue's end."""
-
-        async def handle(envelope: Envelope) -> WireModel | None:
-            job_id = getattr(envelope.payload, "job_id", None)
-            lock = None
-            if job_id is not None:
-                job_id, _ = domain.parse_task_id(job_id)  # every attempt of a job under one lock
-                lock = self._locks.get(job_id)
-                if lock is None:
-                    lock = self._locks[job_id] = asyncio.Lock()  # held weakly: gone when unused
-            for attempt in range(CONFLICT_RETRIES):
-                try:
-                    if lock is None:
-                        return await handler(envelope)
-                    async with lock:
-                        return await handler(envelope)
-                except VersionConflict:
-                    if attempt == CONFLICT_RETRIES - 1:
-                        raise
-                    await asyncio.sleep(0.001 * (attempt + 1))
-            return None
-
-        return handle
-
     # Commands.
 
-    async def run_job(self, envelope: Envelope) -> WireModel:
+    async def run_job(self, command: RunJob, envelope: Envelope) -> WireModel:
         """Store the job, placed when a host is there, and send it. A reply goes back only when the
         gateway asked (an ``Idempotency-Key``); otherwise the gateway answered once this was published."""
-        command = envelope.payload
-        assert isinstance(command, RunJob)
         job = domain.new_job(
             job_id=command.job_id,
             user=command.user,
@@ -201,9 +175,7 @@ class JobManager:
         await self._changed(job, envelope)
         return Accepted(id=command.job_id)
 
-    async def cancel_job(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, CancelJob)
+    async def cancel_job(self, command: CancelJob, envelope: Envelope) -> WireModel:
         job, refusal = await self._live_job(command.job_id)
         if refusal is not None:
             return refusal
@@ -212,9 +184,7 @@ class JobManager:
         await self._cancel(job, envelope, reason="cancelled by its user")
         return Accepted(id=command.job_id)
 
-    async def delete_job(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, DeleteJob)
+    async def delete_job(self, command: DeleteJob, envelope: Envelope) -> WireModel:
         job, refusal = await self._live_job(command.job_id)
         if refusal is not None:
             return refusal
@@ -232,9 +202,7 @@ class JobManager:
 
     # Events from agents, straight from them: each is checked against its host's verify key.
 
-    async def files_staged_in(self, envelope: Envelope) -> None:
-        event = envelope.payload
-        assert isinstance(event, FilesStagedIn)
+    async def files_staged_in(self, event: FilesStagedIn, envelope: Envelope) -> None:
         job = await self._job_on_sender(event.job_id, envelope)
         if job is None or domain.state_of(job) is not JobState.STAGING:
             return
@@ -243,16 +211,12 @@ class JobManager:
             return
         await self._submit(job, envelope)
 
-    async def task_accepted(self, envelope: Envelope) -> None:
-        event = envelope.payload
-        assert isinstance(event, TaskAccepted)
+    async def task_accepted(self, event: TaskAccepted, envelope: Envelope) -> None:
         job = await self._job_on_sender(event.job_id, envelope)
         if job is not None:
             await self._step(job, JobState.ACCEPTED, at=event.at, accepted_at=event.at)
 
-    async def task_running(self, envelope: Envelope) -> None:
-        event = envelope.payload
-        assert isinstance(event, TaskRunning)
+    async def task_running(self, event: TaskRunning, envelope: Envelope) -> None:
         job = await self._job_on_sender(event.job_id, envelope)
         if job is None:
             return
@@ -265,15 +229,13 @@ class JobManager:
                 changes["accepted_at"] = accepted_at
             await self._update(job, changes, envelope)
 
-    async def task_completed(self, envelope: Envelope) -> None:
+    async def task_completed(self, event: TaskCompleted, envelope: Envelope) -> None:
         """The outcome, with its answer: a small answer is kept in the job's record under the job's
         answer id (no blob, no request to the data manager); a big one was uploaded by the agent.
 
         A job with ``output_files`` whose command ran to its end is not final yet: the outcome is
         kept aside (``finishing``) and the agent is asked to stage the files out; the job ends on
         :class:`FileStagedOut` (or, if that never comes, at the sweep)."""
-        event = envelope.payload
-        assert isinstance(event, TaskCompleted)
         job = await self._job_on_sender(event.job_id, envelope)
         if job is None or domain.is_final(job):
             return  # a redelivery: the outcome and its answer are stored already
@@ -317,10 +279,8 @@ class JobManager:
         command = StageOutFile(job_id=domain.task_id(job), patterns=list(job["output_files"]))
         await self._to_agent(command, cause, job)
 
-    async def file_staged_out(self, envelope: Envelope) -> None:
+    async def file_staged_out(self, event: FileStagedOut, envelope: Envelope) -> None:
         """The output files are stored: the job ends with the outcome kept aside."""
-        event = envelope.payload
-        assert isinstance(event, FileStagedOut)
         job = await self._job_on_sender(event.job_id, envelope)
         if job is None or domain.is_final(job) or job.get("finishing") is None:
             return  # a redelivery, or an answer to a request this job never made
@@ -335,17 +295,13 @@ class JobManager:
             fields.pop("answer", None)
         await self._finish(job, outcome, at=at, cause=cause, outputs=files, output_errors=errors, **fields)
 
-    async def staging_refused(self, envelope: Envelope) -> None:
+    async def staging_refused(self, event: StagingRefused, envelope: Envelope) -> None:
         """The data manager could not stage the job's files: nothing will run it."""
-        event = envelope.payload
-        assert isinstance(event, StagingRefused)
         job = await self._job_of_task(event.job_id)
         if job is not None and domain.state_of(job) is JobState.STAGING:
             await self._finish(job, JobState.FAILED, error=f"staging files failed: {event.error}", cause=envelope)
 
-    async def command_refused(self, envelope: Envelope) -> None:
-        event = envelope.payload
-        assert isinstance(event, AgentCommandRefused)
+    async def command_refused(self, event: AgentCommandRefused, envelope: Envelope) -> None:
         if event.job_id is None:
             return
         job = await self._job_of_task(event.job_id)
@@ -357,9 +313,7 @@ class JobManager:
 
     # Host events: this manager's own view of hosts.
 
-    async def host_changed(self, envelope: Envelope) -> None:
-        event = envelope.payload
-        assert isinstance(event, HostChanged)
+    async def host_changed(self, event: HostChanged, envelope: Envelope) -> None:
         before, after = self.hosts.apply(event)
         if after.takes_jobs and (before is None or not before.takes_jobs):
             await self._sweep_unplaced()  # jobs waiting for a host (or for this one) may go now
@@ -377,9 +331,7 @@ class JobManager:
             key = self.topology.agent_routing_key(event.resource_id, CancelTask.message_type)
             await self.bus.publish(self.topology.agent_commands, cancel, key)
 
-    async def host_deleted(self, envelope: Envelope) -> None:
-        event = envelope.payload
-        assert isinstance(event, HostDeleted)
+    async def host_deleted(self, event: HostDeleted, envelope: Envelope) -> None:
         self.hosts.remove(event.resource_id)
         self.load.pop(event.resource_id, None)
         why = f"its host {event.resource_id} was deleted"
@@ -677,6 +629,16 @@ class JobManager:
         if cause is not None:
             return cause.caused(payload, sender=SENDER, resource_id=job["resource_id"])
         return Envelope(payload, sender=SENDER, correlation_id=job["id"], resource_id=job["resource_id"])
+
+
+class AboutAJob(Protocol):
+    @property
+    def job_id(self) -> str | None: ...
+
+
+def job_of(message: AboutAJob, envelope: Envelope) -> str | None:
+    """The job a message is about: every attempt of a job (a task id) under the job's one lock."""
+    return None if message.job_id is None else domain.parse_task_id(message.job_id)[0]
 
 
 def answer_id_of(job_id: str) -> str:

@@ -18,10 +18,11 @@ from typing import Any
 from broker.envelope import Envelope
 from broker.port import Drop, MessageBus, NoRoute
 from broker.router import Router
+from broker.serial import Serialized
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
-from schemas.jobs import AGENT_COMMANDS, AgentCommandRefused
-from schemas.pool import NODE_QUERIES
+from schemas.jobs import AGENT_COMMANDS, AgentCommand, AgentCommandRefused
+from schemas.pool import NODE_QUERIES, NodeQuery
 from schemas.resources import (
     AuthorizeResource,
     DeleteResource,
@@ -40,6 +41,7 @@ from services.store.port import Collection, DuplicateKey, NotFound, VersionConfl
 log = logging.getLogger(__name__)
 
 SENDER = "resource-manager"
+CONFLICT_RETRIES = 5
 CACHE_SECONDS = 1.0
 HEARTBEAT_CACHE_SECONDS = 300.0
 """A heartbeat needs a host's verify key and its stored transitions, which only change through this
@@ -77,11 +79,14 @@ class ResourceManager:
     _recent: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
     _liveness: dict[str, Liveness] = field(default_factory=dict)
     _started_at: float | None = None
+    per_resource: Serialized = field(default_factory=lambda: Serialized(VersionConflict, attempts=CONFLICT_RETRIES))
+    """One registration or authorization of a resource at a time in this process; one that lost a
+    versioned write (to a heartbeat, or a twin) runs again at once, reading afresh, instead of a requeue."""
 
     def router(self) -> Router:
         router = Router()
-        router.add(RegisterResource, self.register_resource)
-        router.add(AuthorizeResource, self.authorize_resource)
+        router.add(RegisterResource, self.register_resource, serialized=self.per_resource, key=resource_of)
+        router.add(AuthorizeResource, self.authorize_resource, serialized=self.per_resource, key=resource_of)
         router.add(DeleteResource, self.delete_resource)
         for command in AGENT_COMMANDS:
             router.add(command, self.forward_to_agent)
@@ -96,9 +101,7 @@ class ResourceManager:
 
     # Commands.
 
-    async def register_resource(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, RegisterResource)
+    async def register_resource(self, command: RegisterResource, envelope: Envelope) -> WireModel:
         document = domain.new_resource(
             resource_id=command.resource_id,
             hostname=command.hostname,
@@ -140,7 +143,7 @@ class ResourceManager:
         if not domain.may_adopt(stored, hostname=command.hostname, proof=command.registration_token_hash):
             return Rejected(status=409, error=_clash(command))
         # A concurrent write (the admin's own agent heartbeating first) raises VersionConflict: the
-        # command is redelivered and finds the host in use.
+        # command runs again (per_resource) and finds the host in use.
         changes = domain.adoption(token_hash=command.token_hash, verify_key=command.verify_key)
         adopted = await self.resources.update(stored["id"], changes, expected_version=stored["version"])
         self._remember(adopted)
@@ -155,16 +158,14 @@ class ResourceManager:
         )
         return Accepted(id=stored["id"])
 
-    async def authorize_resource(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, AuthorizeResource)
+    async def authorize_resource(self, command: AuthorizeResource, envelope: Envelope) -> WireModel:
         stored = await self.resources.get(command.resource_id)
         if stored is None:
             return Rejected(status=404, error=f"resource {command.resource_id} not found")
         if stored["authorized"]:
             await self._tell(stored, "authorized", envelope)  # the first delivery may have died before it
             return Accepted(id=command.resource_id)
-        # A concurrent write (a heartbeat) raises VersionConflict: the command is redelivered.
+        # A concurrent write (a heartbeat) raises VersionConflict: the command runs again (per_resource).
         try:
             updated = await self.resources.update(
                 command.resource_id, {"authorized": True}, expected_version=stored["version"]
@@ -176,9 +177,7 @@ class ResourceManager:
         log.info("resource %s authorized", command.resource_id, extra={"resource_id": command.resource_id})
         return Accepted(id=command.resource_id)
 
-    async def delete_resource(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, DeleteResource)
+    async def delete_resource(self, command: DeleteResource, envelope: Envelope) -> WireModel:
         self._recent.pop(command.resource_id, None)
         self._liveness.pop(command.resource_id, None)
         # Revoked first: a delete redelivered after a crash finds no record but revokes again.
@@ -200,7 +199,7 @@ class ResourceManager:
 
     # The proxy of seed 000: components address a resource id, never an agent.
 
-    async def forward_to_agent(self, envelope: Envelope) -> None:
+    async def forward_to_agent(self, command: AgentCommand, envelope: Envelope) -> None:
         """Forward a command, payload untouched, to its host's agent; refuse at once if it cannot take it."""
         resource = await self._resource(envelope.resource_id) if envelope.resource_id else None
         reason = None
@@ -214,7 +213,7 @@ class ResourceManager:
             refusal = AgentCommandRefused(
                 resource_id=envelope.resource_id or "",
                 command_type=envelope.type,
-                job_id=getattr(envelope.payload, "job_id", None),
+                job_id=command.job_id,
                 reason=reason,
             )
             await self.bus.publish(self.topology.events, envelope.caused(refusal, sender=SENDER))
@@ -225,7 +224,7 @@ class ResourceManager:
             routing_key=self.topology.agent_routing_key(resource["id"], envelope.type),
         )
 
-    async def forward_query(self, envelope: Envelope) -> WireModel | None:
+    async def forward_query(self, query: NodeQuery, envelope: Envelope) -> WireModel | None:
         """Pass a live query of seed 003 on to its node's agent, which answers the asker directly.
 
         The refusals come from here, at once and unsigned: 404 for a node nobody registered, 409
@@ -271,12 +270,10 @@ class ResourceManager:
 
     # Heartbeats: verified here, kept in memory; only transitions are stored and published.
 
-    async def heartbeat(self, envelope: Envelope) -> None:
+    async def heartbeat(self, beat: Heartbeat, envelope: Envelope) -> None:
         """One signed heartbeat. Every copy of this manager hears each one (a broadcast queue), so each
         knows every host's liveness; a transition written twice by two copies is written once (the
         second finds it done) and published at most twice, which consumers take as one."""
-        beat = envelope.payload
-        assert isinstance(beat, Heartbeat)
         resource = await self._verified_sender(envelope, max_age=HEARTBEAT_CACHE_SECONDS)
         now, sent_at = self.clock(), envelope.time.timestamp()
         seen = self._liveness.get(resource["id"])
@@ -394,6 +391,10 @@ class ResourceManager:
             await self._tell(updated, "unresponsive", None)
             log.info("resource %s stopped responding", resource_id, extra={"resource_id": resource_id})
         return marked
+
+
+def resource_of(command: RegisterResource | AuthorizeResource, envelope: Envelope) -> str:
+    return command.resource_id
 
 
 def _clash(command: RegisterResource) -> str:

@@ -13,18 +13,17 @@ its origin. Delivery is at least once and a twin may run in another process, so:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from weakref import WeakValueDictionary
 
 from broker.envelope import Envelope
 from broker.port import MessageBus
 from broker.router import Router
+from broker.serial import Serialized
 from broker.topology import Topology
 from schemas.base import Accepted, Rejected, WireModel
 from schemas.jobs import JobFinished, RunJob
@@ -38,8 +37,8 @@ log = logging.getLogger(__name__)
 SENDER = "role-manager"
 CONFLICT_RETRIES = 8
 Document = dict[str, Any]
-T = TypeVar("T")
-CommandHandler = Callable[[Envelope], Awaitable[WireModel]]
+C = TypeVar("C", bound=WireModel)
+CommandHandler = Callable[[C, Envelope], Awaitable[WireModel]]
 
 
 @dataclass
@@ -54,29 +53,34 @@ class RoleManager:
     ask for a job that ended with its end again, so an end missed here (or an ask lost) is caught."""
     clock: Callable[[], float] = time.time
     _asked: dict[str, float] = field(default_factory=dict)
-    _locks: WeakValueDictionary[str, asyncio.Lock] = field(default_factory=WeakValueDictionary)
+    per_host: Serialized = field(
+        default_factory=lambda: Serialized(VersionConflict, attempts=CONFLICT_RETRIES, backoff=0.002)
+    )
+    """One change of a host's roles at a time in this process (twins are kept apart by versions), and
+    a lost race with a twin (or a concurrent handler) retried at once, reading afresh."""
 
     def command_router(self) -> Router:
         router = Router()
-        router.add(RegisterRoleVersion, self._replying(self.register_version))
-        router.add(ActivateRoleVersion, self._replying(self.activate_version))
-        router.add(ApplyRole, self._replying(self.apply_role))
-        router.add(RemoveRole, self._replying(self.remove_role))
-        router.add(DeleteHostRoles, self._replying(self.delete_host))
+        router.add(RegisterRoleVersion, self._replying(self.register_version), serialized=self.per_host)
+        router.add(ActivateRoleVersion, self._replying(self.activate_version), serialized=self.per_host)
+        router.add(ApplyRole, self._replying(self.apply_role), serialized=self.per_host, key=host_of)
+        router.add(RemoveRole, self._replying(self.remove_role), serialized=self.per_host, key=host_of)
+        router.add(DeleteHostRoles, self._replying(self.delete_host), serialized=self.per_host, key=host_of)
         return router
 
     def event_router(self) -> Router:
         router = Router()
-        router.add(JobFinished, self.job_finished)
+        router.add(JobFinished, self.job_finished, serialized=self.per_host, key=sender_host)
         router.add(HostDeleted, self.host_deleted)
         return router
 
-    def _replying(self, handler: CommandHandler) -> CommandHandler:
-        """A refused command answers with its status; a lost race with a twin is retried at once."""
+    @staticmethod
+    def _replying(handler: CommandHandler[C]) -> CommandHandler[C]:
+        """A refused command answers with its status (a lost race with a twin is retried by the router)."""
 
-        async def handle(envelope: Envelope) -> WireModel:
+        async def handle(command: C, envelope: Envelope) -> WireModel:
             try:
-                return await self._retrying(lambda: handler(envelope))
+                return await handler(command, envelope)
             except domain.RoleError as refusal:
                 return Rejected(status=refusal.status, error=refusal.error)
 
@@ -84,9 +88,7 @@ class RoleManager:
 
     # Roles and versions.
 
-    async def register_version(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, RegisterRoleVersion)
+    async def register_version(self, command: RegisterRoleVersion, envelope: Envelope) -> WireModel:
         version = domain.new_version(
             version=command.version,
             display_name=command.display_name,
@@ -110,9 +112,7 @@ class RoleManager:
             log.info("role %s: version %s registered", command.name, command.version)
         return Accepted(id=command.name)
 
-    async def activate_version(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, ActivateRoleVersion)
+    async def activate_version(self, command: ActivateRoleVersion, envelope: Envelope) -> WireModel:
         role = await self._role(command.name)
         if domain.find_version(role, command.version) is None:
             raise domain.RoleError(404, f"version {command.version} of role {command.name} not found")
@@ -128,77 +128,60 @@ class RoleManager:
 
     # Roles on hosts.
 
-    async def apply_role(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, ApplyRole)
+    async def apply_role(self, command: ApplyRole, envelope: Envelope) -> WireModel:
         role = await self._role(command.name)
         if command.authorize:  # assigning a role is how an admin authorizes a host
             authorize = envelope.caused(AuthorizeResource(resource_id=command.host_id), sender=SENDER)
             await self.bus.publish(self.topology.commands, authorize)
-        async with self._lock(command.host_id):
-            host = await self._host(command.host_id)
-            roles = domain.apply(host, command.name, role["active_version"], command.requested_by)
-            if roles is not None:
-                host = await self._write(host, roles, deleting=False, deleted_at=None)
-                log.info(
-                    "role %s applied at %s", command.name, role["active_version"], extra={"resource_id": host["id"]}
-                )
-            await self._converge(host, envelope)
+        host = await self._host(command.host_id)
+        roles = domain.apply(host, command.name, role["active_version"], command.requested_by)
+        if roles is not None:
+            host = await self._write(host, roles, deleting=False, deleted_at=None)
+            log.info("role %s applied at %s", command.name, role["active_version"], extra={"resource_id": host["id"]})
+        await self._converge(host, envelope)
         return Accepted(id=command.host_id)
 
-    async def remove_role(self, envelope: Envelope) -> WireModel:
-        command = envelope.payload
-        assert isinstance(command, RemoveRole)
-        async with self._lock(command.host_id):
-            host = await self._host(command.host_id)
-            host = await self._write(host, domain.remove(host, command.name, command.requested_by))
-            await self._converge(host, envelope)
+    async def remove_role(self, command: RemoveRole, envelope: Envelope) -> WireModel:
+        host = await self._host(command.host_id)
+        host = await self._write(host, domain.remove(host, command.name, command.requested_by))
+        await self._converge(host, envelope)
         return Accepted(id=command.host_id)
 
-    async def delete_host(self, envelope: Envelope) -> WireModel:
+    async def delete_host(self, command: DeleteHostRoles, envelope: Envelope) -> WireModel:
         """Seed 002: remove every role; an inactive host without roles is left as it is."""
-        command = envelope.payload
-        assert isinstance(command, DeleteHostRoles)
-        async with self._lock(command.host_id):
-            host = await self._host(command.host_id)
-            if not host["roles"]:
-                return Accepted(id=command.host_id)
-            host = await self._write(host, domain.remove_all(host, command.requested_by), deleting=True)
-            await self._converge(host, envelope)
+        host = await self._host(command.host_id)
+        if not host["roles"]:
+            return Accepted(id=command.host_id)
+        host = await self._write(host, domain.remove_all(host, command.requested_by), deleting=True)
+        await self._converge(host, envelope)
         return Accepted(id=command.host_id)
 
     # The end of a change's job.
 
-    async def job_finished(self, envelope: Envelope) -> None:
-        event = envelope.payload
-        assert isinstance(event, JobFinished)
-        if event.origin != SENDER or envelope.resource_id is None:
+    async def job_finished(self, event: JobFinished, envelope: Envelope) -> None:
+        """The end of a change's job, on the host it ran on (the router holds that host's lock)."""
+        host_id = envelope.resource_id
+        if event.origin != SENDER or host_id is None:
+            return
+        host = await self.hosts.get(host_id)
+        if host is None:
             return
         job = {"state": event.state, "exit_code": event.exit_code, "answer_id": event.answer_id, "error": event.error}
-        await self._retrying(lambda: self._finish(envelope.resource_id or "", event.job_id, job, envelope))
+        roles = domain.finish(host, event.job_id, job, self.clock(), self.backoff)
+        if roles is None:
+            return  # told before
+        host = await self._write(host, roles)
+        log.info("role job %s on %s ended %s", event.job_id, host_id, event.state, extra={"resource_id": host_id})
+        await self._converge(host, envelope)
 
-    async def _finish(self, host_id: str, job_id: str, job: Document, cause: Envelope | None) -> None:
-        async with self._lock(host_id):
-            host = await self.hosts.get(host_id)
-            if host is None:
-                return
-            roles = domain.finish(host, job_id, job, self.clock(), self.backoff)
-            if roles is None:
-                return  # told before
-            host = await self._write(host, roles)
-            log.info("role job %s on %s ended %s", job_id, host_id, job["state"], extra={"resource_id": host_id})
-            await self._converge(host, cause)
-
-    async def host_deleted(self, envelope: Envelope) -> None:
+    async def host_deleted(self, event: HostDeleted, envelope: Envelope) -> None:
         """The resource is gone from the registry: so is what this manager knew of its roles."""
-        event = envelope.payload
-        assert isinstance(event, HostDeleted)
         await self.hosts.delete(event.resource_id)
 
     # Convergence: start the next change on a host, and the sweep that keeps every host moving.
 
     async def _converge(self, host: Document, cause: Envelope | None) -> None:
-        """Start the host's next change, if one may start now; the caller holds the host's lock."""
+        """Start the host's next change, if one may start now; the caller runs under ``per_host``."""
         change = domain.next_change(host, self.clock())
         if change is None:
             if host["deleting"] and not host["roles"]:
@@ -248,14 +231,13 @@ class RoleManager:
                     role = await self.roles.get(name)
                     if role is not None:
                         await self._ask_for_job(host, name, role, None)
-            await self._retrying(lambda h=host: self._converge_fresh(h["id"]))
+            await self.per_host.run(host["id"], lambda h=host: self._converge_fresh(h["id"]))
         self._asked = {job_id: at for job_id, at in self._asked.items() if job_id in running}
 
     async def _converge_fresh(self, host_id: str) -> None:
-        async with self._lock(host_id):
-            host = await self.hosts.get(host_id)
-            if host is not None:
-                await self._converge(host, None)
+        host = await self.hosts.get(host_id)
+        if host is not None:
+            await self._converge(host, None)
 
     # Store access.
 
@@ -272,18 +254,11 @@ class RoleManager:
         changes = {"roles": roles, "needs_work": domain.needs_work(roles), **fields}
         return await self.hosts.update(host["id"], changes, expected_version=host["version"])
 
-    async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Run ``work`` again, reading afresh, when a twin (or a concurrent handler) wrote first."""
-        for attempt in range(CONFLICT_RETRIES - 1):
-            try:
-                return await work()
-            except VersionConflict:
-                await asyncio.sleep(0.002 * (attempt + 1))
-        return await work()
 
-    def _lock(self, host_id: str) -> asyncio.Lock:
-        """One change of a host's roles at a time in this process (twins are kept apart by versions)."""
-        lock = self._locks.get(host_id)
-        if lock is None:
-            lock = self._locks[host_id] = asyncio.Lock()
-        return lock
+def host_of(command: ApplyRole | RemoveRole | DeleteHostRoles, envelope: Envelope) -> str:
+    return command.host_id
+
+
+def sender_host(event: JobFinished, envelope: Envelope) -> str | None:
+    """The host a change's job ran on: the job manager names it on the envelope."""
+    return envelope.resource_id

@@ -46,6 +46,7 @@ from services.security import (
 from services.settings import Settings
 from services.store.sqlite import SqliteDocumentStore
 from services.wiring import make_agent_bus
+from tests.delivery import deliver
 from tests.rabbit import Vhost, fresh_vhost, unavailable, unique_namespace
 
 pytestmark = pytest.mark.amqp
@@ -286,11 +287,11 @@ async def test_a_deleted_resource_loses_its_broker_user(fleet: Fleet, tmp_path: 
             verify_key=verify_key(token),
             broker_password_hash=broker_password_hash(token),
         )
-        await manager.register_resource(Envelope(registration, sender="gateway"))
+        await deliver(manager.register_resource, Envelope(registration, sender="gateway"))
         connection = await aio_pika.connect(fleet.agent_url(resource_id, token))
         assert await management_user_exists(broker_username(resource_id))
 
-        await manager.delete_resource(Envelope(DeleteResource(resource_id=resource_id), sender="gateway"))
+        await deliver(manager.delete_resource, Envelope(DeleteResource(resource_id=resource_id), sender="gateway"))
         assert not await management_user_exists(broker_username(resource_id))
         with pytest.raises((aio_pika.exceptions.AMQPError, RuntimeError)):  # closed by the broker
             await asyncio.wait_for(connection.channel(), 5)

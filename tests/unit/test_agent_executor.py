@@ -20,6 +20,7 @@ from broker.envelope import Envelope
 from schemas.jobs import FilesStagedIn, JobState, StagedFile, StageInFiles, SubmitTask, TaskCompleted
 from services.agent.supervisor import JobOptions
 from services.agent.tasks import TaskRunner
+from tests.delivery import deliver
 from tests.e2e.harness import processes_of
 from tests.rabbit import on_ci
 from tests.unit import test_agent_tasks as base
@@ -64,7 +65,7 @@ async def test_a_job_is_sandboxed(runner, said, tmp_path) -> None:
         f"ls {tmp_path} 2>&1; touch /usr/x 2>&1; touch /etc/x 2>&1; cat /etc/shadow 2>&1; "
         "touch here && echo wrote-here; touch /tmp/t && echo wrote-tmp; env | sort"
     )
-    await runner.submit_task(submit("box", script, user="alice"))
+    await deliver(runner.submit_task, submit("box", script, user="alice"))
     done = await completed(said, "box")
     out = answer_of(done)["stdout"]
     lines = out.splitlines()
@@ -82,18 +83,18 @@ async def test_a_job_is_sandboxed(runner, said, tmp_path) -> None:
 
 @needs_bwrap
 async def test_users_do_not_see_each_others_jobs(runner, said) -> None:
-    await runner.submit_task(submit("a1", "echo secret > mine; sleep 0.3", user="alice"))
-    await runner.submit_task(submit("b1", "sleep 0.1; ls ..; ps -e 2>/dev/null | wc -l", user="bob"))
+    await deliver(runner.submit_task, submit("a1", "echo secret > mine; sleep 0.3", user="alice"))
+    await deliver(runner.submit_task, submit("b1", "sleep 0.1; ls ..; ps -e 2>/dev/null | wc -l", user="bob"))
     bob = answer_of(await completed(said, "b1"))["stdout"]
     assert "a1" not in bob and "b1" in bob
     assert (await completed(said, "a1")).outcome is JobState.SUCCEEDED
     alice_home = runner.supervisors.home("u-alice").root
-    await runner.submit_task(submit("b2", f"cat {alice_home}/work/a1/mine", user="bob"))
+    await deliver(runner.submit_task, submit("b2", f"cat {alice_home}/work/a1/mine", user="bob"))
     assert (await completed(said, "b2")).outcome is JobState.FAILED
 
 
 async def test_a_privileged_job_runs_as_the_agents_user(runner, said) -> None:
-    await runner.submit_task(submit("p1", "id -u; echo $SKYBUS_JOB_ID", privileged=True))
+    await deliver(runner.submit_task, submit("p1", "id -u; echo $SKYBUS_JOB_ID", privileged=True))
     done = await completed(said, "p1")
     assert answer_of(done)["stdout"].split() == [str(os.getuid()), "p1"]
 
@@ -101,49 +102,51 @@ async def test_a_privileged_job_runs_as_the_agents_user(runner, said) -> None:
 async def test_without_bubblewrap_only_privileged_or_allowed_jobs_run(tmp_path, said, data, options) -> None:
     missing = dataclasses.replace(options, tool="no-such-bwrap")
     runner = TaskRunner(tmp_path / "a", said, data, options=missing)  # type: ignore[arg-type]
-    await runner.submit_task(submit("n1", "true"))
+    await deliver(runner.submit_task, submit("n1", "true"))
     done = await completed(said, "n1")
     assert done.outcome is JobState.FAILED and "no bubblewrap" in done.error
-    await runner.submit_task(submit("n2", "true", privileged=True))
+    await deliver(runner.submit_task, submit("n2", "true", privileged=True))
     assert (await completed(said, "n2")).outcome is JobState.SUCCEEDED
     await runner.stop()
     allowed = dataclasses.replace(missing, unsandboxed_jobs=True)
     runner = TaskRunner(tmp_path / "b", said, data, options=allowed)  # type: ignore[arg-type]
-    await runner.submit_task(submit("n3", "true"))
+    await deliver(runner.submit_task, submit("n3", "true"))
     assert (await completed(said, "n3")).outcome is JobState.SUCCEEDED
     await runner.stop()
 
 
 async def test_a_nul_in_the_command_fails_the_task_once(runner, said) -> None:
-    await runner.submit_task(submit("nul", "echo a\0b"))
+    await deliver(runner.submit_task, submit("nul", "echo a\0b"))
     done = await completed(said, "nul")
     assert done.outcome is JobState.FAILED and "NUL" in done.error
-    await runner.submit_task(submit("nul", "echo a\0b"))  # redelivered: answered from the ledger
+    await deliver(runner.submit_task, submit("nul", "echo a\0b"))  # redelivered: answered from the ledger
     await asyncio.sleep(0.1)
     assert said.of(TaskCompleted, "nul") == [done, done]
 
 
 @pytest.mark.parametrize("name", ["/etc/evil", "..", "a/b", "", ".", "x\0y"])
 async def test_staged_file_names_must_be_plain(runner, said, name) -> None:
-    await runner.stage_in_files(Envelope(StageInFiles(job_id="st", files=[StagedFile(data_id="in-1", name=name)])))
+    await deliver(
+        runner.stage_in_files, Envelope(StageInFiles(job_id="st", files=[StagedFile(data_id="in-1", name=name)]))
+    )
     [event] = said.of(FilesStagedIn, "st")
     assert event.ok is False and "plain file name" in event.error
     assert not os.path.exists("/etc/evil")
 
 
 async def test_a_task_is_not_started_after_its_start_by(runner, said) -> None:
-    await runner.submit_task(submit("late", "touch ran", start_by=time.time() - 1))
+    await deliver(runner.submit_task, submit("late", "touch ran", start_by=time.time() - 1))
     done = await completed(said, "late")
     assert done.outcome is JobState.LOST and done.error == "not started before its start_by deadline"
-    await runner.submit_task(submit("late", "touch ran", start_by=time.time() + 60))
+    await deliver(runner.submit_task, submit("late", "touch ran", start_by=time.time() + 60))
     await asyncio.sleep(0.1)
     assert said.of(TaskCompleted, "late") == [done, done] and runner.ledger.get("late").pid is None
 
 
 async def test_start_by_is_checked_again_when_a_slot_frees(tmp_path, said, data, options) -> None:
     runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1, options=options)  # type: ignore[arg-type]
-    await runner.submit_task(submit("busy", "sleep 0.4"))
-    await runner.submit_task(submit("waits", "true", start_by=time.time() + 0.1))
+    await deliver(runner.submit_task, submit("busy", "sleep 0.4"))
+    await deliver(runner.submit_task, submit("waits", "true", start_by=time.time() + 0.1))
     done = await completed(said, "waits")
     assert done.outcome is JobState.LOST and "start_by" in done.error
     await runner.stop()
@@ -151,7 +154,7 @@ async def test_start_by_is_checked_again_when_a_slot_frees(tmp_path, said, data,
 
 async def test_a_job_outlives_its_agent_and_the_next_one_reports_it(tmp_path, said, data, options) -> None:
     first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
-    await first.submit_task(submit("long", "sleep 1; echo done"))
+    await deliver(first.submit_task, submit("long", "sleep 1; echo done"))
     while not processes_of("long"):
         await asyncio.sleep(0.02)
     await first.stop()  # the agent stops (SIGTERM) or dies: the job runs on
@@ -168,7 +171,7 @@ async def test_a_job_outlives_its_agent_and_the_next_one_reports_it(tmp_path, sa
 async def test_a_job_that_ended_while_no_agent_ran_is_reported(tmp_path, said, data, options) -> None:
     first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     first.ledger.spawned = lambda job_id, pid: None  # type: ignore[method-assign]  # killed before recording the pid
-    await first.submit_task(submit("quick", "sleep 0.2; echo ran; exit 3"))
+    await deliver(first.submit_task, submit("quick", "sleep 0.2; echo ran; exit 3"))
     while not processes_of("quick"):
         await asyncio.sleep(0.01)
     await first.stop()
@@ -185,7 +188,7 @@ async def test_a_job_that_ended_while_no_agent_ran_is_reported(tmp_path, said, d
 @needs_bwrap
 async def test_a_job_whose_sandbox_was_killed_is_lost(tmp_path, said, data, options) -> None:
     first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
-    await first.submit_task(submit("doomed", "sleep 30"))
+    await deliver(first.submit_task, submit("doomed", "sleep 30"))
     while not processes_of("doomed"):
         await asyncio.sleep(0.02)
     await first.stop()
@@ -213,8 +216,8 @@ async def test_a_task_taken_but_not_handed_over_is_never_started_after_a_restart
 async def test_limits_end_a_job_and_say_which(tmp_path, said, data, options) -> None:
     limited = dataclasses.replace(options, limits={"cpu": 1, "fsize": 1000})
     runner = TaskRunner(tmp_path / "agent", said, data, options=limited)  # type: ignore[arg-type]
-    await runner.submit_task(submit("spin", "while :; do :; done"))
-    await runner.submit_task(submit("chatty", "head -c 5000 /dev/zero"))
+    await deliver(runner.submit_task, submit("spin", "while :; do :; done"))
+    await deliver(runner.submit_task, submit("chatty", "head -c 5000 /dev/zero"))
     spin = await completed(said, "spin", timeout=15)
     assert spin.outcome is JobState.FAILED and spin.error == "cpu time limit (1 s) exceeded"
     chatty = await completed(said, "chatty")
@@ -224,7 +227,7 @@ async def test_limits_end_a_job_and_say_which(tmp_path, said, data, options) -> 
 
 async def test_work_dirs_go_once_their_retention_passed(tmp_path, said, data, options) -> None:
     runner = TaskRunner(tmp_path / "agent", said, data, options=dataclasses.replace(options, workdir_retention=0))  # type: ignore[arg-type]
-    await runner.submit_task(submit("w1", "echo x > file"))
+    await deliver(runner.submit_task, submit("w1", "echo x > file"))
     await completed(said, "w1")
     await asyncio.sleep(0.1)
     home = runner.supervisors.home("u-anonymous")

@@ -29,6 +29,7 @@ from schemas.jobs import (
 from services.agent.data_client import DataClientError
 from services.agent.supervisor import JobOptions
 from services.agent.tasks import TaskRunner
+from tests.delivery import deliver
 from tests.e2e.harness import processes_of
 
 
@@ -105,7 +106,7 @@ def submit(job_id: str, command: str, deadline: float | None = None) -> Envelope
 
 
 async def test_a_task_runs_once_and_its_answer_is_streamed_json(runner, said, data) -> None:
-    await runner.submit_task(submit("j1", "printf 'out\\377'; echo err >&2; exit 4"))
+    await deliver(runner.submit_task, submit("j1", "printf 'out\\377'; echo err >&2; exit 4"))
     done = await completed(said, "j1")
     assert done.outcome is JobState.FAILED and done.exit_code == 4
     assert done.answer_id is None and "answer-3" not in data.items  # small: it travels in the event
@@ -118,7 +119,7 @@ async def test_a_task_runs_once_and_its_answer_is_streamed_json(runner, said, da
     assert said.of(TaskAccepted, "j1") == [] and said.of(TaskRunning, "j1") == []
     assert done.accepted_at <= done.started_at <= done.at
 
-    await runner.submit_task(submit("j1", "echo again"))
+    await deliver(runner.submit_task, submit("j1", "echo again"))
     await asyncio.sleep(0.2)
     assert len(said.of(TaskCompleted, "j1")) == 2  # reported again from the ledger...
     assert runner.ledger.ran() == ["j1"] and said.of(TaskRunning, "j1") == []  # ...but never run again
@@ -127,7 +128,7 @@ async def test_a_task_runs_once_and_its_answer_is_streamed_json(runner, said, da
 
 
 async def test_a_longer_task_reports_running_once_then_its_outcome(runner, said) -> None:
-    await runner.submit_task(submit("long", "sleep 0.3"))
+    await deliver(runner.submit_task, submit("long", "sleep 0.3"))
     done = await completed(said, "long")
     [running] = said.of(TaskRunning, "long")
     assert running.accepted_at is not None and said.of(TaskAccepted, "long") == []
@@ -137,8 +138,8 @@ async def test_a_longer_task_reports_running_once_then_its_outcome(runner, said)
 
 async def test_a_task_over_the_parallel_limit_is_accepted_then_waits(tmp_path, said, data, options) -> None:
     runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1, options=options)  # type: ignore[arg-type]
-    await runner.submit_task(submit("first", "sleep 0.3"))
-    await runner.submit_task(submit("second", "true"))
+    await deliver(runner.submit_task, submit("first", "sleep 0.3"))
+    await deliver(runner.submit_task, submit("second", "true"))
     second = await completed(said, "second")
     first = await completed(said, "first")
     assert len(said.of(TaskAccepted, "second")) == 1 and said.of(TaskAccepted, "first") == []
@@ -148,48 +149,48 @@ async def test_a_task_over_the_parallel_limit_is_accepted_then_waits(tmp_path, s
 
 async def test_the_ledger_survives_a_restart(tmp_path, said, data, options) -> None:
     first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
-    await first.submit_task(submit("j1", "true"))
+    await deliver(first.submit_task, submit("j1", "true"))
     await completed(said, "j1")
     await first.stop()
     second = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
-    await second.submit_task(submit("j1", "true"))
+    await deliver(second.submit_task, submit("j1", "true"))
     await asyncio.sleep(0.2)
     assert second.ledger.ran() == ["j1"] and len(said.of(TaskCompleted, "j1")) == 2
     await second.stop()
 
 
 async def test_cancel_kills_the_whole_process_group(runner, said) -> None:
-    await runner.submit_task(submit("j2", "sleep 30 & sleep 30; wait"))
+    await deliver(runner.submit_task, submit("j2", "sleep 30 & sleep 30; wait"))
     while len(processes_of("j2")) < 3:
         await asyncio.sleep(0.02)
-    await runner.cancel_task(Envelope(CancelTask(job_id="j2")))
+    await deliver(runner.cancel_task, Envelope(CancelTask(job_id="j2")))
     done = await completed(said, "j2")
     assert done.outcome is JobState.CANCELLED
     assert processes_of("j2") == []
 
 
 async def test_a_task_that_ignores_sigterm_is_killed(runner, said) -> None:
-    await runner.submit_task(submit("j3", "trap '' TERM; sleep 30"))
+    await deliver(runner.submit_task, submit("j3", "trap '' TERM; sleep 30"))
     while not processes_of("j3"):
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.1)
     started = time.monotonic()
-    await runner.cancel_task(Envelope(CancelTask(job_id="j3")))
+    await deliver(runner.cancel_task, Envelope(CancelTask(job_id="j3")))
     assert (await completed(said, "j3")).outcome is JobState.CANCELLED
     assert time.monotonic() - started < 3 and processes_of("j3") == []
 
 
 async def test_deadline_stops_the_task(runner, said) -> None:
-    await runner.submit_task(submit("j4", "sleep 30", deadline=time.time() + 0.3))
+    await deliver(runner.submit_task, submit("j4", "sleep 30", deadline=time.time() + 0.3))
     done = await completed(said, "j4")
     assert done.outcome is JobState.CANCELLED and done.error == "ttl ran out"
     assert processes_of("j4") == []
 
 
 async def test_cancel_before_submit_refuses_the_task(runner, said) -> None:
-    await runner.cancel_task(Envelope(CancelTask(job_id="j5")))
+    await deliver(runner.cancel_task, Envelope(CancelTask(job_id="j5")))
     assert (await completed(said, "j5")).outcome is JobState.CANCELLED
-    await runner.submit_task(submit("j5", "touch ran"))
+    await deliver(runner.submit_task, submit("j5", "touch ran"))
     await asyncio.sleep(0.2)
     assert said.of(TaskRunning, "j5") == [] and len(said.of(TaskCompleted, "j5")) == 2
     assert not (runner.workdir("j5") / "ran").exists()
@@ -216,27 +217,27 @@ async def test_a_restart_kills_and_reports_what_the_dead_agent_ran(tmp_path, sai
 
 async def test_stage_in_downloads_into_the_working_directory(runner, said) -> None:
     files = [StagedFile(data_id="in-1", name="input.txt")]
-    await runner.stage_in_files(Envelope(StageInFiles(job_id="j7", files=files)))
+    await deliver(runner.stage_in_files, Envelope(StageInFiles(job_id="j7", files=files)))
     assert said.of(FilesStagedIn, "j7") == [FilesStagedIn(job_id="j7", ok=True)]
-    await runner.submit_task(submit("j7", "cat input.txt"))
+    await deliver(runner.submit_task, submit("j7", "cat input.txt"))
     assert (await completed(said, "j7")).outcome is JobState.SUCCEEDED
 
     missing = [StagedFile(data_id="nope", name="x")]
-    await runner.stage_in_files(Envelope(StageInFiles(job_id="j8", files=missing)))
+    await deliver(runner.stage_in_files, Envelope(StageInFiles(job_id="j8", files=missing)))
     [event] = said.of(FilesStagedIn, "j8")
     assert event.ok is False and "404" in event.error
 
 
 async def test_jobs_do_not_see_the_agents_secrets(runner, said, data, monkeypatch) -> None:
     monkeypatch.setenv("SKYBUS_TOKEN", "tok-3f9a77")
-    await runner.submit_task(submit("j9", "env"))
+    await deliver(runner.submit_task, submit("j9", "env"))
     done = await completed(said, "j9")
     stdout = json.loads(done.answer)["stdout"]
     assert "SKYBUS_JOB_ID=j9" in stdout and "tok-3f9a77" not in stdout
 
 
 async def test_a_big_answer_is_streamed_out_over_http_not_sent_in_the_event(runner, said, data) -> None:
-    await runner.submit_task(submit("big", "head -c 300000 /dev/zero | tr '\\0' a; printf '\\377' >&2"))
+    await deliver(runner.submit_task, submit("big", "head -c 300000 /dev/zero | tr '\\0' a; printf '\\377' >&2"))
     done = await completed(said, "big")
     assert done.answer is None and done.answer_id in data.items
     answer = json.loads(data.items[done.answer_id])
@@ -259,14 +260,14 @@ def _small_answer_of(out: str, err: str) -> str:
 async def test_the_ledger_is_compacted_at_start_and_still_refuses_a_rerun(tmp_path, said, data, options) -> None:
     first = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     for n in range(5):
-        await first.submit_task(submit(f"c{n}", "echo answer"))
+        await deliver(first.submit_task, submit(f"c{n}", "echo answer"))
         await completed(said, f"c{n}")
     await first.stop()
     before = (tmp_path / "agent" / "ledger.jsonl").read_text().count("\n")
     second = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     lines = (tmp_path / "agent" / "ledger.jsonl").read_text().splitlines()
     assert len(lines) == 5 < before and all('"answer": null' in line for line in lines)
-    await second.submit_task(submit("c0", "echo again"))
+    await deliver(second.submit_task, submit("c0", "echo again"))
     await asyncio.sleep(0.2)
     assert second.ledger.ran() == [f"c{n}" for n in range(5)] and said.of(TaskRunning, "c0") == []
     await second.stop()
@@ -280,9 +281,9 @@ async def test_the_ledger_is_compacted_at_start_and_still_refuses_a_rerun(tmp_pa
 
 async def test_a_task_redelivered_while_it_waits_for_a_slot_is_not_run_twice(tmp_path, said, data, options) -> None:
     runner = TaskRunner(tmp_path / "agent", said, data, max_parallel=1, options=options)  # type: ignore[arg-type]
-    await runner.submit_task(submit("busy", "sleep 0.3"))
-    await runner.submit_task(submit("waits", "echo once >> ../../once.txt"))
-    await runner.submit_task(submit("waits", "echo once >> ../../once.txt"))  # redelivered while waiting
+    await deliver(runner.submit_task, submit("busy", "sleep 0.3"))
+    await deliver(runner.submit_task, submit("waits", "echo once >> ../../once.txt"))
+    await deliver(runner.submit_task, submit("waits", "echo once >> ../../once.txt"))  # redelivered while waiting
     await completed(said, "waits")
     await asyncio.sleep(0.1)
     assert (runner.supervisors.home("u-anonymous").root / "once.txt").read_text() == "once\n"
@@ -298,7 +299,7 @@ async def test_a_restart_reports_lost_what_was_waiting_for_a_slot(tmp_path, said
     await second.recover()
     done = await completed(said, "queued")
     assert done.outcome is JobState.LOST and "before it ran" in done.error
-    await second.submit_task(submit("queued", "true"))
+    await deliver(second.submit_task, submit("queued", "true"))
     await asyncio.sleep(0.1)
     assert second.ledger.get("queued").pid is None
     await second.stop()

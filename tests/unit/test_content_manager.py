@@ -35,6 +35,7 @@ from services.content_manager.service import ContentManagerService
 from services.settings import Settings
 from services.store.disk_blobs import DiskBlobStore
 from services.store.sqlite import SqliteDocumentStore
+from tests.delivery import deliver
 
 ACTIVE = ResourceSettings(resource_type="Active", mime_type="Automatic", pool_name="Public", timeout=None)
 
@@ -97,14 +98,14 @@ def store_command(blob: BlobRef, path: str = "apps/math/add.wl", owner: str = "s
 async def stored(manager: ContentManager, path: str = "apps/math/add.wl") -> tuple[str, BlobRef]:
     blob = await upload(manager)
     envelope = store_command(blob, path)
-    assert isinstance(await manager.store_content(envelope), Accepted)
+    assert isinstance(await deliver(manager.store_content, envelope), Accepted)
     return envelope.payload.item_id, blob  # type: ignore[attr-defined]
 
 
 async def test_store_commits_the_metadata_and_keeps_the_blob(manager: ContentManager) -> None:
     blob = await upload(manager)
     envelope = store_command(blob)
-    reply = await manager.store_content(envelope)
+    reply = await deliver(manager.store_content, envelope)
     assert reply == Accepted(id=envelope.payload.item_id)  # type: ignore[attr-defined]
     document = await manager.contents.get(envelope.payload.item_id)  # type: ignore[attr-defined]
     assert document is not None
@@ -117,9 +118,9 @@ async def test_store_commits_the_metadata_and_keeps_the_blob(manager: ContentMan
 async def test_a_redelivered_store_changes_nothing(manager: ContentManager) -> None:
     blob = await upload(manager)
     envelope = store_command(blob)
-    await manager.store_content(envelope)
+    await deliver(manager.store_content, envelope)
     before = await manager.contents.get(envelope.payload.item_id)  # type: ignore[attr-defined]
-    assert await manager.store_content(envelope) == Accepted(id=before["id"])  # type: ignore[index]
+    assert await deliver(manager.store_content, envelope) == Accepted(id=before["id"])  # type: ignore[index]
     assert await manager.contents.get(before["id"]) == before  # type: ignore[index]
     assert await manager.contents.count() == 1
     assert await blob_ids(manager) == {blob.blob_id}
@@ -128,10 +129,10 @@ async def test_a_redelivered_store_changes_nothing(manager: ContentManager) -> N
 async def test_a_store_redelivered_after_its_item_was_deleted_does_not_bring_it_back(manager: ContentManager) -> None:
     blob = await upload(manager)
     envelope = store_command(blob)
-    await manager.store_content(envelope)
+    await deliver(manager.store_content, envelope)
     item_id = envelope.payload.item_id  # type: ignore[attr-defined]
-    assert await manager.delete_content(Envelope(DeleteContent(item_id=item_id))) == Accepted(id=item_id)
-    assert await manager.store_content(envelope) == Accepted(id=item_id)
+    assert await deliver(manager.delete_content, Envelope(DeleteContent(item_id=item_id))) == Accepted(id=item_id)
+    assert await deliver(manager.store_content, envelope) == Accepted(id=item_id)
     assert await manager.contents.count() == 0
     assert await blob_ids(manager) == set()
 
@@ -139,7 +140,7 @@ async def test_a_store_redelivered_after_its_item_was_deleted_does_not_bring_it_
 async def test_the_same_path_twice_is_409_and_the_second_blob_is_not_taken(manager: ContentManager) -> None:
     await stored(manager)
     other = await upload(manager, b"other")
-    reply = await manager.store_content(store_command(other))
+    reply = await deliver(manager.store_content, store_command(other))
     assert reply == Rejected(status=409, error="A resource with this resourcePath already exists.")
     assert await manager.contents.count() == 1
 
@@ -149,7 +150,7 @@ async def test_data_files_need_no_path(manager: ContentManager) -> None:
         blob = await upload(manager)
         item_id = str(uuid.uuid4())
         command = StoreData(item_id=item_id, owner="steve", name="in.txt", blob=blob, granted_to=("r1", "r1"))
-        assert await manager.store_data(Envelope(command)) == Accepted(id=item_id)
+        assert await deliver(manager.store_data, Envelope(command)) == Accepted(id=item_id)
         document = await manager.contents.get(item_id)
         assert document is not None and "path" not in document and document["granted_to"] == ["r1"]
     assert await manager.contents.count() == 3
@@ -174,7 +175,7 @@ async def test_a_bad_claim_check_is_refused(manager: ContentManager, damage: str
         blob = blob.model_copy(update={"sha256": hashlib.sha256(b"x").hexdigest()})
     else:
         manager.clock.now += manager.orphan_grace / 2 + 1  # type: ignore[attr-defined]
-    reply = await manager.store_content(store_command(blob))
+    reply = await deliver(manager.store_content, store_command(blob))
     assert isinstance(reply, Rejected) and reply.status == status and fragment in reply.error
     assert await manager.contents.count() == 0
 
@@ -185,13 +186,13 @@ async def test_replace_points_at_the_new_blob_and_deletes_the_old_one_after(mana
     assert await blob_ids(manager) == {old.blob_id, new.blob_id}
     static = ResourceSettings(resource_type="Static", mime_type="text/plain", pool_name=None, timeout=10)
     envelope = Envelope(ReplaceContent(item_id=item_id, filename="addOne.wl", blob=new, settings=static))
-    assert await manager.replace_content(envelope) == Accepted(id=item_id)
+    assert await deliver(manager.replace_content, envelope) == Accepted(id=item_id)
     document = await manager.contents.get(item_id)
     assert document is not None and document["blob_id"] == new.blob_id and document["name"] == "addOne.wl"
     assert document["resource"] == static.model_dump() and document["version"] == 2
     assert await blob_ids(manager) == {new.blob_id}
     # Redelivered: the message id is in the item, nothing changes.
-    assert await manager.replace_content(envelope) == Accepted(id=item_id)
+    assert await deliver(manager.replace_content, envelope) == Accepted(id=item_id)
     assert (await manager.contents.get(item_id))["version"] == 2  # type: ignore[index]
     assert await read(manager, new.blob_id) == b"Plus[3,x]"
 
@@ -201,9 +202,9 @@ async def test_an_old_replace_redelivered_after_a_newer_one_does_not_win(manager
     first = Envelope(ReplaceContent(item_id=item_id, filename="a", blob=await upload(manager, b"1"), settings=ACTIVE))
     second_blob = await upload(manager, b"2")
     second = Envelope(ReplaceContent(item_id=item_id, filename="b", blob=second_blob, settings=ACTIVE))
-    await manager.replace_content(first)
-    await manager.replace_content(second)
-    assert await manager.replace_content(first) == Accepted(id=item_id)
+    await deliver(manager.replace_content, first)
+    await deliver(manager.replace_content, second)
+    assert await deliver(manager.replace_content, first) == Accepted(id=item_id)
     document = await manager.contents.get(item_id)
     assert document is not None and document["blob_id"] == second_blob.blob_id
     assert await read(manager, document["blob_id"]) == b"2"
@@ -219,9 +220,8 @@ async def test_twin_managers_replacing_at_once_leave_one_winner_and_no_stray_blo
         )
         for n in range(6)
     ]
-    replies = await asyncio.gather(
-        *((manager if n % 2 else twin).replace_content(envelope) for n, envelope in enumerate(envelopes))
-    )
+    routers = (twin.router(), manager.router())  # each retries its lost races (broker.serial)
+    replies = await asyncio.gather(*(routers[n % 2](envelope) for n, envelope in enumerate(envelopes)))
     assert all(reply == Accepted(id=item_id) for reply in replies)
     document = await manager.contents.get(item_id)
     assert document is not None and document["version"] == 1 + len(envelopes)
@@ -233,23 +233,25 @@ async def test_replace_and_patch_of_an_unknown_item_are_404(manager: ContentMana
     blob = await upload(manager)
     missing = str(uuid.uuid4())
     replace = ReplaceContent(item_id=missing, filename=None, blob=blob, settings=ACTIVE)
-    assert await manager.replace_content(Envelope(replace)) == Rejected(status=404, error="Unknown resource")
+    assert await deliver(manager.replace_content, Envelope(replace)) == Rejected(status=404, error="Unknown resource")
     patch = PatchContent(item_id=missing, changes=ResourceSettingsPatch(timeout=5, given=("timeout",)))
-    assert await manager.patch_content(Envelope(patch)) == Rejected(status=404, error="Unknown resource")
+    assert await deliver(manager.patch_content, Envelope(patch)) == Rejected(status=404, error="Unknown resource")
 
 
 async def test_patch_keeps_what_it_does_not_name(manager: ContentManager) -> None:
     item_id, blob = await stored(manager)
     changes = ResourceSettingsPatch(timeout=45, mime_type="text/plain", given=("timeout", "mime_type"))
-    assert await manager.patch_content(Envelope(PatchContent(item_id=item_id, changes=changes))) == Accepted(id=item_id)
+    assert await deliver(manager.patch_content, Envelope(PatchContent(item_id=item_id, changes=changes))) == Accepted(
+        id=item_id
+    )
     document = await manager.contents.get(item_id)
     assert document is not None and document["blob_id"] == blob.blob_id and document["name"] == "add.wl"
     assert document["resource"] == {**ACTIVE.model_dump(), "timeout": 45, "mime_type": "text/plain"}
     # An explicit null goes back to the default; the content alone can change too.
     reset = ResourceSettingsPatch(timeout=None, given=("timeout",))
-    await manager.patch_content(Envelope(PatchContent(item_id=item_id, changes=reset)))
+    await deliver(manager.patch_content, Envelope(PatchContent(item_id=item_id, changes=reset)))
     new = await upload(manager, b"new")
-    await manager.patch_content(Envelope(PatchContent(item_id=item_id, filename="new.wl", blob=new)))
+    await deliver(manager.patch_content, Envelope(PatchContent(item_id=item_id, filename="new.wl", blob=new)))
     document = await manager.contents.get(item_id)
     assert document is not None and document["resource"]["timeout"] is None and document["blob_id"] == new.blob_id
     assert document["name"] == "new.wl" and await blob_ids(manager) == {new.blob_id}
@@ -258,25 +260,27 @@ async def test_patch_keeps_what_it_does_not_name(manager: ContentManager) -> Non
 async def test_patch_that_leaves_no_pool_for_an_active_resource_is_400(manager: ContentManager) -> None:
     item_id, _ = await stored(manager)
     static = ResourceSettingsPatch(resource_type="Static", pool_name=None, given=("resource_type", "pool_name"))
-    assert await manager.patch_content(Envelope(PatchContent(item_id=item_id, changes=static))) == Accepted(id=item_id)
+    assert await deliver(manager.patch_content, Envelope(PatchContent(item_id=item_id, changes=static))) == Accepted(
+        id=item_id
+    )
     active = ResourceSettingsPatch(resource_type="Active", given=("resource_type",))
-    reply = await manager.patch_content(Envelope(PatchContent(item_id=item_id, changes=active)))
+    reply = await deliver(manager.patch_content, Envelope(PatchContent(item_id=item_id, changes=active)))
     assert reply == Rejected(status=400, error="The poolName is required unless the resourceType is Static.")
 
 
 async def test_delete_removes_the_item_then_its_blob_and_a_redelivery_is_fine(manager: ContentManager) -> None:
     item_id, _ = await stored(manager)
     envelope = Envelope(DeleteContent(item_id=item_id))
-    assert await manager.delete_content(envelope) == Accepted(id=item_id)
+    assert await deliver(manager.delete_content, envelope) == Accepted(id=item_id)
     assert await manager.contents.get(item_id) is None and await blob_ids(manager) == set()
-    assert await manager.delete_content(envelope) == Accepted(id=item_id)
+    assert await deliver(manager.delete_content, envelope) == Accepted(id=item_id)
     unknown = Envelope(DeleteContent(item_id=str(uuid.uuid4())))
-    assert await manager.delete_content(unknown) == Rejected(status=404, error="Unknown resource")
+    assert await deliver(manager.delete_content, unknown) == Rejected(status=404, error="Unknown resource")
 
 
 async def test_the_path_of_a_deleted_resource_can_be_used_again(manager: ContentManager) -> None:
     item_id, _ = await stored(manager)
-    await manager.delete_content(Envelope(DeleteContent(item_id=item_id)))
+    await deliver(manager.delete_content, Envelope(DeleteContent(item_id=item_id)))
     again, _ = await stored(manager)
     assert again != item_id
 
@@ -285,9 +289,9 @@ async def test_grant_lets_a_host_read_and_is_idempotent(manager: ContentManager)
     a, _ = await stored(manager, "a")
     b, _ = await stored(manager, "b")
     grant = Envelope(GrantData(item_ids=(a, b, a), resource_id="host-1"))
-    assert await manager.grant_data(grant) == Accepted()
-    assert await manager.grant_data(grant) == Accepted()
-    await manager.grant_data(Envelope(GrantData(item_ids=(a,), resource_id="host-2")))
+    assert await deliver(manager.grant_data, grant) == Accepted()
+    assert await deliver(manager.grant_data, grant) == Accepted()
+    await deliver(manager.grant_data, Envelope(GrantData(item_ids=(a,), resource_id="host-2")))
     assert (await manager.contents.get(a))["granted_to"] == ["host-1", "host-2"]  # type: ignore[index]
     assert (await manager.contents.get(b))["granted_to"] == ["host-1"]  # type: ignore[index]
 
@@ -295,20 +299,25 @@ async def test_grant_lets_a_host_read_and_is_idempotent(manager: ContentManager)
 async def test_grant_refuses_unknown_ids_and_foreign_items_and_then_grants_nothing(manager: ContentManager) -> None:
     mine, _ = await stored(manager, "mine")
     missing = str(uuid.uuid4())
-    reply = await manager.grant_data(Envelope(GrantData(item_ids=(mine, missing), resource_id="h")))
+    reply = await deliver(manager.grant_data, Envelope(GrantData(item_ids=(mine, missing), resource_id="h")))
     assert reply == Rejected(status=404, error=f"unknown data: {missing}")
-    reply = await manager.grant_data(Envelope(GrantData(item_ids=(mine,), resource_id="h", owner="alice")))
+    reply = await deliver(manager.grant_data, Envelope(GrantData(item_ids=(mine,), resource_id="h", owner="alice")))
     assert isinstance(reply, Rejected) and reply.status == 403
     assert (await manager.contents.get(mine))["granted_to"] == []  # type: ignore[index]
-    assert await manager.grant_data(Envelope(GrantData(item_ids=(mine,), resource_id="h", owner="steve"))) == Accepted()
+    assert (
+        await deliver(manager.grant_data, Envelope(GrantData(item_ids=(mine,), resource_id="h", owner="steve")))
+        == Accepted()
+    )
 
 
 async def test_staging_a_jobs_files_grants_them_then_asks_the_agent(manager: ContentManager) -> None:
     binary, _ = await stored(manager, "bin/tool")
     unnamed = str(uuid.uuid4())
-    await manager.store_data(Envelope(StoreData(item_id=unnamed, owner="steve", name=None, blob=await upload(manager))))
+    await deliver(
+        manager.store_data, Envelope(StoreData(item_id=unnamed, owner="steve", name=None, blob=await upload(manager)))
+    )
     command = Envelope(StageJobFiles(job_id="job-1", resource_id="host-1", data_ids=[binary, unnamed], binary=binary))
-    assert await manager.stage_job_files(command) is None
+    assert await deliver(manager.stage_job_files, command) is None
     assert (await manager.contents.get(binary))["granted_to"] == ["host-1"]  # type: ignore[index]
     [(exchange, sent)] = manager.bus.published  # type: ignore[attr-defined]
     assert exchange == manager.topology.commands  # type: ignore[union-attr]
@@ -319,7 +328,9 @@ async def test_staging_a_jobs_files_grants_them_then_asks_the_agent(manager: Con
 
 async def test_staging_an_unknown_file_fails_the_staging_at_once(manager: ContentManager) -> None:
     missing = str(uuid.uuid4())
-    await manager.stage_job_files(Envelope(StageJobFiles(job_id="job-2", resource_id="host-1", data_ids=[missing])))
+    await deliver(
+        manager.stage_job_files, Envelope(StageJobFiles(job_id="job-2", resource_id="host-1", data_ids=[missing]))
+    )
     [(exchange, sent)] = manager.bus.published  # type: ignore[attr-defined]
     assert exchange == manager.topology.events  # type: ignore[union-attr]
     assert sent.payload == StagingRefused(job_id="job-2", error=f"unknown data: {missing}")
@@ -342,7 +353,9 @@ async def test_orphan_cleanup_deletes_only_old_unreferenced_blobs_and_stale_temp
     os.utime(stale, (old, old))
     fresh = stale.with_name(f"{uuid.uuid4()}.part")
     fresh.write_bytes(b"an upload in progress")
-    await manager.delete_content(Envelope(DeleteContent(item_id=str(uuid.uuid4()))))  # no tombstone for unknowns
+    await deliver(
+        manager.delete_content, Envelope(DeleteContent(item_id=str(uuid.uuid4())))
+    )  # no tombstone for unknowns
     await manager.tombstones.insert({"id": "old", "deleted_at": manager.clock() - 8 * 24 * 3600})
     await manager.tombstones.insert({"id": "recent", "deleted_at": manager.clock() - 3600})
 

@@ -27,6 +27,7 @@ from services.settings import Settings
 from services.store.disk_blobs import DiskBlobStore
 from services.store.sqlite import SqliteDocumentStore
 from services.tokens import create_token, tokens_collection
+from tests.delivery import deliver
 
 HOST = "11111111-2222-4333-8444-555555555555"
 
@@ -262,10 +263,12 @@ async def test_the_watcher_is_woken_by_job_changes_only_when_a_job_ends_or_goes(
         watcher.watching("runs", any_change) as known,
     ):
         for event in (change("ends", "running"), change("runs", "running"), change("deleted", "running")):
-            await watcher.job_changed(event)
+            await deliver(watcher.job_changed, event)
         assert not any(f.done() for f in (ends, deleted, runs)) and known.result().state == "running"
-        await watcher.job_changed(change("ends", "succeeded"))
-        await watcher.job_changed(change("deleted", "running", deleted=True))  # cancel asked, the agent not heard
+        await deliver(watcher.job_changed, change("ends", "succeeded"))
+        await deliver(
+            watcher.job_changed, change("deleted", "running", deleted=True)
+        )  # cancel asked, the agent not heard
         assert ends.result().state == "succeeded" and deleted.result().deleted
         assert await until(runs, 0.05) is None
     assert watcher._waiters == {}  # nothing left behind by waits that ended

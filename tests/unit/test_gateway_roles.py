@@ -24,6 +24,7 @@ from services.store.disk_blobs import DiskBlobStore
 from services.store.sqlite import SqliteDocumentStore
 from services.tokens import create_token, tokens_collection
 from tests.content_stack import info_for, resource_form
+from tests.delivery import deliver
 
 HOST = "11111111-2222-4333-8444-555555555555"
 JOINED = "66666666-2222-4333-8444-555555555555"
@@ -191,8 +192,8 @@ async def test_apply_and_job_finished_are_safe_to_redeliver(api: Api) -> None:
     assert (await api.call("POST", "/v1/roles/roleA/versions", json=ROLE))[0] == 201
     manager = api.roles.manager
     apply = Envelope(ApplyRole(host_id=HOST, name="roleA", requested_by="admin"))
-    await manager.apply_role(apply)
-    await manager.apply_role(apply)
+    await deliver(manager.apply_role, apply)
+    await deliver(manager.apply_role, apply)
     hosts = api.store.collection("role_hosts")
     entry = (await hosts.get(HOST))["roles"]["roleA"]
     job_id = entry["job_id"]
@@ -201,9 +202,9 @@ async def test_apply_and_job_finished_are_safe_to_redeliver(api: Api) -> None:
     finished = Envelope(
         JobFinished(job_id=job_id, origin="role-manager", state="succeeded", exit_code=0), resource_id=HOST
     )
-    await manager.job_finished(finished)
+    await deliver(manager.job_finished, finished)
     after = await hosts.get(HOST)
-    await manager.job_finished(finished)
+    await deliver(manager.job_finished, finished)
     assert (await hosts.get(HOST))["version"] == after["version"]  # the second changed nothing
     assert after["roles"]["roleA"]["version"] == "1.0" and after["roles"]["roleA"]["status"] == "ok"
     status, detail = await api.call("GET", f"/v1/hosts/{HOST}/roles/roleA")

@@ -34,6 +34,7 @@ from services.job_manager.hosts import Host, HostView
 from services.job_manager.repository import jobs_collection
 from services.security import new_token, signing_key, verify_key
 from services.store.sqlite import SqliteDocumentStore
+from tests.delivery import deliver
 from tests.unit.test_resource_manager import Clock, RecordingBus
 
 HOST_A = "aaaaaaaa-0000-4000-8000-000000000001"
@@ -92,12 +93,14 @@ def host_from_event(event: HostChanged) -> Host:
 
 
 async def add_host(manager: JobManager, resource_id: str, *, responding: bool = True, authorized: bool = True) -> None:
-    await manager.host_changed(host_changed(manager, resource_id, responding=responding, authorized=authorized))
+    await deliver(
+        manager.host_changed, host_changed(manager, resource_id, responding=responding, authorized=authorized)
+    )
 
 
 async def run(manager: JobManager, job_id: str = "job-1", **fields) -> Envelope:
     envelope = Envelope(RunJob(job_id=job_id, user="steve", command="true", **fields))
-    assert await manager.run_job(envelope) == Accepted(id=job_id)
+    assert await deliver(manager.run_job, envelope) == Accepted(id=job_id)
     return envelope
 
 
@@ -138,7 +141,7 @@ async def test_fewest_running_jobs_wins(manager: JobManager) -> None:
 async def test_redelivered_run_keeps_one_job(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     envelope = await run(manager)
-    assert await manager.run_job(envelope) == Accepted(id="job-1")
+    assert await deliver(manager.run_job, envelope) == Accepted(id="job-1")
     assert await manager.jobs.count() == 1
     assert (await state(manager))["history"][-1]["state"] == "staging"
 
@@ -165,7 +168,7 @@ async def test_pinned_job_waits_for_its_host(manager: JobManager) -> None:
     await add_host(manager, HOST_B, responding=False)
     await run(manager, resource_id=HOST_B)
     assert (await state(manager))["state"] == "pending"
-    await manager.host_changed(host_changed(manager, HOST_B, "responding", responding=True))
+    await deliver(manager.host_changed, host_changed(manager, HOST_B, "responding", responding=True))
     assert (await state(manager))["resource_id"] == HOST_B
 
 
@@ -173,7 +176,7 @@ async def test_a_pending_job_whose_pinned_host_is_deleted_is_lost_not_pending_fo
     await add_host(manager, HOST_B, responding=False)
     await run(manager, "job-1", resource_id=HOST_B)
     await run(manager, "job-2", resource_id=HOST_B)
-    await manager.host_deleted(Envelope(HostDeleted(resource_id=HOST_B)))
+    await deliver(manager.host_deleted, Envelope(HostDeleted(resource_id=HOST_B)))
     job = await state(manager, "job-1")
     assert job["state"] == "lost" and "was deleted" in job["error"]
     assert (await state(manager, "job-2"))["state"] == "lost"
@@ -193,7 +196,7 @@ async def test_an_unauthorized_host_is_never_chosen(manager: JobManager) -> None
         assert job["state"] == "pending" and job["resource_id"] is None
     assert {type(e.payload) for _, e in manager.bus.published} == {JobChanged}
 
-    await manager.host_changed(host_changed(manager, HOST_A, "authorized", authorized=True))  # an admin did
+    await deliver(manager.host_changed, host_changed(manager, HOST_A, "authorized", authorized=True))  # an admin did
     assert {(await state(manager, job_id))["resource_id"] for job_id in ("anywhere", "pinned")} == {HOST_A}
 
 
@@ -242,7 +245,7 @@ async def test_lifecycle_is_recorded_once_in_order(manager: JobManager) -> None:
 async def test_running_before_accepted_still_records_both(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager)
-    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=5.0, pid=1)))
+    await deliver(manager.task_running, from_host(TaskRunning(job_id="job-1", at=5.0, pid=1)))
     assert [s["state"] for s in (await state(manager))["history"]][-2:] == ["accepted", "running"]
 
 
@@ -251,7 +254,7 @@ async def test_another_host_cannot_report_on_a_job(manager: JobManager) -> None:
     await add_host(manager, HOST_B)
     await run(manager, resource_id=HOST_A)
     forged = TaskCompleted(job_id="job-1", at=1.0, outcome=JobState.SUCCEEDED, exit_code=0)
-    await manager.task_completed(from_host(forged, HOST_B))
+    await deliver(manager.task_completed, from_host(forged, HOST_B))
     assert (await state(manager))["state"] == "staging"
 
 
@@ -278,27 +281,27 @@ async def test_a_host_adopted_since_it_was_heard_of_is_read_again(manager: JobMa
     new_owner = new_token()  # a joining agent adopted the host: its key changed, the event is not here yet
     manager.records[HOST_A] = Host(HOST_A, "admin", True, True, True, verify_key(new_owner), True, None, None, 9)
     done = TaskCompleted(job_id="job-1", at=1.0, outcome=JobState.SUCCEEDED, exit_code=0)
-    await manager.task_completed(from_host(done, token=new_owner))
+    await deliver(manager.task_completed, from_host(done, token=new_owner))
     assert (await state(manager))["state"] == "succeeded"
 
 
 async def test_cancel(manager: JobManager) -> None:
     await run(manager, "waiting")
-    assert await manager.cancel_job(Envelope(CancelJob(job_id="waiting"))) == Accepted(id="waiting")
+    assert await deliver(manager.cancel_job, Envelope(CancelJob(job_id="waiting"))) == Accepted(id="waiting")
     assert (await state(manager, "waiting"))["state"] == "cancelled"
-    again = await manager.cancel_job(Envelope(CancelJob(job_id="waiting")))
+    again = await deliver(manager.cancel_job, Envelope(CancelJob(job_id="waiting")))
     assert isinstance(again, Rejected) and again.status == 409
-    missing = await manager.cancel_job(Envelope(CancelJob(job_id="nope")))
+    missing = await deliver(manager.cancel_job, Envelope(CancelJob(job_id="nope")))
     assert isinstance(missing, Rejected) and missing.status == 404
 
     await add_host(manager, HOST_A)
     await run(manager, "busy")
-    await manager.cancel_job(Envelope(CancelJob(job_id="busy")))
+    await deliver(manager.cancel_job, Envelope(CancelJob(job_id="busy")))
     cancels = [e for _, e in manager.bus.published if isinstance(e.payload, CancelTask)]
     assert len(cancels) == 1 and cancels[0].resource_id == HOST_A
     assert (await state(manager, "busy"))["cancel_requested"] is True
     done = TaskCompleted(job_id="busy", at=9.0, outcome=JobState.CANCELLED, exit_code=-15)
-    await manager.task_completed(from_host(done))
+    await deliver(manager.task_completed, from_host(done))
     assert (await state(manager, "busy"))["state"] == "cancelled"
 
 
@@ -306,20 +309,20 @@ async def test_delete_cancels_and_forgets_the_answer(manager: JobManager) -> Non
     await add_host(manager, HOST_A)
     await run(manager, "done")
     done = TaskCompleted(job_id="done", at=9.0, outcome=JobState.SUCCEEDED, exit_code=0, answer_id="ans")
-    await manager.task_completed(from_host(done))
-    assert await manager.delete_job(Envelope(DeleteJob(job_id="done"))) == Accepted(id="done")
+    await deliver(manager.task_completed, from_host(done))
+    assert await deliver(manager.delete_job, Envelope(DeleteJob(job_id="done"))) == Accepted(id="done")
     assert (await state(manager, "done"))["deleted"] is True
     assert [e.payload for _, e in manager.bus.published if isinstance(e.payload, DeleteContent)] == [
         DeleteContent(item_id="ans")
     ]
-    gone = await manager.delete_job(Envelope(DeleteJob(job_id="done")))
+    gone = await deliver(manager.delete_job, Envelope(DeleteJob(job_id="done")))
     assert isinstance(gone, Rejected) and gone.status == 410
 
     await run(manager, "busy")
-    await manager.delete_job(Envelope(DeleteJob(job_id="busy")))
+    await deliver(manager.delete_job, Envelope(DeleteJob(job_id="busy")))
     assert any(isinstance(e.payload, CancelTask) and e.payload.job_id == "busy" for _, e in manager.bus.published)
     late = TaskCompleted(job_id="busy", at=9.0, outcome=JobState.CANCELLED, answer_id="ans-busy")
-    await manager.task_completed(from_host(late))
+    await deliver(manager.task_completed, from_host(late))
     assert DeleteContent(item_id="ans-busy") in [e.payload for _, e in manager.bus.published]
 
 
@@ -336,11 +339,11 @@ async def test_ttl_runs_out(manager: JobManager) -> None:
 async def test_silent_host_makes_its_jobs_lost(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager)
-    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=1.0, pid=1)))
+    await deliver(manager.task_running, from_host(TaskRunning(job_id="job-1", at=1.0, pid=1)))
     heard = manager.clock()
     manager.clock.now += 15
-    await manager.host_changed(
-        host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=heard)
+    await deliver(
+        manager.host_changed, host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=heard)
     )
     manager.clock.now += 14
     await manager.sweep()
@@ -355,8 +358,9 @@ async def test_a_job_its_silent_host_never_started_is_lost_only_once_no_agent_ma
     await add_host(manager, HOST_A)
     await run(manager)
     job = await state(manager)
-    await manager.host_changed(
-        host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=manager.clock())
+    await deliver(
+        manager.host_changed,
+        host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=manager.clock()),
     )
     manager.clock.now = job["start_by"]  # silent for 60 s, but an agent back now could still start it
     await manager.sweep()
@@ -370,7 +374,7 @@ async def test_refused_dispatch_is_placed_again(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager)
     refusal = AgentCommandRefused(resource_id=HOST_A, command_type="agent.submit_task", job_id="job-1", reason="x")
-    await manager.command_refused(Envelope(refusal))
+    await deliver(manager.command_refused, Envelope(refusal))
     assert (await state(manager))["resource_id"] is None
     await manager.sweep()
     assert (await state(manager))["resource_id"] == HOST_A
@@ -384,11 +388,11 @@ async def test_files_are_staged_before_the_task_is_submitted(manager: JobManager
     assert len(staged) == 1 and staged[0].resource_id == HOST_A
     assert (staged[0].data_ids, staged[0].binary) == (["bin-1", "in-1"], "bin-1")  # the content manager names them
     assert not any(isinstance(e.payload, SubmitTask) for _, e in manager.bus.published)
-    await manager.files_staged_in(from_host(FilesStagedIn(job_id="job-1", ok=True)))
+    await deliver(manager.files_staged_in, from_host(FilesStagedIn(job_id="job-1", ok=True)))
     assert any(isinstance(e.payload, SubmitTask) for _, e in manager.bus.published)
 
     await run(manager, "job-2", binary="bin-1")
-    await manager.files_staged_in(from_host(FilesStagedIn(job_id="job-2", ok=False, error="404")))
+    await deliver(manager.files_staged_in, from_host(FilesStagedIn(job_id="job-2", ok=False, error="404")))
     job = await state(manager, "job-2")
     assert job["state"] == "failed" and "staging files failed: 404" in job["error"]
 
@@ -405,7 +409,7 @@ async def test_concurrent_events_of_one_job_are_taken_one_at_a_time(manager: Job
     job = await state(manager)
     assert job["state"] == "succeeded" and job["history"][-1]["state"] == "succeeded"
     assert [s["state"] for s in job["history"]].count("succeeded") == 1
-    assert len(manager._locks) == 0
+    assert manager.per_job.locked_keys == 0
 
 
 async def test_one_message_can_carry_several_steps(manager: JobManager) -> None:
@@ -414,7 +418,7 @@ async def test_one_message_can_carry_several_steps(manager: JobManager) -> None:
     done = TaskCompleted(
         job_id="quick", at=3.0, outcome=JobState.SUCCEEDED, exit_code=0, accepted_at=1.0, started_at=2.0
     )
-    await manager.task_completed(from_host(done))
+    await deliver(manager.task_completed, from_host(done))
     job = await state(manager, "quick")
     assert [(s["state"], s["at"]) for s in job["history"][2:]] == [
         ("accepted", 1.0),
@@ -424,7 +428,7 @@ async def test_one_message_can_carry_several_steps(manager: JobManager) -> None:
     assert (job["accepted_at"], job["started_at"], job["finished_at"]) == (1.0, 2.0, 3.0)
 
     await run(manager, "slow")
-    await manager.task_running(from_host(TaskRunning(job_id="slow", at=5.0, pid=9, accepted_at=4.0)))
+    await deliver(manager.task_running, from_host(TaskRunning(job_id="slow", at=5.0, pid=9, accepted_at=4.0)))
     job = await state(manager, "slow")
     assert [(s["state"], s["at"]) for s in job["history"][2:]] == [("accepted", 4.0), ("running", 5.0)]
 
@@ -434,15 +438,15 @@ async def test_a_small_answer_is_kept_in_the_jobs_record_without_asking_anyone(m
     await run(manager)
     manager.bus.published.clear()
     done = from_host(TaskCompleted(job_id="job-1", at=3.0, outcome=JobState.SUCCEEDED, exit_code=0, answer="{}"))
-    await manager.task_completed(done)
-    await manager.task_completed(done)
+    await deliver(manager.task_completed, done)
+    await deliver(manager.task_completed, done)
     job = await state(manager)
     assert job["answer"] == "{}" and job["answer_id"] == answer_id_of("job-1")
     [changed] = [e.payload for _, e in manager.bus.published]  # one message: the change, and no request
     assert changed == JobChanged(
         job_id="job-1", user="steve", state="succeeded", at=3.0, exit_code=0, answer_id=answer_id_of("job-1")
     )
-    await manager.delete_job(Envelope(DeleteJob(job_id="job-1")))
+    await deliver(manager.delete_job, Envelope(DeleteJob(job_id="job-1")))
     job = await state(manager)
     assert job["answer"] is None and job["deleted"] is True  # the answer goes with its job
     assert not [e for _, e in manager.bus.published if isinstance(e.payload, DeleteContent)]
@@ -452,8 +456,10 @@ async def test_a_small_answer_is_kept_in_the_jobs_record_without_asking_anyone(m
 async def test_every_change_of_a_job_is_broadcast(manager: JobManager) -> None:
     await run(manager)
     await add_host(manager, HOST_A)
-    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=5.0, pid=9)))
-    await manager.task_completed(from_host(TaskCompleted(job_id="job-1", at=6.0, outcome="failed", exit_code=2)))
+    await deliver(manager.task_running, from_host(TaskRunning(job_id="job-1", at=5.0, pid=9)))
+    await deliver(
+        manager.task_completed, from_host(TaskCompleted(job_id="job-1", at=6.0, outcome="failed", exit_code=2))
+    )
     states = [(c.state, c.exit_code) for c in manager.bus.payloads(JobChanged)]
     assert states == [("pending", None), ("staging", None), ("running", None), ("failed", 2)]
 
@@ -461,9 +467,11 @@ async def test_every_change_of_a_job_is_broadcast(manager: JobManager) -> None:
 async def test_asking_again_for_a_finished_job_tells_its_end_again(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     envelope = await run(manager, origin="role-manager")
-    await manager.task_completed(from_host(TaskCompleted(job_id="job-1", at=6.0, outcome="succeeded", exit_code=0)))
+    await deliver(
+        manager.task_completed, from_host(TaskCompleted(job_id="job-1", at=6.0, outcome="succeeded", exit_code=0))
+    )
     assert len(manager.bus.payloads(JobFinished)) == 1
-    assert await manager.run_job(envelope) == Accepted(id="job-1")  # the role manager missed the end
+    assert await deliver(manager.run_job, envelope) == Accepted(id="job-1")  # the role manager missed the end
     assert [f.state for f in manager.bus.payloads(JobFinished)] == ["succeeded", "succeeded"]
     assert await manager.jobs.count() == 1
 
@@ -472,12 +480,14 @@ async def test_a_run_redelivered_after_placement_sends_the_task_again(manager: J
     await add_host(manager, HOST_A)
     envelope = await run(manager)
     manager.bus.published.clear()  # as if the job manager died before its SubmitTask left
-    assert await manager.run_job(envelope) == Accepted(id="job-1")
+    assert await deliver(manager.run_job, envelope) == Accepted(id="job-1")
     assert {type(e.payload) for _, e in manager.bus.published} == {SubmitTask, JobChanged}
 
 
 async def test_a_users_own_host_takes_only_that_users_jobs_and_the_shared_fleet_anyones(manager: JobManager) -> None:
-    await manager.host_changed(host_changed(manager, HOST_A, user="alice", shared=False))  # alice registered it
+    await deliver(
+        manager.host_changed, host_changed(manager, HOST_A, user="alice", shared=False)
+    )  # alice registered it
     await run(manager, "bobs")  # steve's job, pinned nowhere: not on alice's host
     assert (await state(manager, "bobs"))["state"] == "pending"
     await manager.jobs.insert({**(await state(manager, "bobs")), "id": "alices", "user": "alice", "version": 0})
@@ -491,16 +501,16 @@ async def test_a_users_own_host_takes_only_that_users_jobs_and_the_shared_fleet_
 async def test_a_job_that_ended_lost_is_stopped_when_its_agent_comes_back_still_running_it(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager)
-    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=1.0, pid=1)))
+    await deliver(manager.task_running, from_host(TaskRunning(job_id="job-1", at=1.0, pid=1)))
     heard = manager.clock()
-    await manager.host_changed(
-        host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=heard)
+    await deliver(
+        manager.host_changed, host_changed(manager, HOST_A, "unresponsive", responding=False, last_response_time=heard)
     )
     manager.clock.now += 31
     await manager.sweep()
     assert (await state(manager))["state"] == "lost"
     manager.bus.published.clear()
     back = host_changed(manager, HOST_A, "responding", responding=True, running_jobs=["job-1"])
-    await manager.host_changed(back)
+    await deliver(manager.host_changed, back)
     [cancel] = manager.bus.payloads(CancelTask)
     assert cancel.job_id == "job-1" and "ended lost" in cancel.reason

@@ -9,6 +9,7 @@ import pytest
 from broker.port import Drop
 from schemas.jobs import FileStagedOut, JobChanged, JobState, StageOutFile, SubmitTask, TaskCompleted
 from services.job_manager.handlers import RESEND_AFTER, STAGE_OUT_LIMIT, JobManager
+from tests.delivery import deliver
 from tests.unit.test_job_manager import HOST_A, HOST_B, add_host, from_host, host_changed, manager, run, state  # noqa: F401
 
 
@@ -24,22 +25,22 @@ async def test_output_files_are_staged_out_before_the_job_ends(manager: JobManag
     await run(manager, output_files=["*.csv", "report.txt"])
     [submit] = manager.bus.payloads(SubmitTask)
     assert submit.stage_out is True
-    await manager.task_completed(from_host(completed()))
+    await deliver(manager.task_completed, from_host(completed()))
     job = await state(manager)
     assert job["state"] == "running" and job["finishing"]["outcome"] == "succeeded"
     [ask] = manager.bus.payloads(StageOutFile)
     assert ask == StageOutFile(job_id="job-1", patterns=["*.csv", "report.txt"])
     assert not [c for c in manager.bus.payloads(JobChanged) if c.state is JobState.SUCCEEDED]
 
-    await manager.task_completed(from_host(completed()))  # a redelivery asks again, changes nothing
+    await deliver(manager.task_completed, from_host(completed()))  # a redelivery asks again, changes nothing
     assert len(manager.bus.payloads(StageOutFile)) == 2 and (await state(manager))["version"] == job["version"]
 
     staged = FileStagedOut(job_id="job-1", files={"a.csv": "d-1"}, errors={"report.txt": "no file matches"})
-    await manager.file_staged_out(from_host(staged))
+    await deliver(manager.file_staged_out, from_host(staged))
     job = await state(manager)
     assert job["state"] == "succeeded" and job["exit_code"] == 0 and job["stdout_id"] == "out-1"
     assert job["outputs"] == {"a.csv": "d-1"} and job["output_errors"] == {"report.txt": "no file matches"}
-    await manager.file_staged_out(from_host(staged))  # a redelivery after the end: nothing moves
+    await deliver(manager.file_staged_out, from_host(staged))  # a redelivery after the end: nothing moves
     assert (await state(manager))["version"] == job["version"]
 
 
@@ -47,23 +48,23 @@ async def test_file_staged_out_from_another_host_or_unsigned_is_refused(manager:
     await add_host(manager, HOST_A)
     await add_host(manager, HOST_B)
     await run(manager, output_files=["x"], resource_id=HOST_A)
-    await manager.task_completed(from_host(completed()))
-    await manager.file_staged_out(from_host(FileStagedOut(job_id="job-1", files={"x": "evil"}), HOST_B))
+    await deliver(manager.task_completed, from_host(completed()))
+    await deliver(manager.file_staged_out, from_host(FileStagedOut(job_id="job-1", files={"x": "evil"}), HOST_B))
     with pytest.raises(Drop):
-        await manager.file_staged_out(from_host(FileStagedOut(job_id="job-1"), token="not the host's token"))
+        await deliver(manager.file_staged_out, from_host(FileStagedOut(job_id="job-1"), token="not the host's token"))
     assert (await state(manager))["state"] == "running"
 
 
 async def test_a_lost_stage_out_is_asked_again_then_given_up_without_sticking(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager, output_files=["x"])
-    await manager.task_completed(from_host(completed(at=manager.clock())))
+    await deliver(manager.task_completed, from_host(completed(at=manager.clock())))
     manager.clock.now += RESEND_AFTER + 1
     await add_host(manager, HOST_A)  # still responding
     await manager.sweep()
     assert len(manager.bus.payloads(StageOutFile)) == 2
     manager.clock.now += STAGE_OUT_LIMIT
-    await manager.host_changed(host_changed(manager, HOST_A, "responding", last_response_time=manager.clock()))
+    await deliver(manager.host_changed, host_changed(manager, HOST_A, "responding", last_response_time=manager.clock()))
     await manager.sweep()
     job = await state(manager)
     assert job["state"] == "succeeded" and "not staged out" in job["output_errors"]["x"]
@@ -72,7 +73,9 @@ async def test_a_lost_stage_out_is_asked_again_then_given_up_without_sticking(ma
 async def test_a_job_that_did_not_run_to_its_end_lists_why_it_has_no_outputs(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager, output_files=["x"])
-    await manager.task_completed(from_host(completed(outcome=JobState.FAILED, exit_code=None, error="no sandbox")))
+    await deliver(
+        manager.task_completed, from_host(completed(outcome=JobState.FAILED, exit_code=None, error="no sandbox"))
+    )
     job = await state(manager)
     assert job["state"] == "failed" and job["output_errors"] == {"x": "the command did not run to its end"}
     assert manager.bus.payloads(StageOutFile) == []
@@ -82,5 +85,5 @@ async def test_a_job_without_output_files_ends_at_once_and_sends_no_stage_out(ma
     await add_host(manager, HOST_A)
     await run(manager)
     assert manager.bus.payloads(SubmitTask)[0].stage_out is False
-    await manager.task_completed(from_host(completed()))
+    await deliver(manager.task_completed, from_host(completed()))
     assert (await state(manager))["state"] == "succeeded" and manager.bus.payloads(StageOutFile) == []

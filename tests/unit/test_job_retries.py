@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from schemas.jobs import RunJobBody, SubmitTask, TaskCompleted, TaskRunning
 from services.job_manager import domain
 from services.job_manager.handlers import JobManager
+from tests.delivery import deliver
 from tests.unit.test_job_manager import HOST_A, HOST_B, add_host, from_host, host_changed, manager, run, state
 
 __all__ = ["manager"]  # the fixture
@@ -17,8 +18,9 @@ __all__ = ["manager"]  # the fixture
 async def lose_host(manager: JobManager, resource_id: str) -> None:
     """``resource_id`` goes silent long enough for its jobs to be lost at the next sweep."""
     heard = manager.clock()
-    await manager.host_changed(
-        host_changed(manager, resource_id, "unresponsive", responding=False, last_response_time=heard)
+    await deliver(
+        manager.host_changed,
+        host_changed(manager, resource_id, "unresponsive", responding=False, last_response_time=heard),
     )
     manager.clock.now += 61  # past its lost timeout (30 s) and the start_by of a job not started yet (60 s)
     await manager.sweep()
@@ -33,7 +35,7 @@ async def test_a_lost_job_with_retries_runs_again_on_another_host_after_its_back
     await run(manager, retries=2)
     await add_host(manager, HOST_B)
     assert (await state(manager))["resource_id"] == HOST_A
-    await manager.task_running(from_host(TaskRunning(job_id="job-1", at=manager.clock(), pid=1)))
+    await deliver(manager.task_running, from_host(TaskRunning(job_id="job-1", at=manager.clock(), pid=1)))
     await lose_host(manager, HOST_A)
 
     job = await state(manager)
@@ -64,10 +66,10 @@ async def test_events_of_an_earlier_attempt_change_nothing(manager: JobManager) 
     assert second not in (None, first)
 
     late = TaskCompleted(job_id="job-1", at=manager.clock(), outcome="succeeded", exit_code=0, answer="{}")
-    await manager.task_completed(from_host(late, first))
+    await deliver(manager.task_completed, from_host(late, first))
     assert (await state(manager))["state"] == "staging"
     done = TaskCompleted(job_id="job-1.2", at=manager.clock(), outcome="succeeded", exit_code=0, answer="{}")
-    await manager.task_completed(from_host(done, second))
+    await deliver(manager.task_completed, from_host(done, second))
     job = await state(manager)
     assert (job["state"], job["attempt"], job["exit_code"]) == ("succeeded", 2, 0)
     finals = [step["state"] for step in job["history"] if step["state"] in {"succeeded", "lost"}]
@@ -84,7 +86,7 @@ async def test_retries_run_out_and_the_job_ends_lost(manager: JobManager) -> Non
     await manager.sweep()
     assert submitted(manager)[-1] == ("job-1.2", HOST_A)
     agent_lost = TaskCompleted(job_id="job-1.2", at=manager.clock(), outcome="lost", error="the agent restarted")
-    await manager.task_completed(from_host(agent_lost, HOST_A))
+    await deliver(manager.task_completed, from_host(agent_lost, HOST_A))
     job = await state(manager)
     assert (job["state"], job["attempt"], job["error"]) == ("lost", 2, "the agent restarted")
 

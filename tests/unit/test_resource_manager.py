@@ -24,6 +24,7 @@ from services.resource_manager.handlers import ResourceManager
 from services.resource_manager.repository import resources_collection
 from services.security import hash_token, new_agent_credentials, signing_key
 from services.store.sqlite import SqliteDocumentStore
+from tests.delivery import deliver
 
 FACTS = HostFacts(hostname="web-1", os_family="linux", arch="x86_64", os_info="Debian 12")
 
@@ -87,7 +88,7 @@ def signed(envelope: Envelope, token: str) -> Envelope:
 
 async def registered(manager: ResourceManager, hostname: str = "web-1") -> tuple[str, str]:
     command, token = registration(hostname)
-    assert await manager.register_resource(Envelope(command)) == Accepted(id=command.resource_id)
+    assert await deliver(manager.register_resource, Envelope(command)) == Accepted(id=command.resource_id)
     [registered] = manager.bus.payloads(HostChanged)
     assert registered.change == "registered" and registered.resource_id == command.resource_id
     manager.bus.published.clear()
@@ -105,8 +106,8 @@ async def test_register_stores_only_hashes(manager: ResourceManager) -> None:
 async def test_redelivered_register_is_accepted_once(manager: ResourceManager) -> None:
     command, _ = registration()
     envelope = Envelope(command)
-    assert await manager.register_resource(envelope) == Accepted(id=command.resource_id)
-    assert await manager.register_resource(envelope) == Accepted(id=command.resource_id)
+    assert await deliver(manager.register_resource, envelope) == Accepted(id=command.resource_id)
+    assert await deliver(manager.register_resource, envelope) == Accepted(id=command.resource_id)
     assert await manager.resources.count() == 1
 
 
@@ -114,14 +115,16 @@ async def test_hostname_taken_is_rejected(manager: ResourceManager) -> None:
     await registered(manager)
     other, _ = registration()
     other = other.model_copy(update={"resource_id": "another"})
-    reply = await manager.register_resource(Envelope(other))
+    reply = await deliver(manager.register_resource, Envelope(other))
     assert isinstance(reply, Rejected) and reply.status == 400 and "already registered" in reply.error
 
 
 async def test_delete_then_again_is_404_and_publishes_once(manager: ResourceManager) -> None:
     resource_id, _ = await registered(manager)
-    assert await manager.delete_resource(Envelope(DeleteResource(resource_id=resource_id))) == Accepted(id=resource_id)
-    again = await manager.delete_resource(Envelope(DeleteResource(resource_id=resource_id)))
+    assert await deliver(manager.delete_resource, Envelope(DeleteResource(resource_id=resource_id))) == Accepted(
+        id=resource_id
+    )
+    again = await deliver(manager.delete_resource, Envelope(DeleteResource(resource_id=resource_id)))
     assert isinstance(again, Rejected) and again.status == 404
     assert manager.bus.payloads(HostDeleted) == [HostDeleted(resource_id=resource_id)]
 
@@ -129,7 +132,7 @@ async def test_delete_then_again_is_404_and_publishes_once(manager: ResourceMana
 async def test_a_heartbeat_is_stored_only_on_a_transition_and_never_republished(manager: ResourceManager) -> None:
     resource_id, token = await registered(manager)
     beat = signed(Envelope(Heartbeat(facts=FACTS, agent_started_at=5.0), resource_id=resource_id), token)
-    await manager.heartbeat(codec.decode(codec.encode(beat), manager_types()))
+    await deliver(manager.heartbeat, codec.decode(codec.encode(beat), manager_types()))
     stored = await manager.resources.get(resource_id)
     assert stored["responding"] is True and stored["last_response_time"] == manager.clock()
     assert stored["facts"]["os_family"] == "linux"
@@ -142,8 +145,9 @@ async def test_a_heartbeat_is_stored_only_on_a_transition_and_never_republished(
     manager.bus.published.clear()
     for _ in range(7):
         manager.clock.now += 5
-        await manager.heartbeat(
-            signed(Envelope(Heartbeat(facts=FACTS, agent_started_at=5.0), resource_id=resource_id), token)
+        await deliver(
+            manager.heartbeat,
+            signed(Envelope(Heartbeat(facts=FACTS, agent_started_at=5.0), resource_id=resource_id), token),
         )
     assert manager.bus.published == []
     assert (await manager.resources.get(resource_id))["version"] == stored["version"] + 1  # 1 write in 35 s
@@ -151,7 +155,7 @@ async def test_a_heartbeat_is_stored_only_on_a_transition_and_never_republished(
     # A restarted agent is a transition.
     manager.clock.now += 1
     restarted = Heartbeat(facts=FACTS, agent_started_at=manager.clock.now, running_jobs=["j1"])
-    await manager.heartbeat(signed(Envelope(restarted, resource_id=resource_id), token))
+    await deliver(manager.heartbeat, signed(Envelope(restarted, resource_id=resource_id), token))
     [changed] = manager.bus.payloads(HostChanged)
     assert changed.change == "restarted" and changed.running_jobs == ["j1"]
 
@@ -170,7 +174,7 @@ async def test_forged_events_are_dropped_and_counted(manager: ResourceManager, f
     else:
         event = signed(replace(beat, resource_id="no-such-host"), token)
     with pytest.raises(Drop):
-        await manager.heartbeat(event)
+        await deliver(manager.heartbeat, event)
     assert sum(manager.rejected_events.values()) == 1
     for rid in (resource_id, victim_id):
         assert (await manager.resources.get(rid))["responding"] is False
@@ -180,16 +184,16 @@ async def test_forged_events_are_dropped_and_counted(manager: ResourceManager, f
 async def test_replayed_heartbeat_is_dropped(manager: ResourceManager) -> None:
     resource_id, token = await registered(manager)
     beat = signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token)
-    await manager.heartbeat(beat)
+    await deliver(manager.heartbeat, beat)
     with pytest.raises(Drop, match="stale"):
-        await manager.heartbeat(beat)
+        await deliver(manager.heartbeat, beat)
 
 
 async def test_sweep_marks_silent_hosts_once(manager: ResourceManager) -> None:
     resource_id, token = await registered(manager)
     silent_id, _ = await registered(manager, "web-2")
     await manager.resources.update(silent_id, {"responding": True, "last_response_time": manager.clock.now - 100})
-    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    await deliver(manager.heartbeat, signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     manager.clock.now += 10
     assert await manager.sweep_silent_hosts() == 0
     manager.clock.now += 10
@@ -218,22 +222,22 @@ async def test_commands_for_an_agent_are_forwarded_untouched_or_refused_at_once(
     resource_id, token = await registered(manager)
     command = Envelope(SubmitTask(job_id="j1", command="true"), resource_id=resource_id)
     with pytest.raises(Drop, match="not responding"):
-        await manager.forward_to_agent(codec.decode(codec.encode(command), manager_types()))
+        await deliver(manager.forward_to_agent, codec.decode(codec.encode(command), manager_types()))
     [(exchange, refusal)] = manager.bus.published
     assert exchange == "t.events" and refusal.payload == AgentCommandRefused(
         resource_id=resource_id, command_type="agent.submit_task", job_id="j1", reason="host is not responding"
     )
 
-    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    await deliver(manager.heartbeat, signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     manager.bus.published.clear()
     received = codec.decode(codec.encode(command), manager_types())
-    await manager.forward_to_agent(received)
+    await deliver(manager.forward_to_agent, received)
     [(exchange, forwarded)] = manager.bus.published
     assert exchange == "t.agent-commands" and forwarded.message_id == command.message_id
     assert codec.encode_payload(forwarded) == received.payload_bytes  # the payload, byte for byte
 
     with pytest.raises(Drop, match="unknown resource"):
-        await manager.forward_to_agent(Envelope(SubmitTask(job_id="j2", command="true"), resource_id="nobody"))
+        await deliver(manager.forward_to_agent, Envelope(SubmitTask(job_id="j2", command="true"), resource_id="nobody"))
 
 
 # Hosts that join with a cluster join token, adoption, and authorization.
@@ -259,8 +263,10 @@ def joining(
 
 async def test_a_joined_host_is_unauthorized_and_joining_again_is_the_same_host(manager: ResourceManager) -> None:
     command, _ = joining()
-    assert await manager.register_resource(Envelope(command)) == Accepted(id="joiner")
-    assert await manager.register_resource(Envelope(command)) == Accepted(id="joiner")  # redelivered or rejoined
+    assert await deliver(manager.register_resource, Envelope(command)) == Accepted(id="joiner")
+    assert await deliver(manager.register_resource, Envelope(command)) == Accepted(
+        id="joiner"
+    )  # redelivered or rejoined
     stored = await manager.resources.get("joiner")
     assert stored["authorized"] is False and stored["joined"] is True and stored["user"] == ""
     assert await manager.resources.count() == 1
@@ -270,19 +276,19 @@ async def test_a_joined_host_is_unauthorized_and_joining_again_is_the_same_host(
 async def test_a_hostname_in_use_is_a_409_for_a_joining_host(manager: ResourceManager, first: str) -> None:
     if first == "joined":
         taken, _ = joining(resource_id="first")
-        await manager.register_resource(Envelope(taken))
+        await deliver(manager.register_resource, Envelope(taken))
     else:  # registered by an admin, and its agent already spoke with the admin's token
         resource_id, token = await registered(manager)
-        await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+        await deliver(manager.heartbeat, signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     before = (await manager.resources.find({}, limit=10)).items
-    reply = await manager.register_resource(Envelope(joining(resource_id="second")[0]))
+    reply = await deliver(manager.register_resource, Envelope(joining(resource_id="second")[0]))
     assert isinstance(reply, Rejected) and reply.status == 409 and "in use" in reply.error
     assert (await manager.resources.find({}, limit=10)).items == before
 
 
 async def test_a_joining_host_cannot_take_an_id_in_use(manager: ResourceManager) -> None:
     resource_id, _ = await registered(manager, "web-2")
-    reply = await manager.register_resource(Envelope(joining("web-1", resource_id=resource_id)[0]))
+    reply = await deliver(manager.register_resource, Envelope(joining("web-1", resource_id=resource_id)[0]))
     assert isinstance(reply, Rejected) and reply.status == 409 and "id" in reply.error
     assert await manager.resources.count() == 1
 
@@ -290,26 +296,30 @@ async def test_a_joining_host_cannot_take_an_id_in_use(manager: ResourceManager)
 async def test_a_joining_host_adopts_a_registration_no_agent_used(manager: ResourceManager) -> None:
     resource_id, admins_token = await registered(manager)
     command, token = joining(proof=admins_token)
-    assert await manager.register_resource(Envelope(command)) == Accepted(id=resource_id)
-    assert await manager.register_resource(Envelope(command)) == Accepted(id=resource_id)  # retried after a crash
+    assert await deliver(manager.register_resource, Envelope(command)) == Accepted(id=resource_id)
+    assert await deliver(manager.register_resource, Envelope(command)) == Accepted(
+        id=resource_id
+    )  # retried after a crash
     stored = await manager.resources.get(resource_id)
     assert stored["authorized"] is True and stored["joined"] is True and stored["user"] == "steve"
     assert stored["token_hash"] == command.token_hash and await manager.resources.count() == 1
 
     # The joined agent speaks for the host; the token the admin was given no longer does.
     with pytest.raises(Drop, match="bad signature"):
-        await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
-    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+        await deliver(
+            manager.heartbeat, signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token)
+        )
+    await deliver(manager.heartbeat, signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     assert (await manager.resources.get(resource_id))["responding"] is True
 
     # Adopted once: another agent joining as the same hostname is refused.
-    reply = await manager.register_resource(Envelope(joining(resource_id="another")[0]))
+    reply = await deliver(manager.register_resource, Envelope(joining(resource_id="another")[0]))
     assert isinstance(reply, Rejected) and reply.status == 409
 
 
 async def test_a_plain_registration_of_a_joined_hostname_is_still_a_400(manager: ResourceManager) -> None:
-    await manager.register_resource(Envelope(joining()[0]))
-    reply = await manager.register_resource(Envelope(registration()[0]))
+    await deliver(manager.register_resource, Envelope(joining()[0]))
+    reply = await deliver(manager.register_resource, Envelope(registration()[0]))
     assert isinstance(reply, Rejected) and reply.status == 400
 
 
@@ -317,37 +327,39 @@ async def test_an_unauthorized_host_heartbeats_but_takes_no_commands(manager: Re
     from schemas.jobs import AgentCommandRefused, SubmitTask
 
     command, token = joining()
-    await manager.register_resource(Envelope(command))
-    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id="joiner"), token))
+    await deliver(manager.register_resource, Envelope(command))
+    await deliver(manager.heartbeat, signed(Envelope(Heartbeat(facts=FACTS), resource_id="joiner"), token))
     stored = await manager.resources.get("joiner")
     assert stored["responding"] is True and stored["facts"]["hostname"] == "web-1"
     manager.bus.published.clear()
     with pytest.raises(Drop, match="not authorized"):
-        await manager.forward_to_agent(Envelope(SubmitTask(job_id="j1", command="true"), resource_id="joiner"))
+        await deliver(manager.forward_to_agent, Envelope(SubmitTask(job_id="j1", command="true"), resource_id="joiner"))
     [(_, refusal)] = manager.bus.published
     assert isinstance(refusal.payload, AgentCommandRefused) and refusal.payload.reason == "host is not authorized"
 
-    assert await manager.authorize_resource(Envelope(AuthorizeResource(resource_id="joiner"))) == Accepted(id="joiner")
+    assert await deliver(manager.authorize_resource, Envelope(AuthorizeResource(resource_id="joiner"))) == Accepted(
+        id="joiner"
+    )
     manager.bus.published.clear()
-    await manager.forward_to_agent(Envelope(SubmitTask(job_id="j1", command="true"), resource_id="joiner"))
+    await deliver(manager.forward_to_agent, Envelope(SubmitTask(job_id="j1", command="true"), resource_id="joiner"))
     [(exchange, _)] = manager.bus.published
     assert exchange == "t.agent-commands"
 
 
 async def test_authorize_is_idempotent_and_404_for_an_unknown_host(manager: ResourceManager) -> None:
-    await manager.register_resource(Envelope(joining()[0]))
+    await deliver(manager.register_resource, Envelope(joining()[0]))
     envelope = Envelope(AuthorizeResource(resource_id="joiner"))
-    assert await manager.authorize_resource(envelope) == Accepted(id="joiner")
+    assert await deliver(manager.authorize_resource, envelope) == Accepted(id="joiner")
     version = (await manager.resources.get("joiner"))["version"]
-    assert await manager.authorize_resource(envelope) == Accepted(id="joiner")  # redelivered: nothing to do
+    assert await deliver(manager.authorize_resource, envelope) == Accepted(id="joiner")  # redelivered: nothing to do
     stored = await manager.resources.get("joiner")
     assert stored["authorized"] is True and stored["version"] == version
-    unknown = await manager.authorize_resource(Envelope(AuthorizeResource(resource_id="nobody")))
+    unknown = await deliver(manager.authorize_resource, Envelope(AuthorizeResource(resource_id="nobody")))
     assert isinstance(unknown, Rejected) and unknown.status == 404
 
 
 async def test_authorize_is_routed_by_the_commands_router(manager: ResourceManager) -> None:
-    await manager.register_resource(Envelope(joining()[0]))
+    await deliver(manager.register_resource, Envelope(joining()[0]))
     envelope = codec.decode(codec.encode(Envelope(AuthorizeResource(resource_id="joiner"))), manager_types())
     assert await manager.router()(envelope) == Accepted(id="joiner")
     assert (await manager.resources.get("joiner"))["authorized"] is True
@@ -356,7 +368,7 @@ async def test_authorize_is_routed_by_the_commands_router(manager: ResourceManag
 async def test_authorize_racing_a_heartbeat_is_done_by_the_redelivery(manager: ResourceManager, monkeypatch) -> None:
     from services.store.port import VersionConflict
 
-    await manager.register_resource(Envelope(joining()[0]))
+    await deliver(manager.register_resource, Envelope(joining()[0]))
     stale = await manager.resources.get("joiner")
     await manager.resources.update("joiner", {"responding": True})  # a heartbeat's write lands in between
     reads = iter([stale])
@@ -364,9 +376,9 @@ async def test_authorize_racing_a_heartbeat_is_done_by_the_redelivery(manager: R
     monkeypatch.setattr(manager.resources, "get", lambda rid: _first_or(reads, real_get, rid))
     envelope = Envelope(AuthorizeResource(resource_id="joiner"))
     with pytest.raises(VersionConflict):  # not acked: the bus redelivers it
-        await manager.authorize_resource(envelope)
+        await deliver(manager.authorize_resource, envelope)
     assert (await real_get("joiner"))["authorized"] is False
-    assert await manager.authorize_resource(envelope) == Accepted(id="joiner")
+    assert await deliver(manager.authorize_resource, envelope) == Accepted(id="joiner")
     assert (await real_get("joiner"))["authorized"] is True
 
 
@@ -375,14 +387,14 @@ async def test_adoption_racing_the_admins_agent_loses_on_redelivery(manager: Res
 
     resource_id, admins_token = await registered(manager)
     stale = await manager.resources.get(resource_id)
-    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
+    await deliver(manager.heartbeat, signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), admins_token))
     reads = iter([stale])
     real_find_one = manager.resources.find_one
     monkeypatch.setattr(manager.resources, "find_one", lambda filter: _first_or(reads, real_find_one, filter))
     envelope = Envelope(joining(proof=admins_token)[0])
     with pytest.raises(VersionConflict):
-        await manager.register_resource(envelope)
-    reply = await manager.register_resource(envelope)
+        await deliver(manager.register_resource, envelope)
+    reply = await deliver(manager.register_resource, envelope)
     assert isinstance(reply, Rejected) and reply.status == 409
     assert (await manager.resources.get(resource_id))["token_hash"] != envelope.payload.token_hash
 
@@ -396,20 +408,20 @@ async def test_live_queries_are_forwarded_with_their_reply_address_or_refused_at
 
     resource_id, token = await registered(manager)
     query = Envelope(ReadMemory(deadline=0.0), resource_id=resource_id)
-    refusal = await manager.forward_query(query)
+    refusal = await deliver(manager.forward_query, query)
     assert isinstance(refusal, Rejected) and refusal.status == 409 and "not responding" in refusal.error
-    unknown = await manager.forward_query(replace(query, resource_id="nobody"))
+    unknown = await deliver(manager.forward_query, replace(query, resource_id="nobody"))
     assert isinstance(unknown, Rejected) and unknown.status == 404 and "node nobody not found" in unknown.error
     assert manager.bus.forwarded == []
 
-    await manager.heartbeat(signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
+    await deliver(manager.heartbeat, signed(Envelope(Heartbeat(facts=FACTS), resource_id=resource_id), token))
     received = codec.decode(codec.encode(query), manager_types())
-    assert await manager.forward_query(received) is None  # the agent answers, not the resource manager
+    assert await deliver(manager.forward_query, received) is None  # the agent answers, not the resource manager
     [(exchange, key, forwarded)] = manager.bus.forwarded
     assert (exchange, key) == ("t.agent-commands", f"{resource_id}.node.read_memory")
     assert forwarded is received
 
     await manager.resources.update(resource_id, {"authorized": False})
     manager._recent.clear()
-    unauthorized = await manager.forward_query(received)
+    unauthorized = await deliver(manager.forward_query, received)
     assert isinstance(unauthorized, Rejected) and unauthorized.status == 409 and "not authorized" in unauthorized.error
