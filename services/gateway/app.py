@@ -41,7 +41,7 @@ meta_routes = web.RouteTableDef()
 
 
 @meta_routes.get("/health")
-@documented(summary="Liveness of this gateway", public=True)
+@documented(response=ops_api.Status, summary="Liveness of this gateway", public=True)
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -62,6 +62,7 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 @meta_routes.get("/openapi.json")
+@documented(summary="This document: the API in OpenAPI 3.1", public=True)
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(request.app, title="skybus", version=VERSION))
 
