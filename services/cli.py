@@ -22,7 +22,7 @@ from services.agent.data_client import DataClient, DataClientError
 from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
 from services.client.entry import COMMANDS as CLIENT_COMMANDS
 from services.content_manager.service import ContentManagerService
-from services.files import private_dir, restrict_new_files
+from services.files import DataDirInUse, data_dir_lock, private_dir, restrict_new_files
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
@@ -156,7 +156,14 @@ def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: 
         echo(f"""  curl {auth} {url}/api/job/run --data '{{"command": "uname -a"}}'""")
         echo(f'  curl {auth} "{url}/api/job/job_info/<job_id>?wait=30"')
 
-    serve(settings, _run(settings, "skybus-up", build, on_ready=ready))
+    try:
+        with data_dir_lock(settings.data_dir):
+            serve(settings, _run(settings, "skybus-up", build, on_ready=ready))
+    except DataDirInUse as taken:
+        raise click.ClickException(
+            f"{taken.data_dir} is in use by another skybus up (pid {taken.pid or 'unknown'}): "
+            "stop it, or give this one another --data-dir"
+        ) from None
 
 
 @main.command()
