@@ -26,6 +26,7 @@ from services.files import DataDirInUse, data_dir_lock, private_dir, restrict_ne
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
+from services.logs import FORMATS, use_format
 from services.logs import configure as configure_logging
 from services.metrics import MetricsServer, jobs_by_state
 from services.resource_manager.service import ResourceManagerService
@@ -88,7 +89,26 @@ for _command in CLIENT_COMMANDS:
     main.add_command(_command)
 
 
+def log_format_option(command: Any) -> Any:
+    """``--log-format`` on a server command: the group has set the level, this picks the lines' form."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(FORMATS),
+        default="text",
+        show_default=True,
+        envvar="SKYBUS_LOG_FORMAT",
+        expose_value=False,
+        is_eager=True,
+        callback=lambda ctx, param, value: use_format(value),
+        help="[SKYBUS_LOG_FORMAT] json: one JSON object per line (time, level, logger, message, ids)",
+    )(command)
+
+
 def listen_options(command: Any) -> Any:
+    command = log_format_option(command)
+    command = click.option(
+        "--no-access-log", is_flag=True, help="[SKYBUS_ACCESS_LOG=0] no line per HTTP request (skybus.access)"
+    )(command)
     command = click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")(command)
     command = click.option("--port", type=int, help="[SKYBUS_PORT] 0 picks a free port")(command)
     command = click.option("--host", help="[SKYBUS_HOST]")(command)
@@ -119,9 +139,15 @@ def reboot_option(command: Any) -> Any:
 @main.command()
 @listen_options
 @reboot_option
-def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: bool) -> None:
+def up(host: str | None, port: int | None, data_dir: Path | None, no_access_log: bool, allow_reboot: bool) -> None:
     """Run the gateway, every manager and a local agent in one process."""
-    settings = load_settings(host=host, port=port, data_dir=data_dir, allow_reboot=allow_reboot or None)
+    settings = load_settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        allow_reboot=allow_reboot or None,
+        access_log=False if no_access_log else None,
+    )
 
     def build(settings: Settings, bus: MessageBus, store: DocumentStore) -> list[Service]:
         topology = make_topology(settings)
@@ -168,9 +194,9 @@ def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: 
 
 @main.command()
 @listen_options
-def gateway(host: str | None, port: int | None, data_dir: Path | None) -> None:
+def gateway(host: str | None, port: int | None, data_dir: Path | None, no_access_log: bool) -> None:
     """Run the REST gateway."""
-    settings = load_settings(host=host, port=port, data_dir=data_dir)
+    settings = load_settings(host=host, port=port, data_dir=data_dir, access_log=False if no_access_log else None)
     serve(settings, _run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
 
 
@@ -197,6 +223,7 @@ MANAGERS: dict[str, tuple[type[Service], str]] = {
 def _add_manager_command(name: str, service: type[Service], summary: str) -> None:
     @main.command(name, help=summary)
     @click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")
+    @log_format_option
     def run_manager(data_dir: Path | None) -> None:
         settings = load_settings(data_dir=data_dir)
 
@@ -236,6 +263,7 @@ for _name, (_service, _summary) in MANAGERS.items():
     is_flag=True,
     help="[SKYBUS_UNSANDBOXED_JOBS] run users' jobs without bubblewrap when it is missing (insecure)",
 )
+@log_format_option
 def agent(
     resource_id: str | None,
     token: str | None,

@@ -21,6 +21,7 @@ from services.gateway import (
     roles_api,
     tokens_api,
 )
+from services.gateway.access_log import ACCESS_LOGGER, AccessLogger
 from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
@@ -121,7 +122,13 @@ class GatewayService:
 
     async def start(self) -> None:
         app = await create_app(self._settings, self._bus, self._store, self._topology)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0, **server_options(self._settings))
+        self._runner = web.AppRunner(
+            app,
+            access_log=ACCESS_LOGGER if self._settings.access_log else None,
+            access_log_class=AccessLogger,
+            shutdown_timeout=10.0,
+            **server_options(self._settings),
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
         await site.start()
