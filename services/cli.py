@@ -248,6 +248,11 @@ for _name, (_service, _summary) in MANAGERS.items():
 
 
 @main.command()
+@click.option(
+    "--gateway",
+    help="[SKYBUS_PUBLIC_URL] the gateway's URL, where this agent joins and stages files "
+    "(default http://SKYBUS_HOST:SKYBUS_PORT)",
+)
 @click.option("--resource-id", help="[SKYBUS_RESOURCE_ID] the id POST /api/resources returned")
 @click.option("--token", help="[SKYBUS_TOKEN] the token POST /api/resources returned")
 @click.option("--join-token", help="[SKYBUS_JOIN_TOKEN] join with the cluster's join token instead")
@@ -265,6 +270,7 @@ for _name, (_service, _summary) in MANAGERS.items():
 )
 @log_format_option
 def agent(
+    gateway: str | None,
     resource_id: str | None,
     token: str | None,
     join_token: str | None,
@@ -274,7 +280,10 @@ def agent(
     unsandboxed_jobs: bool,
 ) -> None:
     """Run the agent of this host."""
+    if gateway is not None and not gateway.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{gateway!r} is not an http:// or https:// URL", param_hint="--gateway")
     settings = load_settings(
+        public_url=gateway.rstrip("/") if gateway else None,
         resource_id=resource_id,
         token=token,
         join_token=join_token,
