@@ -90,6 +90,7 @@ def test_the_query_scan_sees_what_handlers_read() -> None:
 SEEDS: list[tuple[str, str, int, set[int]]] = [
     # 000: resources
     ("POST", "/api/resources", 200, {400}),
+    ("GET", "/api/resources", 200, {404}),  # ?hostname=
     ("GET", "/api/resources/{resource_id}", 200, {404}),
     ("DELETE", "/api/resources/{resource_id}", 200, {404}),
     # 001: jobs
