@@ -54,7 +54,7 @@ def canonical_uuid(text: str) -> str:
         raise ValueError("must be a UUID") from None
 
 
-Uuid = Annotated[StrictStr, AfterValidator(canonical_uuid)]
+Uuid = Annotated[StrictStr, AfterValidator(canonical_uuid), Field(json_schema_extra={"format": "uuid"})]
 
 
 MAX_RETRIES = 10

@@ -31,7 +31,11 @@ def canonical_uuid_text(value: str) -> str:
 
 
 Hostname = Annotated[StrictStr, Field(min_length=1, max_length=253), AfterValidator(printable_hostname)]
-UuidText = Annotated[StrictStr, AfterValidator(canonical_uuid_text)]
+UuidText = Annotated[
+    StrictStr,
+    AfterValidator(canonical_uuid_text),
+    Field(json_schema_extra={"format": "uuid", "pattern": "^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$"}),
+]
 
 
 # REST bodies (seed 000).

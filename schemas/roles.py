@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from schemas.base import WireModel
 
@@ -109,6 +110,18 @@ class HostRoleInfo(BaseModel):
     os_family: str | None
     arch: str | None
     os_info: str | None
+    responding: bool | SkipJsonSchema[None] = None
+    last_response_time: str | None = None
+
+
+class HostView(BaseModel):
+    """A host of seed 002 (``GET /v1/hosts/{id}``); ``role_status`` is left out for an unauthorized host."""
+
+    id: str
+    state: HostState
+    info: HostRoleInfo
+    roles: list[str]
+    role_status: RoleStatus | SkipJsonSchema[None] = None
 
 
 class RoleDetail(BaseModel):

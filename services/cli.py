@@ -22,10 +22,11 @@ from services.agent.data_client import DataClient, DataClientError
 from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
 from services.client.entry import COMMANDS as CLIENT_COMMANDS
 from services.content_manager.service import ContentManagerService
-from services.files import private_dir, restrict_new_files
+from services.files import DataDirInUse, data_dir_lock, private_dir, restrict_new_files
 from services.gateway.app import GatewayService
 from services.job_manager.service import JobManagerService
 from services.local_host import LocalAgentService
+from services.logs import FORMATS, use_format
 from services.logs import configure as configure_logging
 from services.metrics import MetricsServer, jobs_by_state
 from services.resource_manager.service import ResourceManagerService
@@ -88,7 +89,26 @@ for _command in CLIENT_COMMANDS:
     main.add_command(_command)
 
 
+def log_format_option(command: Any) -> Any:
+    """``--log-format`` on a server command: the group has set the level, this picks the lines' form."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(FORMATS),
+        default="text",
+        show_default=True,
+        envvar="SKYBUS_LOG_FORMAT",
+        expose_value=False,
+        is_eager=True,
+        callback=lambda ctx, param, value: use_format(value),
+        help="[SKYBUS_LOG_FORMAT] json: one JSON object per line (time, level, logger, message, ids)",
+    )(command)
+
+
 def listen_options(command: Any) -> Any:
+    command = log_format_option(command)
+    command = click.option(
+        "--no-access-log", is_flag=True, help="[SKYBUS_ACCESS_LOG=0] no line per HTTP request (skybus.access)"
+    )(command)
     command = click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")(command)
     command = click.option("--port", type=int, help="[SKYBUS_PORT] 0 picks a free port")(command)
     command = click.option("--host", help="[SKYBUS_HOST]")(command)
@@ -119,9 +139,15 @@ def reboot_option(command: Any) -> Any:
 @main.command()
 @listen_options
 @reboot_option
-def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: bool) -> None:
+def up(host: str | None, port: int | None, data_dir: Path | None, no_access_log: bool, allow_reboot: bool) -> None:
     """Run the gateway, every manager and a local agent in one process."""
-    settings = load_settings(host=host, port=port, data_dir=data_dir, allow_reboot=allow_reboot or None)
+    settings = load_settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        allow_reboot=allow_reboot or None,
+        access_log=False if no_access_log else None,
+    )
 
     def build(settings: Settings, bus: MessageBus, store: DocumentStore) -> list[Service]:
         topology = make_topology(settings)
@@ -156,14 +182,21 @@ def up(host: str | None, port: int | None, data_dir: Path | None, allow_reboot: 
         echo(f"""  curl {auth} {url}/api/job/run --data '{{"command": "uname -a"}}'""")
         echo(f'  curl {auth} "{url}/api/job/job_info/<job_id>?wait=30"')
 
-    serve(settings, _run(settings, "skybus-up", build, on_ready=ready))
+    try:
+        with data_dir_lock(settings.data_dir):
+            serve(settings, _run(settings, "skybus-up", build, on_ready=ready))
+    except DataDirInUse as taken:
+        raise click.ClickException(
+            f"{taken.data_dir} is in use by another skybus up (pid {taken.pid or 'unknown'}): "
+            "stop it, or give this one another --data-dir"
+        ) from None
 
 
 @main.command()
 @listen_options
-def gateway(host: str | None, port: int | None, data_dir: Path | None) -> None:
+def gateway(host: str | None, port: int | None, data_dir: Path | None, no_access_log: bool) -> None:
     """Run the REST gateway."""
-    settings = load_settings(host=host, port=port, data_dir=data_dir)
+    settings = load_settings(host=host, port=port, data_dir=data_dir, access_log=False if no_access_log else None)
     serve(settings, _run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
 
 
@@ -190,6 +223,7 @@ MANAGERS: dict[str, tuple[type[Service], str]] = {
 def _add_manager_command(name: str, service: type[Service], summary: str) -> None:
     @main.command(name, help=summary)
     @click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")
+    @log_format_option
     def run_manager(data_dir: Path | None) -> None:
         settings = load_settings(data_dir=data_dir)
 
@@ -214,6 +248,11 @@ for _name, (_service, _summary) in MANAGERS.items():
 
 
 @main.command()
+@click.option(
+    "--gateway",
+    help="[SKYBUS_PUBLIC_URL] the gateway's URL, where this agent joins and stages files "
+    "(default http://SKYBUS_HOST:SKYBUS_PORT)",
+)
 @click.option("--resource-id", help="[SKYBUS_RESOURCE_ID] the id POST /api/resources returned")
 @click.option("--token", help="[SKYBUS_TOKEN] the token POST /api/resources returned")
 @click.option("--join-token", help="[SKYBUS_JOIN_TOKEN] join with the cluster's join token instead")
@@ -229,7 +268,9 @@ for _name, (_service, _summary) in MANAGERS.items():
     is_flag=True,
     help="[SKYBUS_UNSANDBOXED_JOBS] run users' jobs without bubblewrap when it is missing (insecure)",
 )
+@log_format_option
 def agent(
+    gateway: str | None,
     resource_id: str | None,
     token: str | None,
     join_token: str | None,
@@ -239,7 +280,10 @@ def agent(
     unsandboxed_jobs: bool,
 ) -> None:
     """Run the agent of this host."""
+    if gateway is not None and not gateway.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{gateway!r} is not an http:// or https:// URL", param_hint="--gateway")
     settings = load_settings(
+        public_url=gateway.rstrip("/") if gateway else None,
         resource_id=resource_id,
         token=token,
         join_token=join_token,

@@ -10,7 +10,10 @@ sandboxed job's inputs, the launcher) are given their mode explicitly where they
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PRIVATE_UMASK = 0o077
@@ -50,3 +53,38 @@ def write_private(path: Path, data: bytes) -> None:
         out.flush()
         os.fsync(out.fileno())
     partial.replace(path)
+
+
+LOCK_FILE = "skybus.lock"
+
+
+class DataDirInUse(Exception):
+    """Another process holds the data dir's lock."""
+
+    def __init__(self, data_dir: Path, pid: str) -> None:
+        super().__init__(f"{data_dir} is in use by another skybus (pid {pid or 'unknown'})")
+        self.data_dir = data_dir
+        self.pid = pid
+
+
+@contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir`` for as long as the block runs, or raise :class:`DataDirInUse` at once.
+
+    The lock is the kernel's (``flock`` on ``skybus.lock``), so it goes with the process that held
+    it however that process ends: a killed ``skybus up`` leaves no stale lock. The pid written in the
+    file only names the holder in the message; the lock, not the pid, decides. The descriptor is not
+    inherited (PEP 446), so a job a process starts never holds its lock."""
+    path = private_dir(data_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise DataDirInUse(data_dir.resolve(), holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str | None = Field(default=None, description="how agents reach the gateway; default http://host:port")
+    access_log: bool = Field(default=True, description="a line per HTTP request on the gateway (skybus.access, INFO)")
     metrics_port: int | None = Field(
         default=None, description="a manager run alone serves Prometheus /metrics on this port (0: any); off if unset"
     )

@@ -22,6 +22,7 @@ from services.gateway import (
     roles_api,
     tokens_api,
 )
+from services.gateway.access_log import ACCESS_LOGGER, AccessLogger
 from services.gateway.auth import REMEMBERED, auth_middleware
 from services.gateway.context import BLOBS, BUS, JOIN_TOKENS, SETTINGS, STORE, TOKENS, TOPOLOGY, caller
 from services.gateway.errors import error_middleware
@@ -43,7 +44,7 @@ meta_routes = web.RouteTableDef()
 
 
 @meta_routes.get("/health")
-@documented(summary="Liveness of this gateway", public=True)
+@documented(response=ops_api.Status, summary="Liveness of this gateway", public=True)
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -64,6 +65,7 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 @meta_routes.get("/openapi.json")
+@documented(summary="This document: the API in OpenAPI 3.1", public=True)
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(request.app, title="skybus", version=VERSION))
 
@@ -124,7 +126,13 @@ class GatewayService:
 
     async def start(self) -> None:
         app = await create_app(self._settings, self._bus, self._store, self._topology)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0, **server_options(self._settings))
+        self._runner = web.AppRunner(
+            app,
+            access_log=ACCESS_LOGGER if self._settings.access_log else None,
+            access_log_class=AccessLogger,
+            shutdown_timeout=10.0,
+            **server_options(self._settings),
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
         await site.start()

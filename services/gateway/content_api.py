@@ -33,7 +33,8 @@ from services.gateway import content_views as views
 from services.gateway.context import SETTINGS, STORE, caller, send_command
 from services.gateway.downloads import stream_item
 from services.gateway.errors import ApiError
-from services.gateway.openapi import documented
+from services.gateway.openapi import COMMAND_ERRORS, Form, documented
+from services.gateway.params import ResourceForm, ResourcePatchForm
 from services.gateway.uploads import Upload, read_form, releasing
 from services.version import VERSION
 
@@ -87,7 +88,11 @@ async def application_server_info(request: web.Request) -> web.Response:
 
 
 @routes.get("/resources/contents/{path:.+}")
-@documented(summary="The raw content of a resource, with the Content-Type of its mimeType")
+@documented(
+    media="*/*",
+    errors=(400, 404),
+    summary="The raw content of a resource, with the Content-Type of its mimeType",
+)
 async def get_contents(request: web.Request) -> web.StreamResponse:
     path = url_path(request)
 
@@ -99,7 +104,7 @@ async def get_contents(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/resources/metadata/{path:.+}")
-@documented(response=ResourceInfo, summary="The ResourceInfo of a resource")
+@documented(response=ResourceInfo, errors=(400, 404), summary="The ResourceInfo of a resource")
 async def get_metadata(request: web.Request) -> web.Response:
     document = await load_resource(request, url_path(request))
     info = views.resource_info(document)
@@ -108,7 +113,10 @@ async def get_metadata(request: web.Request) -> web.Response:
 
 @routes.get("/resources")
 @routes.get("/resources/")
-@documented(summary="Every resource of the caller (of everyone, for an admin), keyed by resourcePath")
+@documented(
+    response=dict[str, ResourceInfo],
+    summary="Every resource of the caller (of everyone, for an admin), keyed by resourcePath",
+)
 async def list_resources(request: web.Request) -> web.Response:
     principal = caller(request)
     owner = None if principal.admin else principal.user
@@ -121,7 +129,13 @@ async def list_resources(request: web.Request) -> web.Response:
 
 @routes.post("/resources")
 @routes.post("/resources/")
-@documented(response=ResourcePath, status=201, summary="Deploy a resource (multipart: resource, resourceInfo)")
+@documented(
+    body=Form(ResourceForm),
+    response=ResourcePath,
+    status=201,
+    errors=(409, 429, *COMMAND_ERRORS),
+    summary="Deploy a resource (multipart: resource, resourceInfo)",
+)
 async def create_resource(request: web.Request) -> web.Response:
     upload = await read_upload(request)
     async with releasing(request, upload):
@@ -145,7 +159,12 @@ async def create_resource(request: web.Request) -> web.Response:
 
 
 @routes.put("/resources/{path:.+}")
-@documented(status=202, summary="Replace a resource's content and ResourceInfo (multipart: resource, resourceInfo)")
+@documented(
+    body=Form(ResourceForm),
+    status=202,
+    errors=(404, 429, *COMMAND_ERRORS),
+    summary="Replace a resource's content and ResourceInfo (multipart: resource, resourceInfo)",
+)
 async def replace_resource(request: web.Request) -> web.Response:
     path = url_path(request)
     document = await load_resource(request, path, to_change=True)  # 404 or 403 before the upload is read
@@ -163,7 +182,12 @@ async def replace_resource(request: web.Request) -> web.Response:
 
 
 @routes.patch("/resources/{path:.+}")
-@documented(status=202, summary="Change a resource's content, some ResourceInfo fields, or both")
+@documented(
+    body=Form(ResourcePatchForm),
+    status=202,
+    errors=(404, 429, *COMMAND_ERRORS),
+    summary="Change a resource's content, some ResourceInfo fields, or both",
+)
 async def patch_resource(request: web.Request) -> web.Response:
     path = url_path(request)
     document = await load_resource(request, path, to_change=True)
@@ -188,7 +212,7 @@ async def patch_resource(request: web.Request) -> web.Response:
 
 
 @routes.delete("/resources/{path:.+}")
-@documented(status=202, summary="Delete a resource")
+@documented(status=202, errors=(400, 404, *COMMAND_ERRORS), summary="Delete a resource")
 async def delete_resource(request: web.Request) -> web.Response:
     document = await load_resource(request, url_path(request), to_change=True)
     await send_command(request, DeleteContent(item_id=document.id))

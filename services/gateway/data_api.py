@@ -22,7 +22,8 @@ from services.gateway.content_views import check_name
 from services.gateway.context import SETTINGS, STORE, caller, send_command
 from services.gateway.downloads import stream_item
 from services.gateway.errors import ApiError
-from services.gateway.openapi import documented
+from services.gateway.openapi import COMMAND_ERRORS, Form, documented
+from services.gateway.params import DataListQuery, DataUploadForm, DataUploadQuery
 from services.gateway.resources_api import iso, parse_uuid
 from services.gateway.uploads import read_multipart, read_raw, releasing
 from services.job_manager import records as jobs
@@ -114,7 +115,14 @@ async def owner_of_job_on_host(request: web.Request, job_id: str, resource_id: s
 
 @routes.post("/api/data")
 @routes.post("/api/data/")
-@documented(response=DataId, status=201, summary="Upload a data file (raw body, or multipart with a file part)")
+@documented(
+    body=Form(DataUploadForm, raw=True),
+    query=DataUploadQuery,
+    response=DataId,
+    status=201,
+    errors=(403, 429, *COMMAND_ERRORS),
+    summary="Upload a data file (raw body, or multipart with a file part)",
+)
 async def upload_data(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].max_upload_bytes
     if request.content_type == "multipart/form-data":
@@ -152,7 +160,12 @@ MAX_DATA_PAGE = 1000
 
 @routes.get("/api/data")
 @routes.get("/api/data/")
-@documented(response=DataList, summary="Your data files (everyone's, for an admin), newest first (?limit=)")
+@documented(
+    response=DataList,
+    query=DataListQuery,
+    errors=(400,),
+    summary="Your data files (everyone's, for an admin), newest first (?limit=)",
+)
 async def list_data(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", DATA_PAGE))
@@ -167,7 +180,11 @@ async def list_data(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/data/{item_id}")
-@documented(summary="Download a data file (any stored item) by id")
+@documented(
+    media="application/octet-stream",
+    errors=(400, 403, 404),
+    summary="Download a data file (any stored item) by id",
+)
 async def download_data(request: web.Request) -> web.StreamResponse:
     def headers(document: ContentRecord) -> dict[str, str]:
         return {"Content-Type": "application/octet-stream"}
@@ -179,7 +196,7 @@ async def download_data(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/api/data/{item_id}/info")
-@documented(response=DataInfo, summary="What is stored under an id")
+@documented(response=DataInfo, errors=(400, 403, 404), summary="What is stored under an id")
 async def data_info_route(request: web.Request) -> web.Response:
     try:
         return web.json_response(data_info(await load_item(request)).model_dump())
@@ -188,7 +205,11 @@ async def data_info_route(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/data/{item_id}")
-@documented(response=DataId, summary="Delete a data file (any stored item) by id")
+@documented(
+    response=DataId,
+    errors=(400, 403, 404, 409, *COMMAND_ERRORS),
+    summary="Delete a data file (any stored item) by id",
+)
 async def delete_data(request: web.Request) -> web.Response:
     try:
         document = await load_item(request, to_change=True)

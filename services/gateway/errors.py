@@ -9,6 +9,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from broker.port import BusUnavailable, NoRoute, RequestTimeout
 from services.store.port import StoreUnavailable
@@ -28,9 +29,25 @@ class ApiError(Exception):
 ErrorShape = Callable[[web.Request, int, str], Any]
 
 
+class Error(BaseModel):
+    """``{"error": "..."}``: the error body of seeds 000, 001, 002 and 003, and of skybus's own routes."""
+
+    error: str
+
+
+class TimestampedError(BaseModel):
+    """Seed 004's error, sent as a JSON array of one."""
+
+    timestamp: str
+    status: int
+    error: str
+    message: str
+    path: str
+
+
 def simple_error(request: web.Request, status: int, message: str) -> Any:
     """``{"error": "..."}``: seeds 000, 001, 002 and 003."""
-    return {"error": message}
+    return Error(error=message).model_dump()
 
 
 def seed_timestamp(now: datetime | None = None) -> str:
@@ -45,17 +62,22 @@ def timestamped_error(request: web.Request, status: int, message: str) -> Any:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Error"
-    body = {"timestamp": seed_timestamp(), "status": status, "error": reason, "message": message, "path": request.path}
-    return [body]
+    body = TimestampedError(timestamp=seed_timestamp(), status=status, error=reason, message=message, path=request.path)
+    return [body.model_dump()]
 
 
 # Path prefix → the error body of the API served there; the first match wins.
 ERROR_SHAPES: list[tuple[str, ErrorShape]] = [("/resources", timestamped_error)]
+ERROR_SCHEMAS: dict[ErrorShape, Any] = {simple_error: Error, timestamped_error: list[TimestampedError]}
+"""The type of each shape's body, for ``/openapi.json``."""
+
+
+def error_shape(path: str) -> ErrorShape:
+    return next((fn for prefix, fn in ERROR_SHAPES if path.startswith(prefix)), simple_error)
 
 
 def error_response(request: web.Request, status: int, message: str) -> web.Response:
-    shape = next((fn for prefix, fn in ERROR_SHAPES if request.path.startswith(prefix)), simple_error)
-    return web.json_response(shape(request, status, message), status=status)
+    return web.json_response(error_shape(request.path)(request, status, message), status=status)
 
 
 def unreadable_body(request: web.Request, error: web.RequestPayloadError) -> str:

@@ -40,6 +40,7 @@ from services.gateway.context import BUS, TOPOLOGY, caller
 from services.gateway.errors import ApiError
 from services.gateway.job_watch import WATCHER
 from services.gateway.openapi import documented
+from services.gateway.params import EventsHeaders, EventsQuery
 from services.tokens import Principal
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,12 @@ def last_event_id(request: web.Request) -> int | None:
 
 @routes.get("/api/events")
 @documented(
+    media="text/event-stream",
+    query=EventsQuery,
+    headers=EventsHeaders,
+    errors=(400,),
     summary="Job and host changes as Server-Sent Events (text/event-stream): ?topic=job,host; Last-Event-ID resumes; "
-    "the token may come as ?token= (EventSource sends no header)"
+    "the token may come as ?token= (EventSource sends no header)",
 )
 async def events(request: web.Request) -> web.StreamResponse:
     principal = caller(request)

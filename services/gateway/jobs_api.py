@@ -29,7 +29,8 @@ from services.gateway.errors import ApiError
 from services.gateway.ids import minted_at, uuid7
 from services.gateway.job_watch import WATCHER, any_change, ended, until
 from services.gateway.limits import check_job_quota
-from services.gateway.openapi import documented
+from services.gateway.openapi import COMMAND_ERRORS, documented
+from services.gateway.params import JobIdQuery, JobInfoQuery, ListJobsQuery, RunJobHeaders
 from services.gateway.resources_api import iso, parse_uuid
 from services.job_manager import records as jobs
 from services.job_manager.records import JobRecord
@@ -149,7 +150,14 @@ def idempotent_job_id(request: web.Request) -> str | None:
 
 
 @routes.post("/api/job/run")
-@documented(body=RunJobBody, response=JobCreated, status=201, summary="Run a command on a host")
+@documented(
+    body=RunJobBody,
+    response=JobCreated,
+    status=201,
+    headers=RunJobHeaders,
+    errors=(409, 429, *COMMAND_ERRORS),
+    summary="Run a command on a host",
+)
 async def run_job(request: web.Request) -> web.Response:
     body = await parse_body(request, RunJobBody)
     if body.privileged and not caller(request).admin:
@@ -181,7 +189,12 @@ MAX_WAIT = 60.0
 
 
 @routes.get("/api/job/job_info/{job_id}")
-@documented(response=JobInfo, summary="State and answer of a job; ?wait=N answers once it ends (N ≤ 60 s)")
+@documented(
+    response=JobInfo,
+    query=JobInfoQuery,
+    errors=(400, 404, 410),
+    summary="State and answer of a job; ?wait=N answers once it ends (N ≤ 60 s)",
+)
 async def get_job_info(request: web.Request) -> web.Response:
     job_id = parse_uuid(request.match_info["job_id"], "job id")
     wait = request.query.get("wait")
@@ -216,6 +229,8 @@ def parse_time(name: str, text: str) -> float:
 @routes.get("/api/list_jobs")
 @documented(
     response=JobList,
+    query=ListJobsQuery,
+    errors=(400,),
     summary="List jobs, newest first (state, user, resource_id, since, until, limit, cursor; detail=1 adds rows)",
 )
 async def list_jobs(request: web.Request) -> web.Response:
@@ -294,7 +309,14 @@ async def job_id_from(request: web.Request) -> str:
 
 
 @routes.post("/api/job/cancel")
-@documented(body=JobIdBody, response=JobCreated, summary="Cancel a job (409 if it already finished)")
+@documented(
+    body=JobIdBody,
+    body_optional=True,
+    query=JobIdQuery,
+    response=JobCreated,
+    errors=(404, 409, 410, *COMMAND_ERRORS),
+    summary="Cancel a job (409 if it already finished)",
+)
 async def cancel_job(request: web.Request) -> web.Response:
     job_id = await job_id_from(request)
     await load_job(request, job_id)
@@ -304,7 +326,14 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 @routes.delete("/api/job/delete")
 @routes.delete("/api/job/cancel")  # the seed's sample deletes with this URL
-@documented(body=JobIdBody, response=JobCreated, summary="Delete a job (cancelling it first) and its answer")
+@documented(
+    body=JobIdBody,
+    body_optional=True,
+    query=JobIdQuery,
+    response=JobCreated,
+    errors=(404, 410, *COMMAND_ERRORS),
+    summary="Delete a job (cancelling it first) and its answer",
+)
 async def delete_job(request: web.Request) -> web.Response:
     job_id = await job_id_from(request)
     await load_job(request, job_id)

@@ -33,7 +33,7 @@ from aiohttp import web
 from schemas.resources import JoinBody, RegisterResource, ResourceId
 from services.gateway.bodies import parse_body
 from services.gateway.context import send_command
-from services.gateway.openapi import documented
+from services.gateway.openapi import COMMAND_ERRORS, documented
 from services.security import broker_password_hash, hash_token, verify_key
 
 routes = web.RouteTableDef()
@@ -46,6 +46,7 @@ JOINED_OWNER = ""  # the user of a joined host: nobody (user names are never bla
     body=JoinBody,
     response=ResourceId,
     status=201,
+    errors=(409, *COMMAND_ERRORS),
     summary="Join this host with a cluster join token (as the bearer); it waits, unauthorized, for an admin",
 )
 async def join(request: web.Request) -> web.Response:

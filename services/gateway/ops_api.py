@@ -9,9 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import BaseModel
+from pydantic.json_schema import SkipJsonSchema
 
 from services.gateway.context import BUS, STORE, TOKENS
 from services.gateway.openapi import documented
@@ -31,6 +34,13 @@ class GatewayMetrics:
 
 
 METRICS = web.AppKey("metrics", GatewayMetrics)
+
+
+class Status(BaseModel):
+    """What a probe reads: ``ok``, or ``unavailable`` with the reason."""
+
+    status: Literal["ok", "unavailable"]
+    reason: str | SkipJsonSchema[None] = None
 
 
 def gateway_metrics(app: web.Application) -> GatewayMetrics:
@@ -76,14 +86,18 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 @routes.get("/metrics")
-@documented(summary="Prometheus metrics: requests by route and status, latency, jobs by state", public=True)
+@documented(
+    media="text/plain",
+    summary="Prometheus metrics: requests by route and status, latency, jobs by state",
+    public=True,
+)
 async def metrics(request: web.Request) -> web.Response:
     found = request.app[METRICS]
     return await exposition(found.registry, found.refreshers)
 
 
 @routes.get("/health/live")
-@documented(summary="Liveness: this gateway's process answers", public=True)
+@documented(response=Status, summary="Liveness: this gateway's process answers", public=True)
 async def live(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -100,7 +114,12 @@ async def unready_reason(app: web.Application) -> str | None:
 
 
 @routes.get("/health/ready")
-@documented(summary="Readiness: the bus and the store answer (503 with the reason otherwise)", public=True)
+@documented(
+    response=Status,
+    also={503: Status},
+    summary="Readiness: the bus and the store answer (503 with the reason otherwise)",
+    public=True,
+)
 async def ready(request: web.Request) -> web.Response:
     reason = await unready_reason(request.app)
     if reason is not None:

@@ -74,7 +74,7 @@ from services.gateway.context import (
     send_command,
 )
 from services.gateway.errors import ApiError
-from services.gateway.openapi import documented
+from services.gateway.openapi import COMMAND_ERRORS, NODE_ERRORS, documented
 from services.resource_manager import records as resources
 from services.resource_manager.records import ResourceRecord
 from services.security import signed_by
@@ -166,7 +166,7 @@ def trusted(reply: Envelope, query: Envelope, node: ResourceRecord) -> WireModel
 
 @routes.get("/nodes")
 @routes.get("/nodes/")
-@documented(response=NodeView, summary="Nodes: running while their agent heartbeats, else halted (seed 003)")
+@documented(response=list[NodeView], summary="Nodes: running while their agent heartbeats, else halted (seed 003)")
 async def list_nodes(request: web.Request) -> web.Response:
     principal = caller(request)
     found = await resources.resources_of_user(request.app[STORE], None if principal.admin else principal.user)
@@ -179,14 +179,20 @@ def node_view(node: ResourceRecord) -> dict[str, Any]:
 
 
 @routes.get(NODE + "/mem")
-@documented(response=NodeMemory, summary="Memory of a node, read on it (a list of one, as the seed shows)")
+@documented(
+    response=list[NodeMemory],
+    errors=NODE_ERRORS,
+    summary="Memory of a node, read on it (a list of one, as the seed shows)",
+)
 async def node_memory(request: web.Request) -> web.Response:
     memory = await ask_node(request, ReadMemory, NodeMemory)
     return web.json_response([memory.model_dump()])
 
 
 @routes.post(NODE + "/reboot")
-@documented(status=204, summary="Reboot a node (admin; its agent must run with --allow-reboot)")
+@documented(
+    status=204, errors=(*NODE_ERRORS, 501), summary="Reboot a node (admin; its agent must run with --allow-reboot)"
+)
 async def reboot_node(request: web.Request) -> web.Response:
     require_admin(request)
     await ask_node(request, RebootNode, Accepted)
@@ -197,14 +203,19 @@ async def reboot_node(request: web.Request) -> web.Response:
 
 
 @routes.get(NODE + "/containers")
-@documented(response=ContainerView, summary="Containers of a node")
+@documented(response=list[ContainerView], errors=NODE_ERRORS, summary="Containers of a node")
 async def list_containers(request: web.Request) -> web.Response:
     found = await ask_node(request, ListContainers, NodeContainers)
     return web.json_response([container.model_dump() for container in found.containers])
 
 
 @routes.post(NODE + "/containers")
-@documented(body=ContainerSpec, status=204, summary="Create a container on a node (admin)")
+@documented(
+    body=ContainerSpec,
+    status=204,
+    errors=(*NODE_ERRORS, *COMMAND_ERRORS, 500, 501),
+    summary="Create a container on a node (admin)",
+)
 async def create_container(request: web.Request) -> web.Response:
     require_admin(request)
     node = await load_node(request)
@@ -237,7 +248,7 @@ async def root_filesystem(request: web.Request, node_id: str, flist: str) -> str
 
 
 @routes.delete(CONTAINER)
-@documented(status=204, summary="Delete a container and everything running in it (admin)")
+@documented(status=204, errors=NODE_ERRORS, summary="Delete a container and everything running in it (admin)")
 async def delete_container(request: web.Request) -> web.Response:
     require_admin(request)
     await ask_node(request, DeleteContainer, Accepted, in_container=True)
@@ -248,28 +259,35 @@ async def delete_container(request: web.Request) -> web.Response:
 
 
 @routes.get(CONTAINER + "/jobs")
-@documented(response=ContainerJob, summary="Jobs running in a container (start times in ms)")
+@documented(response=list[ContainerJob], errors=NODE_ERRORS, summary="Jobs running in a container (start times in ms)")
 async def list_jobs(request: web.Request) -> web.Response:
     found = await ask_node(request, ListContainerJobs, ContainerJobs, in_container=True)
     return web.json_response([job.model_dump() for job in found.jobs])
 
 
 @routes.delete(CONTAINER + "/jobs/{job_id}")
-@documented(status=204, summary="Kill a job: its whole process group, SIGTERM then SIGKILL")
+@documented(status=204, errors=NODE_ERRORS, summary="Kill a job: its whole process group, SIGTERM then SIGKILL")
 async def kill_job(request: web.Request) -> web.Response:
     await ask_node(request, KillContainerJob, Accepted, in_container=True, job_id=request.match_info["job_id"])
     return web.Response(status=204)
 
 
 @routes.get(CONTAINER + "/processes")
-@documented(response=ProcessView, summary="Processes in a container, with their pids as it sees them")
+@documented(
+    response=list[ProcessView], errors=NODE_ERRORS, summary="Processes in a container, with their pids as it sees them"
+)
 async def list_processes(request: web.Request) -> web.Response:
     found = await ask_node(request, ListContainerProcesses, ContainerProcesses, in_container=True)
     return web.json_response([process.model_dump() for process in found.processes])
 
 
 @routes.post(CONTAINER + "/processes")
-@documented(body=ProcessSpec, status=202, summary="Start a process in a container, as a job (Location: the job)")
+@documented(
+    body=ProcessSpec,
+    status=202,
+    errors=(*NODE_ERRORS, 400, 500, 501),
+    summary="Start a process in a container, as a job (Location: the job)",
+)
 async def start_process(request: web.Request) -> web.Response:
     require_admin(request)  # a process in a container runs as its root: as creating the container does
     process = await parse_body(request, ProcessSpec)

@@ -19,7 +19,8 @@ from schemas.resources import (
 from services.gateway.bodies import parse_body
 from services.gateway.context import STORE, caller, require_owner, send_command
 from services.gateway.errors import ApiError
-from services.gateway.openapi import documented
+from services.gateway.openapi import COMMAND_ERRORS, documented
+from services.gateway.params import FindResourceQuery
 from services.resource_manager import records as resources
 from services.resource_manager.records import ResourceRecord
 from services.security import broker_password_hash, new_agent_credentials
@@ -62,7 +63,12 @@ async def load_resource(request: web.Request, resource_id: str) -> ResourceRecor
 
 @routes.post("/api/resources")
 @routes.post("/api/resources/")
-@documented(body=CreateResourceBody, response=ResourceCreated, summary="Register a resource (host)")
+@documented(
+    body=CreateResourceBody,
+    response=ResourceCreated,
+    errors=(409, *COMMAND_ERRORS),
+    summary="Register a resource (host)",
+)
 async def create_resource(request: web.Request) -> web.Response:
     body = await parse_body(request, CreateResourceBody)
     require_owner(request, body.user, "a resource for this user")
@@ -85,7 +91,12 @@ async def create_resource(request: web.Request) -> web.Response:
 
 @routes.get("/api/resources")
 @routes.get("/api/resources/")
-@documented(response=ResourceId, summary="Find a resource by hostname (?hostname=); without it, list your resources")
+@documented(
+    response=ResourceId | list[ResourceView],
+    query=FindResourceQuery,
+    errors=(404,),
+    summary="Find a resource by hostname (?hostname=); without it, list your resources",
+)
 async def find_resource(request: web.Request) -> web.Response:
     hostname = request.query.get("hostname")
     if hostname is None:
@@ -107,7 +118,7 @@ async def list_resources(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/resources/{resource_id}")
-@documented(response=ResourceView, summary="Information about a resource")
+@documented(response=ResourceView, errors=(400, 404), summary="Information about a resource")
 async def get_resource(request: web.Request) -> web.Response:
     resource_id = parse_uuid(request.match_info["resource_id"], "resource id")
     resource = await load_resource(request, resource_id)
@@ -115,7 +126,7 @@ async def get_resource(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/resources/{resource_id}")
-@documented(response=ResourceId, summary="Delete a resource")
+@documented(response=ResourceId, errors=(400, 404, *COMMAND_ERRORS), summary="Delete a resource")
 async def delete_resource(request: web.Request) -> web.Response:
     resource_id = parse_uuid(request.match_info["resource_id"], "resource id")
     await load_resource(request, resource_id)

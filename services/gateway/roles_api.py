@@ -17,6 +17,7 @@ from schemas.roles import (
     ActivateVersionBody,
     ApplyRole,
     DeleteHostRoles,
+    HostView,
     RegisterRoleVersion,
     RemoveRole,
     RoleDetail,
@@ -29,7 +30,7 @@ from services.content_manager import records as contents
 from services.gateway.bodies import parse_body
 from services.gateway.context import BLOBS, STORE, caller, require_admin, send_command
 from services.gateway.errors import ApiError
-from services.gateway.openapi import documented
+from services.gateway.openapi import COMMAND_ERRORS, documented
 from services.gateway.resources_api import iso
 from services.resource_manager import records as resources
 from services.resource_manager.records import ResourceRecord
@@ -69,19 +70,24 @@ def role_view(role: RoleRecord) -> dict[str, str]:
 
 
 @routes.get("/v1/roles")
-@documented(response=RoleView, summary="Every role, with its active version (seed 002)")
+@documented(response=list[RoleView], summary="Every role, with its active version (seed 002)")
 async def list_roles(request: web.Request) -> web.Response:
     return web.json_response([role_view(role) for role in await roles.all_roles(request.app[STORE])])
 
 
 @routes.get("/v1/roles/{role_name}")
-@documented(response=RoleView, summary="One role")
+@documented(response=RoleView, errors=(400, 404), summary="One role")
 async def get_role(request: web.Request) -> web.Response:
     return web.json_response(role_view(await load_role(request, role_name(request))))
 
 
 @routes.put("/v1/roles/{role_name}")
-@documented(body=ActivateVersionBody, response=RoleView, summary="Set the active version of a role")
+@documented(
+    body=ActivateVersionBody,
+    response=RoleView,
+    errors=(404, *COMMAND_ERRORS),
+    summary="Set the active version of a role",
+)
 async def activate_version(request: web.Request) -> web.Response:
     require_admin(request)
     name = role_name(request)
@@ -96,6 +102,7 @@ async def activate_version(request: web.Request) -> web.Response:
     body=RoleVersionBody,
     response=RoleVersionView,
     status=201,
+    errors=(409, *COMMAND_ERRORS),
     summary="Register a version of a role (the first is active)",
 )
 async def register_version(request: web.Request) -> web.Response:
@@ -123,7 +130,7 @@ async def register_version(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/roles/{role_name}/versions")
-@documented(response=RoleVersionView, summary="Every version of a role")
+@documented(response=list[RoleVersionView], errors=(400, 404), summary="Every version of a role")
 async def list_versions(request: web.Request) -> web.Response:
     role = await load_role(request, role_name(request))
     return web.json_response([version_view(role, version) for version in role.versions])
@@ -200,7 +207,7 @@ def visible(request: web.Request, resource: ResourceRecord) -> bool:
 
 
 @routes.get("/v1/hosts")
-@documented(summary="Every host you may see, with its state and roles (seed 002)")
+@documented(response=list[HostView], summary="Every host you may see, with its state and roles (seed 002)")
 async def list_hosts(request: web.Request) -> web.Response:
     store = request.app[STORE]
     principal = caller(request)
@@ -225,13 +232,17 @@ async def load_host(request: web.Request) -> tuple[ResourceRecord, RoleHostRecor
 
 
 @routes.get("/v1/hosts/{host_id}")
-@documented(summary="One host")
+@documented(response=HostView, errors=(404,), summary="One host")
 async def get_host(request: web.Request) -> web.Response:
     return web.json_response(host_view(*await load_host(request)))
 
 
 @routes.delete("/v1/hosts/{host_id}")
-@documented(status=204, summary="Remove every role of a host and forget it until it is seen again (no-op if inactive)")
+@documented(
+    status=204,
+    errors=(404, *COMMAND_ERRORS),
+    summary="Remove every role of a host and forget it until it is seen again (no-op if inactive)",
+)
 async def delete_host(request: web.Request) -> web.Response:
     principal = require_admin(request)
     resource, _ = await load_host(request)
@@ -240,7 +251,11 @@ async def delete_host(request: web.Request) -> web.Response:
 
 
 @routes.put("/v1/hosts/{host_id}/roles/{role_name}")
-@documented(summary="Apply a role to a host at the role's active version")
+@documented(
+    response=HostView,
+    errors=(400, 404, *COMMAND_ERRORS),
+    summary="Apply a role to a host at the role's active version",
+)
 async def apply_role(request: web.Request) -> web.Response:
     principal = require_admin(request)
     name = role_name(request)
@@ -254,7 +269,7 @@ async def apply_role(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v1/hosts/{host_id}/roles/{role_name}")
-@documented(summary="Remove a role from a host")
+@documented(response=HostView, errors=(400, 404, *COMMAND_ERRORS), summary="Remove a role from a host")
 async def remove_role(request: web.Request) -> web.Response:
     principal = require_admin(request)
     name = role_name(request)
@@ -264,7 +279,11 @@ async def remove_role(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/hosts/{host_id}/roles/{role_name}")
-@documented(response=RoleDetail, summary="Where a role stands on a host, and its script's last output (answer_id)")
+@documented(
+    response=RoleDetail,
+    errors=(400, 404),
+    summary="Where a role stands on a host, and its script's last output (answer_id)",
+)
 async def role_on_host(request: web.Request) -> web.Response:
     name = role_name(request)
     _, host = await load_host(request)

@@ -17,6 +17,7 @@ from services.gateway.context import JOIN_TOKENS, TOKENS, require_admin
 from services.gateway.errors import ApiError
 from services.gateway.jobs_api import parse_time
 from services.gateway.openapi import documented
+from services.gateway.params import TokenListQuery
 from services.gateway.resources_api import iso
 from services.tokens import (
     TokenRecord,
@@ -60,7 +61,9 @@ def expiry(body: CreateTokenBody, now: float) -> float | None:
 
 
 @routes.get("/api/tokens")
-@documented(response=TokenList, summary="Admin: list API tokens (?join=true: cluster join tokens)")
+@documented(
+    response=TokenList, query=TokenListQuery, summary="Admin: list API tokens (?join=true: cluster join tokens)"
+)
 async def get_tokens(request: web.Request) -> web.Response:
     require_admin(request)
     join = request.query.get("join", "false").lower() in ("1", "true", "yes")
@@ -90,7 +93,7 @@ async def post_token(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/tokens/{token_id}")
-@documented(response=TokenView, summary="Admin: revoke a token or a join token by its id")
+@documented(response=TokenView, errors=(404,), summary="Admin: revoke a token or a join token by its id")
 async def delete_token(request: web.Request) -> web.Response:
     require_admin(request)
     public_id = request.match_info["token_id"]

@@ -29,13 +29,13 @@ routes = web.RouteTableDef()
 
 @routes.get("/ui")
 @routes.get("/ui/")
-@documented(summary="The web UI (HTML; asks for a token and keeps it in the browser)", public=True)
+@documented(media="text/html", summary="The web UI (HTML; asks for a token and keeps it in the browser)", public=True)
 async def page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(UI_DIR / "index.html", headers=HEADERS)
 
 
 @routes.get("/ui/{name}")
-@documented(summary="The web UI's script and style sheet", public=True)
+@documented(media="*/*", errors=(404,), summary="The web UI's script and style sheet", public=True)
 async def asset(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
     if name not in FILES:

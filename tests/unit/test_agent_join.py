@@ -7,13 +7,16 @@ import stat
 import uuid
 from pathlib import Path
 
+import click
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
 
+from services import cli
 from services.agent.join import JoinCredentials, JoinRefused, join, load_or_make
 from services.cli import main
+from services.settings import Settings
 from tests.resource_stack import Stack, stack_fixture  # noqa: F401
 
 
@@ -140,3 +143,19 @@ async def test_joining_the_real_gateway_then_again_after_a_crash(tmp_path: Path,
 def test_the_agent_takes_a_join_token_or_an_id_and_token(args: list[str], env: dict, fragment: str) -> None:
     result = CliRunner().invoke(main, ["agent", *args], env={"SKYBUS_AMQP_URL": "amqp://nowhere/", **env})
     assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_the_agent_is_pointed_at_a_gateway_with_one_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+
+    async def check(settings: Settings) -> None:  # where the agent checks its token, joins and stages files
+        asked.append(settings.gateway_url)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(cli, "check_agent_token", check)
+    args = ["agent", "--gateway", "https://gw.example:8443/", "--resource-id", "r", "--token", "t"]
+    env = {"SKYBUS_AMQP_URL": "amqp://nowhere/", "SKYBUS_PUBLIC_URL": "http://elsewhere"}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 1 and asked == ["https://gw.example:8443"], result.output
+    refused = CliRunner().invoke(main, ["agent", "--gateway", "gw.example", "--join-token", "j"], env=env)
+    assert refused.exit_code == 2 and "--gateway" in refused.output and "not an http" in refused.output
