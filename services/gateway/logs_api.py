@@ -28,6 +28,7 @@ from services.gateway.job_output import (
 from services.gateway.job_watch import WATCHER, any_change
 from services.gateway.jobs_api import load_job
 from services.gateway.openapi import documented
+from services.gateway.params import JobLogsQuery
 from services.gateway.resources_api import parse_uuid
 from services.job_manager.records import JobRecord
 
@@ -59,8 +60,11 @@ def parse_follow(request: web.Request) -> bool:
 
 @routes.get("/api/job/logs/{job_id}")
 @documented(
+    query=JobLogsQuery,
+    media="application/octet-stream",
+    errors=(400, 403, 404, 410),
     summary="A job's raw stdout and stderr (chunked bytes): ?stream=stdout|stderr (default both, in the "
-    "order received), ?follow=1 streams them live until the job ends; without it, what there is so far"
+    "order received), ?follow=1 streams them live until the job ends; without it, what there is so far",
 )
 async def job_logs(request: web.Request) -> web.StreamResponse:
     job_id = parse_uuid(request.match_info["job_id"], "job id")

@@ -43,6 +43,13 @@ class ListJobsQuery(Params):
     detail: Flag | None = Field(default=None, description="1 or true: add `jobs`, a row per job")
 
 
+class JobLogsQuery(Params):
+    stream: Literal["stdout", "stderr"] | None = Field(
+        default=None, description="only this stream (default both, in the order received)"
+    )
+    follow: Flag | None = Field(default=None, description="1 or true: stream the output live until the job ends")
+
+
 class JobIdQuery(Params):
     job_id: UUID | None = Field(default=None, description="the job, when the body does not name it")
 
