@@ -16,6 +16,7 @@ REST response is the answer's own dump.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Annotated, ClassVar
 
@@ -23,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictStr
 
 from schemas.base import WireModel
 
+CONTAINER_LOG_CHUNK = 64 * 1024  # raw bytes of a container job's log in one answer
 CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # the kernel keeps at most 64 bytes
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -189,6 +191,17 @@ class KillContainerJob(ContainerQuery):
     job_id: str
 
 
+class ReadContainerJobLog(ContainerQuery):
+    """A container job's log (its stdout and stderr together, as the process wrote them) from
+    ``offset``: at most ``limit`` bytes. Kept after the job ends, until its container goes."""
+
+    message_type: ClassVar[str] = "node.read_container_job_log"
+
+    job_id: str
+    offset: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(gt=0, le=CONTAINER_LOG_CHUNK)] = CONTAINER_LOG_CHUNK
+
+
 class ListContainerProcesses(ContainerQuery):
     message_type: ClassVar[str] = "node.list_container_processes"
 
@@ -209,6 +222,7 @@ NODE_QUERIES: tuple[type[NodeQuery], ...] = (
     KillContainerJob,
     ListContainerProcesses,
     StartContainerProcess,
+    ReadContainerJobLog,
 )
 
 
@@ -252,6 +266,21 @@ class ContainerJob(WireModel):
     """Milliseconds since the epoch."""
 
 
+class ContainerJobLog(WireModel):
+    """Bytes of a container job's log from the offset asked (``data``: base64, never decoded);
+    ``size``: the log's length when read; ``running``: whether the job ran before it was read (so a
+    job not running has nothing past ``size``)."""
+
+    message_type: ClassVar[str] = "node.container_job_log"
+
+    data: Annotated[str, Field(max_length=CONTAINER_LOG_CHUNK * 4 // 3 + 4)] = ""
+    size: Annotated[int, Field(ge=0)] = 0
+    running: bool = False
+
+    def raw(self) -> bytes:
+        return base64.b64decode(self.data)
+
+
 class ContainerJobs(WireModel):
     message_type: ClassVar[str] = "node.container_jobs"
 
@@ -290,7 +319,13 @@ class ContainerProcesses(WireModel):
     processes: list[ProcessView]
 
 
-NODE_ANSWERS: tuple[type[WireModel], ...] = (NodeMemory, NodeContainers, ContainerJobs, ContainerProcesses)
+NODE_ANSWERS: tuple[type[WireModel], ...] = (
+    NodeMemory,
+    NodeContainers,
+    ContainerJobs,
+    ContainerProcesses,
+    ContainerJobLog,
+)
 
 
 # REST only.

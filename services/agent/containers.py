@@ -21,11 +21,16 @@ restart. A container ends with ``DELETE``, a kill of its init, or the host (a re
 
 Each job is a process group of its own (the detached shell's): killing a job sends SIGTERM to the
 whole group, then SIGKILL after the grace period.
+
+A job's stdout and stderr go to one log, ``jobs/<job id>.log``, read from an offset while it runs
+and kept after it ends (its record goes, its log stays) until the container is deleted; only the
+logs of the last :data:`KEEP_ENDED_LOGS` ended jobs of a container are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -41,6 +46,7 @@ from typing import Any, Protocol
 from schemas.pool import (
     CONTAINER_ID,
     ContainerJob,
+    ContainerJobLog,
     ContainerSpec,
     ContainerView,
     ProcessSpec,
@@ -68,6 +74,7 @@ from services.agent.sandbox import (
 log = logging.getLogger(__name__)
 
 RECORD = "container.json"
+KEEP_ENDED_LOGS = 64
 JOB_ENV = "SKYBUS_CONTAINER_JOB"  # in every job's environment: which job a process belongs to
 INSTALL_HINT = "apt-get install bubblewrap (Debian, Ubuntu) or dnf install bubblewrap (Fedora, RHEL)"
 
@@ -287,6 +294,30 @@ class Containers:
         _forget_job(path)
         log.info("killed job %s in container %s", job_id, container_id, extra={"job_id": job_id})
 
+    async def read_log(self, container_id: str, job_id: str, offset: int, limit: int) -> ContainerJobLog:
+        """At most ``limit`` bytes of a job's log from ``offset``, and whether it still ran before
+        they were read (a job that did not has nothing more to come)."""
+        record = self._record(container_id)
+        jobs = self.dir / container_id / "jobs"
+        name = _uuid(job_id)
+
+        def read() -> ContainerJobLog:
+            running = False
+            with contextlib.suppress(OSError, ValueError):
+                job = json.loads((jobs / f"{name}.json").read_text())
+                running = _alive(record) and job["pgid"] in live_groups()
+            try:
+                with open(jobs / f"{name}.log", "rb") as log_file:
+                    size = os.fstat(log_file.fileno()).st_size
+                    log_file.seek(offset)
+                    data = log_file.read(limit)
+            except OSError:
+                raise PoolError(404, f"job {job_id} not found in container {container_id}") from None
+            size = max(size, offset + len(data))
+            return ContainerJobLog(data=base64.b64encode(data).decode(), size=size, running=running)
+
+        return await asyncio.to_thread(read)
+
     async def processes(self, container_id: str) -> list[ProcessView]:
         """Every process in a container, with its pid as the container sees it."""
         record = self._record(container_id)
@@ -343,8 +374,13 @@ def _uuid(text: str) -> str:
 
 
 def _forget_job(path: Path) -> None:
+    """Forget an ended job but keep its log, and the logs of the last few ended jobs only."""
     path.unlink(missing_ok=True)
-    path.with_suffix(".log").unlink(missing_ok=True)
+    live = {job.stem for job in path.parent.glob("*.json")}
+    ended = [log for log in path.parent.glob("*.log") if log.stem not in live]
+    ended.sort(key=lambda log: log.stat().st_mtime, reverse=True)
+    for log in ended[KEEP_ENDED_LOGS:]:
+        log.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from broker.port import Drop
 from broker.router import Router
 from schemas.base import Accepted, Rejected, WireModel
 from schemas.pool import (
+    ContainerJobLog,
     ContainerJobs,
     ContainerProcesses,
     CreateContainer,
@@ -36,6 +37,7 @@ from schemas.pool import (
     NodeContainers,
     NodeMemory,
     NodeQuery,
+    ReadContainerJobLog,
     ReadMemory,
     RebootNode,
     StartContainerProcess,
@@ -81,6 +83,7 @@ class NodeQueries:
             DeleteContainer: self.delete_container,
             ListContainerJobs: self.list_jobs,
             KillContainerJob: self.kill_job,
+            ReadContainerJobLog: self.read_job_log,
             ListContainerProcesses: self.list_processes,
             StartContainerProcess: self.start_process,
         }
@@ -159,6 +162,9 @@ class NodeQueries:
     async def kill_job(self, query: KillContainerJob) -> Accepted:
         await self.containers.kill_job(query.container_id, query.job_id)
         return Accepted(id=query.job_id)
+
+    async def read_job_log(self, query: ReadContainerJobLog) -> ContainerJobLog:
+        return await self.containers.read_log(query.container_id, query.job_id, query.offset, query.limit)
 
     async def list_processes(self, query: ListContainerProcesses) -> ContainerProcesses:
         return ContainerProcesses(processes=await self.containers.processes(query.container_id))

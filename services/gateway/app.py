@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from broker.port import MessageBus
 from broker.topology import Topology
 from services.gateway import (
+    container_logs_api,
     content_api,
     data_api,
     jobs_api,
@@ -104,6 +105,7 @@ async def create_app(
     app.add_routes(logs_api.routes)
     app.add_routes(roles_api.routes)
     app.add_routes(pool_api.routes)
+    app.add_routes(container_logs_api.routes)
     app.add_routes(ops_api.routes)
     app.add_routes(tokens_api.routes)
     app.cleanup_ctx.append(job_watcher_context)

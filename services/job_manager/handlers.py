@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -480,13 +480,10 @@ class JobManager:
             job = await self.jobs.get(job["id"]) or job
         gone = {"deleted": True, "deleted_reason": reason, "deleted_at": self.clock(), "answer": None}
         await self._update(job, gone, cause)
-        # A big answer is a data item the agent uploaded: the data manager owns it; so are the
-        # stored stdout and stderr, which go with their job (output files stay: the user's data).
+        # A big answer is a data item the agent uploaded: the data manager owns it.
         if job.get("answer_id") and job.get("answer") is None:
             await self._forget_answer(job["answer_id"], job, cause)
-        for stream_id in (job.get("stdout_id"), job.get("stderr_id")):
-            if stream_id:
-                await self._forget_answer(stream_id, job, cause)
+        await self._forget_streams(job, job, cause)
 
     async def _finish(
         self,
@@ -513,6 +510,8 @@ class JobManager:
             await self._tell_origin(finished)
         if job["deleted"] and fields.get("answer_id") and "answer" not in fields:
             await self._forget_answer(fields["answer_id"], job, None)
+        if job["deleted"]:
+            await self._forget_streams(fields, job, None)  # they came after the job went
         log.info(
             "job %s %s",
             job["id"],
@@ -620,6 +619,13 @@ class JobManager:
         self.rejected_events["unknown host" if host is None else "bad signature"] += 1
         log.warning("rejected agent event %s claiming host %s", envelope.type, rid, extra={"resource_id": rid})
         raise Drop(f"agent event {envelope.type} not signed by host {rid}")
+
+    async def _forget_streams(self, fields: Mapping[str, Any], job: dict[str, Any], cause: Envelope | None) -> None:
+        """The stored stdout and stderr are the job's log: they go with it. Its output files stay:
+        they are the user's data files (listed by ``GET /api/data``, deleted by the user)."""
+        for key in ("stdout_id", "stderr_id"):
+            if fields.get(key):
+                await self._forget_answer(fields[key], job, cause)
 
     async def _forget_answer(self, answer_id: str, job: dict[str, Any], cause: Envelope | None) -> None:
         forget = DeleteContent(item_id=answer_id)

@@ -7,6 +7,7 @@ go to ``tests/browser/artifacts/``.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from tests.rabbit import unavailable
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 WAIT_MS = 30_000
+LIVE_GAP = 2  # seconds between a job's two lines: the first must show before the second is written
+UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 pytestmark = pytest.mark.e2e
 
@@ -35,11 +38,33 @@ async def sign_in(page: Page, skybus: Skybus) -> None:
     await expect(page.locator("#live")).to_have_text("live")
 
 
-async def run_from_the_form(page: Page, command: str) -> None:
+async def run_from_the_form(page: Page, command: str, output_files: str = "") -> None:
     await page.goto(page.url.split("#")[0] + "#/")
     await page.fill("#run input[name=command]", command)
+    await page.fill("#run input[name=output_files]", output_files)
     await page.click("#run button")
     await expect(page.locator("#job-state")).to_be_visible()
+
+
+async def watch_a_live_log_and_download_an_output(page: Page, skybus: Skybus) -> None:
+    """The job page follows the log while the job runs: the first line is there before the job ends."""
+    command = f"echo first line; sleep {LIVE_GAP}; echo second line >&2; echo kept > out.txt"
+    await run_from_the_form(page, command, output_files="out.txt")
+    job_id = page.url.rsplit("/", 1)[-1]
+    await expect(page.locator("#log .stdout")).to_have_text("first line\n", timeout=WAIT_MS)
+    status, job = await skybus.call("GET", f"/api/job/job_info/{job_id}")
+    assert status == 200 and job["state"] == "running", job  # seen live, not read after the end
+    await page.screenshot(path=ARTIFACTS / "job-live-log.png", full_page=True)
+    await expect(page.locator("#job-state")).to_have_text("succeeded", timeout=WAIT_MS)
+    await expect(page.locator("#log .stderr")).to_have_text("second line\n", timeout=WAIT_MS)
+    await expect(page.locator("#log-state")).to_have_text("ended")
+    link = page.locator("#output-list a", has_text="out.txt")
+    await expect(link).to_have_attribute("data-data-id", re.compile(UUID), timeout=WAIT_MS)
+    async with page.expect_download() as download_info:
+        await link.click()
+    download = await download_info.value
+    assert download.suggested_filename == "out.txt"
+    assert Path(await download.path()).read_bytes() == b"kept\n"
 
 
 async def test_a_user_signs_in_sees_a_host_runs_a_job_and_cancels_another(tmp_path, capsys) -> None:
@@ -65,6 +90,8 @@ async def test_a_user_signs_in_sees_a_host_runs_a_job_and_cancels_another(tmp_pa
             await expect(page.locator("#answer-exit")).to_have_text("0")
             await expect(page.locator("#history li")).to_have_count(5)  # pending ... succeeded
             await page.screenshot(path=ARTIFACTS / "job-succeeded.png", full_page=True)
+
+            await watch_a_live_log_and_download_an_output(page, skybus)
 
             await page.click("text=← all jobs")  # the list follows a job run elsewhere, live
             status, created = await skybus.call("POST", "/api/job/run", json={"command": "echo from curl"})

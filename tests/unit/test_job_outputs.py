@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from broker.envelope import Envelope
 from broker.port import Drop
-from schemas.jobs import FileStagedOut, JobChanged, JobState, StageOutFile, SubmitTask, TaskCompleted
+from schemas.base import Accepted, Rejected
+from schemas.content import DeleteContent
+from schemas.jobs import DeleteJob, FileStagedOut, JobChanged, JobState, StageOutFile, SubmitTask, TaskCompleted
 from services.job_manager.handlers import RESEND_AFTER, STAGE_OUT_LIMIT, JobManager
 from tests.delivery import deliver
 from tests.unit.test_job_manager import HOST_A, HOST_B, add_host, from_host, host_changed, manager, run, state  # noqa: F401
@@ -87,3 +90,43 @@ async def test_a_job_without_output_files_ends_at_once_and_sends_no_stage_out(ma
     assert manager.bus.payloads(SubmitTask)[0].stage_out is False
     await deliver(manager.task_completed, from_host(completed()))
     assert (await state(manager))["state"] == "succeeded" and manager.bus.payloads(StageOutFile) == []
+
+
+def forgotten(manager: JobManager) -> list[str]:
+    return [command.item_id for command in manager.bus.payloads(DeleteContent)]
+
+
+async def test_deleting_a_job_forgets_its_stdout_and_stderr_once_and_keeps_its_outputs(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager, output_files=["*.csv"])
+    await manager.task_completed(from_host(completed(stderr_id="err-1")))
+    await manager.file_staged_out(from_host(FileStagedOut(job_id="job-1", files={"a.csv": "d-1"})))
+    assert await manager.delete_job(Envelope(DeleteJob(job_id="job-1"))) == Accepted(id="job-1")
+    assert sorted(forgotten(manager)) == ["err-1", "out-1"]  # a.csv's d-1 is the user's: it stays
+    again = await manager.delete_job(Envelope(DeleteJob(job_id="job-1")))
+    assert isinstance(again, Rejected) and again.status == 410 and len(forgotten(manager)) == 2
+
+
+async def test_the_log_of_a_job_deleted_while_it_ran_is_forgotten_when_it_comes(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager, output_files=["x"])
+    await manager.delete_job(Envelope(DeleteJob(job_id="job-1")))
+    late = completed(outcome=JobState.CANCELLED, exit_code=-15, stderr_id="err-1")
+    await manager.task_completed(from_host(late))  # the command ran to its end: its files are asked for
+    assert forgotten(manager) == []
+    await manager.file_staged_out(from_host(FileStagedOut(job_id="job-1", files={"x": "d-1"})))
+    await manager.file_staged_out(from_host(FileStagedOut(job_id="job-1", files={"x": "d-1"})))  # redelivered
+    await manager.task_completed(from_host(late))
+    assert sorted(forgotten(manager)) == ["err-1", "out-1"]
+    job = await state(manager)
+    assert job["deleted"] is True and job["outputs"] == {"x": "d-1"}
+
+
+async def test_a_job_whose_ttl_ran_out_forgets_its_log(manager: JobManager) -> None:
+    await add_host(manager, HOST_A)
+    await run(manager, ttl=10)
+    await manager.task_completed(from_host(completed()))
+    manager.clock.now += 11
+    await manager.sweep()
+    await manager.sweep()
+    assert forgotten(manager) == ["out-1"] and (await state(manager))["deleted_reason"] == "its ttl ran out"

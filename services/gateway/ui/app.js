@@ -13,6 +13,7 @@ let stream = null;          // the EventSource, while signed in
 let onJobEvent = () => {};  // what the current view does with a job change
 let onHostEvent = () => {}; // ... and with a host's
 let timers = [];            // the current view's intervals
+let follows = [];           // the current view's log follows (AbortControllers)
 
 // ---- helpers
 
@@ -135,6 +136,8 @@ function listen() {
 function clearView() {
   timers.forEach(clearInterval);
   timers = [];
+  follows.forEach((follow) => follow.abort());
+  follows = [];
   onJobEvent = () => {};
   onHostEvent = () => {};
   main.replaceChildren();
@@ -212,6 +215,7 @@ function runForm() {
   const hostname = h("input", { name: "hostname", placeholder: "hostname (any)" });
   const ttl = h("input", { name: "ttl", type: "number", min: 1, placeholder: "ttl (s)" });
   const files = h("input", { name: "input_files", placeholder: "input file ids, comma-separated" });
+  const outputs = h("input", { name: "output_files", placeholder: "output files to keep, e.g. *.csv" });
   return h("section", {},
     h("h2", { text: "Run a job" }),
     h("form", { id: "run", onsubmit: guarded(async () => {
@@ -220,9 +224,11 @@ function runForm() {
       if (ttl.value) body.ttl = Number(ttl.value);
       const ids = files.value.split(",").map((s) => s.trim()).filter(Boolean);
       if (ids.length) body.input_files = ids;
+      const globs = outputs.value.split(",").map((s) => s.trim()).filter(Boolean);
+      if (globs.length) body.output_files = globs;
       const created = await api("POST", "/api/job/run", body);
       location.hash = `#/job/${created.job_id}`;
-    }) }, command, hostname, ttl, files, h("button", { type: "submit", text: "Run" })));
+    }) }, command, hostname, ttl, files, outputs, h("button", { type: "submit", text: "Run" })));
 }
 
 function dataSection(tbody) {
@@ -270,6 +276,11 @@ function showJob(jobId) {
   main.append(h("p", {}, h("a", { href: "#/", text: "← all jobs" })), view);
   let answerShown = null;
   const answer = h("section", { id: "answer" }, h("h2", { text: "Answer" }), h("p", { class: "muted", text: "Not yet: the job has not ended." }));
+  const log = h("pre", { id: "log", "aria-live": "polite" });
+  const logState = h("span", { id: "log-state", class: "muted", text: "following" });
+  const logSection = h("section", { id: "log-section" },
+    h("h2", {}, "Log ", h("span", { class: "legend stdout", text: "stdout" }), h("span", { class: "legend stderr", text: "stderr" }), logState), log);
+  const outputs = h("section", { id: "outputs" }, h("h2", { text: "Output files" }));
 
   async function load() {
     const job = await api("GET", `/api/job/job_info/${jobId}`);
@@ -289,7 +300,9 @@ function showJob(jobId) {
         h("dl", {}, fields.flatMap(([name, value]) => [h("dt", { text: name }), h("dd", {}, value)]))),
       h("section", {}, h("h2", { text: "History" }),
         h("ol", { id: "history" }, job.history.map((step) => h("li", {}, badge(step.state), " ", when(step.at))))),
-      answer);
+      logSection, answer);
+    showOutputs(outputs, job);
+    if (job.output_files && job.output_files.length) view.append(outputs);
     if (job.answer_id && answerShown !== job.answer_id) {
       answerShown = job.answer_id;
       const result = await api("GET", `/api/data/${job.answer_id}`);
@@ -304,11 +317,67 @@ function showJob(jobId) {
   let loads = Promise.resolve();  // one after another: an older read never overwrites a newer one
   const reload = () => { loads = loads.then(guarded(load)); };
   reload();
+  Promise.all(["stdout", "stderr"].map((name) => followLog(jobId, name, log)))
+    .then(() => { logState.textContent = log.childNodes.length ? "ended" : "ended: no output"; })
+    .catch((error) => { if (error.name !== "AbortError") logState.textContent = `stopped: ${error.message}`; });
   onJobEvent = (change) => {
     if (change.job_id !== jobId) return;
     if (change.deleted) { flash("This job was deleted."); return; }
     reload();
   };
+}
+
+// A job's stdout or stderr, live: GET /api/job/logs/{id}?follow=1&stream=... sends the raw bytes as
+// they come (chunked) until the job ends. Each chunk is decoded as UTF-8 (a character split between
+// two chunks waits for its end) and appended to the log in a span of its stream's class, so the two
+// interleave in about the order they came.
+async function followLog(jobId, name, log) {
+  const follow = new AbortController();
+  follows.push(follow);
+  const response = await fetch(`/api/job/logs/${jobId}?follow=1&stream=${name}`, {
+    headers: { Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY)}` }, signal: follow.signal,
+  });
+  if (!response.ok) {
+    let message = await response.text();
+    try { message = JSON.parse(message).error || message; } catch (_) { /* keep the text */ }
+    throw new ApiError(response.status, message);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  const append = (text) => {
+    if (!text) return;
+    const last = log.lastChild;
+    if (last && last.classList.contains(name)) last.textContent += text;
+    else log.append(h("span", { class: name, text }));
+  };
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    append(decoder.decode(value, { stream: true }));
+  }
+  append(decoder.decode());
+}
+
+function showOutputs(section, job) {
+  const outputs = Object.entries(job.outputs || {});
+  const errors = Object.entries(job.output_errors || {});
+  const rows = outputs.map(([name, dataId]) => h("li", {}, h("a", { href: `/api/data/${dataId}`, download: name, "data-data-id": dataId,
+    onclick: guarded(() => download(dataId, name)) }, name), " ", h("code", { class: "muted", text: dataId })));
+  rows.push(...errors.map(([pattern, why]) => h("li", { class: "output-error" }, h("code", { text: pattern }), `: ${why}`)));
+  const waiting = FINAL.has(job.state) ? "None." : `Kept when the job ends: ${(job.output_files || []).join(", ")}`;
+  section.replaceChildren(h("h2", { text: "Output files" }), rows.length ? h("ul", { id: "output-list" }, rows) : h("p", { class: "muted", text: waiting }));
+}
+
+// A data file, fetched with the token (a plain link cannot send it) and handed to the browser to save.
+async function download(dataId, name) {
+  const response = await fetch(`/api/data/${dataId}`, { headers: { Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY)}` } });
+  if (!response.ok) throw new ApiError(response.status, `GET /api/data/${dataId}: ${response.status} ${await response.text()}`);
+  const url = URL.createObjectURL(await response.blob());
+  const link = h("a", { href: url, download: name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 // ---- start
