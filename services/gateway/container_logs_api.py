@@ -22,7 +22,8 @@ from aiohttp import web
 from schemas.pool import ContainerJobLog, ReadContainerJobLog
 from services.gateway.errors import ApiError
 from services.gateway.logs_api import parse_follow
-from services.gateway.openapi import documented
+from services.gateway.openapi import NODE_ERRORS, documented
+from services.gateway.params import ContainerJobLogsQuery
 from services.gateway.pool_api import CONTAINER, ask_node
 
 routes = web.RouteTableDef()
@@ -32,8 +33,11 @@ POLL = 0.5  # seconds between two reads of a running job that wrote nothing new
 
 @routes.get(CONTAINER + "/jobs/{job_id}/logs")
 @documented(
+    query=ContainerJobLogsQuery,
+    media="application/octet-stream",
+    errors=(400, 404, *NODE_ERRORS),
     summary="A container job's raw output, stdout and stderr together (chunked bytes); ?follow=1 until it "
-    "ends; kept after it ends, until its container is deleted"
+    "ends; kept after it ends, until its container is deleted",
 )
 async def container_job_logs(request: web.Request) -> web.StreamResponse:
     if unknown := sorted(set(request.query) - {"follow"}):

@@ -50,6 +50,10 @@ class JobLogsQuery(Params):
     follow: Flag | None = Field(default=None, description="1 or true: stream the output live until the job ends")
 
 
+class ContainerJobLogsQuery(Params):
+    follow: Flag | None = Field(default=None, description="1 or true: stream the output live until the job ends")
+
+
 class JobIdQuery(Params):
     job_id: UUID | None = Field(default=None, description="the job, when the body does not name it")
 
