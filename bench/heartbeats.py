@@ -87,10 +87,14 @@ async def register(fleet: Fleet, count: int) -> list[Simulated]:
         async def one(n: int) -> None:
             async with semaphore:
                 body = {"hostname": f"sim-{n:05d}", "user": "admin"}
-                async with session.post(fleet.url + "/api/resources", json=body) as response:
-                    created = await response.json()
-                    assert response.status == 200, created
-                    agents.append(Simulated(created["id"], created["token"]))
+                for _ in range(100):  # 503 until the resource manager has declared its queue
+                    async with session.post(fleet.url + "/api/resources", json=body) as response:
+                        created = await response.json()
+                        if response.status != 503:
+                            break
+                    await asyncio.sleep(0.2)
+                assert response.status == 200, created
+                agents.append(Simulated(created["id"], created["token"]))
 
         await asyncio.gather(*(one(n) for n in range(count)))
     return agents
@@ -136,7 +140,9 @@ async def main() -> None:
     with fresh_vhost("skybus-bench") as vhost:
         data = Path(tempfile.mkdtemp(prefix="skybus-beats-"))
         # Real agents' timings: a host is judged silent after 15 s without a beat.
-        fleet = Fleet(data, vhost.url, SKYBUS_LOG_LEVEL="WARNING", SKYBUS_RESPONDING_TIMEOUT="60")
+        # Real agents' timings and the production write interval (tests write liveness every 0.5 s).
+        quiet = {"SKYBUS_LOG_LEVEL": "WARNING", "SKYBUS_LIVENESS_WRITE_INTERVAL": "30"}
+        fleet = Fleet(data, vhost.url, SKYBUS_RESPONDING_TIMEOUT="60", **quiet)
         topology = Topology(fleet.env["SKYBUS_NAMESPACE"])
         bus = AmqpBus(vhost.url, all_message_types(), topology, sender="bench")
         try:
