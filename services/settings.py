@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         "(http://user:pass@host:15672): the resource manager gives each agent a broker user of its own; "
         "unset, agents use the AMQP URL they are given",
     )
+    amqp_ca: Path | None = Field(
+        default=None, description="with an amqps:// URL: the CA file of RabbitMQ's certificate (default: system)"
+    )
     mongo_url: str | None = None
     mongo_database: str = "skybus"
     data_dir: Path = Path("./data")
@@ -29,6 +32,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str | None = Field(default=None, description="how agents reach the gateway; default http://host:port")
+    tls_cert: Path | None = Field(
+        default=None, description="the gateway serves HTTPS with this certificate (PEM, intermediates after it)"
+    )
+    tls_key: Path | None = Field(default=None, description="the private key of tls_cert (PEM)")
+    ca: Path | None = Field(
+        default=None, description="the CA file an agent verifies the gateway's certificate with (default: system)"
+    )
     metrics_port: int | None = Field(
         default=None, description="a manager run alone serves Prometheus /metrics on this port (0: any); off if unset"
     )
@@ -107,10 +117,19 @@ class Settings(BaseSettings):
         default=None, description="with join_token: the token of this hostname's registration, to adopt it"
     )
 
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both SKYBUS_TLS_CERT and SKYBUS_TLS_KEY (--tls-cert and --tls-key), or neither")
+        if self.amqp_ca is not None and not (self.amqp_url or "").startswith("amqps://"):
+            raise ValueError("SKYBUS_AMQP_CA is for an amqps:// SKYBUS_AMQP_URL: a plain amqp:// one is not encrypted")
+        return self
+
     @property
     def embedded_bus(self) -> bool:
         return not self.amqp_url
 
     @property
     def gateway_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"
