@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     allow_reboot: bool = Field(default=False, description="the agent may reboot its host when an admin asks")
     reboot_command: str = Field(default="systemctl reboot", description="how the agent reboots its host")
     container_tool: str = Field(default="bwrap", description="bubblewrap, which makes the agent's containers")
+    container_uid: int = Field(
+        default=65534, description="the unprivileged host uid (and gid) that is root in a container's user namespace"
+    )
+    privileged_containers: bool = Field(
+        default=False,
+        description="containers run as the host's root with no user namespace (capabilities still dropped): "
+        "an operator's choice, for images that need real root",
+    )
 
     # The agent's own identity (``skybus agent``).
     resource_id: str | None = None

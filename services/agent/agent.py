@@ -57,6 +57,7 @@ class Agent:
         allow_reboot: bool = False,
         reboot_command: str = DEFAULT_REBOOT_COMMAND,
         container_tool: str = "bwrap",
+        container_uid: int | None = 65534,
         job_options: JobOptions | None = None,
         gateway_tls: ssl.SSLContext | None = None,
     ) -> None:
@@ -76,7 +77,9 @@ class Agent:
         self.router.add(SubmitTask, self.tasks.submit_task)
         self.router.add(CancelTask, self.tasks.cancel_task)
         self.router.add(StageInFiles, self.tasks.stage_in_files)
-        containers = Containers(state_dir / "containers", self._data, tool=container_tool, kill_grace=kill_grace)
+        containers = Containers(
+            state_dir / "containers", self._data, tool=container_tool, kill_grace=kill_grace, uid=container_uid
+        )
         self.node = NodeQueries(
             resource_id, self.signed, containers, allow_reboot=allow_reboot, reboot_command=reboot_command
         )
@@ -161,6 +164,7 @@ def agent_from_settings(
         allow_reboot=settings.allow_reboot,
         reboot_command=settings.reboot_command,
         container_tool=settings.container_tool,
+        container_uid=None if settings.privileged_containers else settings.container_uid,
         workdir_retention=settings.workdir_retention,
         job_options=JobOptions.from_settings(settings, resource_id),
         gateway_tls=gateway_tls or gateway_context(settings),
