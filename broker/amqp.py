@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -114,8 +115,12 @@ class AmqpBus:
         sender: str = "",
         confined: bool = False,
         close_timeout: float = CLOSE_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context`` verifies an ``amqps://`` broker; without it aiormq builds one from the
+        system's store (or the URL's ``?cafile=``)."""
         self.url = url
+        self.ssl_context = ssl_context
         self.confined = confined
         self.close_timeout = close_timeout
         self._instance = uuid.uuid4().hex
@@ -198,7 +203,11 @@ class AmqpBus:
             options["reconnect_interval"] = RECONNECT_INTERVAL
         name = f"{self.sender or 'skybus'} {purpose}"
         connection = await aio_pika.connect_robust(
-            self.url, timeout=self.publish_timeout, client_properties={"connection_name": name}, **options
+            self.url,
+            timeout=self.publish_timeout,
+            client_properties={"connection_name": name},
+            ssl_context=self.ssl_context,
+            **options,
         )
         connection.close_callbacks.add(lambda _, error: self._lost(purpose, error))
         connection.reconnect_callbacks.add(lambda _: self._outage.restored(purpose))

@@ -22,7 +22,7 @@ from aiormq.exceptions import ChannelClosed
 from broker import ack, codec
 from broker.ack import Action
 from broker.amqp_batch import BATCH_CONTENT_TYPE, unpack
-from broker.amqp_wire import ATTEMPTS, HANDLING, LOST, is_lost
+from broker.amqp_wire import ATTEMPTS, HANDLING, LOST, delivered_key, is_lost
 from broker.envelope import Envelope
 from broker.port import BusUnavailable, Handler, QueueKind, QueueSpec
 from schemas.base import WireModel
@@ -108,7 +108,9 @@ class AmqpSubscription:
             return
         HANDLING.set(message)
         attempts = self._attempts(message)
-        envelope, verdict = await self._judge(message.body, attempts, is_request=bool(message.reply_to))
+        envelope, verdict = await self._judge(
+            message.body, attempts, delivered_key(message), is_request=bool(message.reply_to)
+        )
         if verdict.action is Action.DEAD_LETTER:
             await self._give_up(message, verdict.reason)
             return
@@ -163,7 +165,7 @@ class AmqpSubscription:
     async def _settle_item(self, message: AbstractIncomingMessage, body: bytes, attempts: int) -> bool:
         """Run the handler on one envelope of a batch and settle it alone: True once it needs nothing
         more from the batch's message than its ack."""
-        envelope, verdict = await self._judge(body, attempts, is_request=False)
+        envelope, verdict = await self._judge(body, attempts, delivered_key(message), is_request=False)
         try:
             if verdict.action is Action.DEAD_LETTER:
                 await self._bus._dead_letter(message, self._spec.name, verdict.reason, body=body, envelope=envelope)
@@ -174,13 +176,16 @@ class AmqpSubscription:
             return False
         return True
 
-    async def _judge(self, body: bytes, attempts: int, *, is_request: bool) -> tuple[Envelope | None, ack.Verdict]:
-        """Decode and handle one envelope on its ``attempts``-th delivery; the policy says what next."""
+    async def _judge(
+        self, body: bytes, attempts: int, routing_key: str, *, is_request: bool
+    ) -> tuple[Envelope | None, ack.Verdict]:
+        """Decode and handle one envelope on its ``attempts``-th delivery under ``routing_key`` (which
+        the handler sees as ``envelope.routing_key``); the policy says what next."""
         envelope: Envelope | None = None
         reply: WireModel | Envelope | None = None
         error: Exception | None = None
         try:
-            envelope = codec.decode(body, self._bus.types)
+            envelope = codec.decode(body, self._bus.types).delivered_under(routing_key)
             async with self._slots:
                 reply = await self._handler(envelope)
         except Exception as failure:  # the policy tells an expected outcome from a bug

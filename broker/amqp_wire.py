@@ -42,3 +42,14 @@ def is_lost(error: BaseException) -> bool:
     if isinstance(error, PublishError):
         return False
     return isinstance(error, (*LOST, ChannelClosed, DeliveryError))
+
+
+def delivered_key(message: AbstractIncomingMessage) -> str:
+    """The routing key ``message`` was published under. A message a service retried alone comes by the
+    default exchange (which only services may write) under its queue's name, with the original key
+    in a header: that header is believed there, and nowhere else (any publisher can set headers)."""
+    headers = message.headers or {}
+    if message.exchange == "" and ATTEMPTS in headers:
+        key = headers.get(ROUTING_KEY)
+        return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
+    return message.routing_key or ""

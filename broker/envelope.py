@@ -25,7 +25,9 @@ class Envelope:
     ``causation_id`` names the message that caused this one. ``signature`` is set only on agent
     events, which travel on the untrusted exchange until the resource manager has checked them.
     ``payload_bytes`` is the payload exactly as it arrived, kept so a signature can be checked
-    against the bytes that were signed rather than a re-encoding.
+    against the bytes that were signed rather than a re-encoding. ``routing_key`` is the key the
+    message was delivered under, set by the adapter that consumed it (never read from the body, so
+    no sender sets it); None on an envelope no bus delivered (a handler called directly in a test).
     """
 
     payload: WireModel
@@ -37,6 +39,7 @@ class Envelope:
     resource_id: str | None = None
     signature: bytes | None = None
     payload_bytes: bytes | None = field(default=None, compare=False, repr=False)
+    routing_key: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def type(self) -> str:
@@ -54,3 +57,6 @@ class Envelope:
 
     def with_signature(self, signature: bytes | None) -> Envelope:
         return replace(self, signature=signature)
+
+    def delivered_under(self, routing_key: str) -> Envelope:
+        return replace(self, routing_key=routing_key)

@@ -116,7 +116,7 @@ class _MemorySubscription:
         reply: WireModel | Envelope | None = None
         error: Exception | None = None
         try:
-            envelope = codec.decode(delivery.body, self._bus.types)
+            envelope = codec.decode(delivery.body, self._bus.types).delivered_under(delivery.routing_key)
             _handling.set(delivery)
             reply = await self._handler(envelope)
         except Exception as failure:  # the policy tells an expected outcome from a bug

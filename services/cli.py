@@ -15,10 +15,11 @@ from typing import Any
 
 import click
 from prometheus_client import CollectorRegistry, ProcessCollector
+from pydantic import ValidationError
 
 from broker.port import MessageBus
 from services.agent.agent import agent_from_settings
-from services.agent.data_client import DataClient, DataClientError
+from services.agent.data_client import DataClient, DataClientError, GatewayUntrusted
 from services.agent.join import CREDENTIALS, JoinRefused, join, load_or_make
 from services.client.entry import COMMANDS as CLIENT_COMMANDS
 from services.content_manager.service import ContentManagerService
@@ -35,6 +36,7 @@ from services.runner import Service, run_until_signalled
 from services.settings import Settings
 from services.store.factory import open_document_store
 from services.store.port import DocumentStore
+from services.tls import gateway_context
 from services.tokens import (
     TokenRecord,
     check_user_name,
@@ -54,10 +56,12 @@ log = logging.getLogger("skybus")
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Environment first, then the options given on the command line."""
-    settings = Settings()
+    """Environment first, then the options given on the command line; a contradiction is a usage error."""
     given = {key: value for key, value in overrides.items() if value is not None}
-    return settings.model_copy(update=given) if given else settings
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        raise click.UsageError("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())) from None
 
 
 def echo(line: str = "") -> None:
@@ -109,6 +113,14 @@ def listen_options(command: Any) -> Any:
     command = click.option(
         "--no-access-log", is_flag=True, help="[SKYBUS_ACCESS_LOG=0] no line per HTTP request (skybus.access)"
     )(command)
+    command = click.option(
+        "--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="[SKYBUS_TLS_KEY] its key"
+    )(command)
+    command = click.option(
+        "--tls-cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="[SKYBUS_TLS_CERT] serve HTTPS with this certificate (PEM; intermediates after it)",
+    )(command)
     command = click.option("--data-dir", type=click.Path(path_type=Path), help="[SKYBUS_DATA_DIR]")(command)
     command = click.option("--port", type=int, help="[SKYBUS_PORT] 0 picks a free port")(command)
     command = click.option("--host", help="[SKYBUS_HOST]")(command)
@@ -139,12 +151,22 @@ def reboot_option(command: Any) -> Any:
 @main.command()
 @listen_options
 @reboot_option
-def up(host: str | None, port: int | None, data_dir: Path | None, no_access_log: bool, allow_reboot: bool) -> None:
+def up(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    no_access_log: bool,
+    allow_reboot: bool,
+) -> None:
     """Run the gateway, every manager and a local agent in one process."""
     settings = load_settings(
         host=host,
         port=port,
         data_dir=data_dir,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         allow_reboot=allow_reboot or None,
         access_log=False if no_access_log else None,
     )
@@ -165,7 +187,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, no_access_log:
         gateway = next(s for s in services if isinstance(s, GatewayService))
         local = next(s for s in services if isinstance(s, LocalAgentService))
         tokens = await tokens_collection(store)
-        url = f"http://{settings.host}:{gateway.port}"
+        url = f"{gateway.scheme}://{settings.host}:{gateway.port}"
         echo(f"skybus is up at {url}  (data in {settings.data_dir.resolve()})")
         bus_kind = "RabbitMQ" if settings.amqp_url else "in-process (this machine only)"
         echo(f"bus: {bus_kind}; this host is resource {local.resource_id}")
@@ -194,9 +216,23 @@ def up(host: str | None, port: int | None, data_dir: Path | None, no_access_log:
 
 @main.command()
 @listen_options
-def gateway(host: str | None, port: int | None, data_dir: Path | None, no_access_log: bool) -> None:
+def gateway(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    no_access_log: bool,
+) -> None:
     """Run the REST gateway."""
-    settings = load_settings(host=host, port=port, data_dir=data_dir, access_log=False if no_access_log else None)
+    settings = load_settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        access_log=False if no_access_log else None,
+    )
     serve(settings, _run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
 
 
@@ -262,6 +298,11 @@ for _name, (_service, _summary) in MANAGERS.items():
     help="[SKYBUS_REGISTRATION_TOKEN] with --join-token: adopt this hostname's registration, proven by "
     "the token POST /api/resources gave it",
 )
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="[SKYBUS_CA] verify an https:// gateway with this CA file, not the system's",
+)
 @reboot_option
 @click.option(
     "--unsandboxed-jobs",
@@ -276,6 +317,7 @@ def agent(
     join_token: str | None,
     hostname: str | None,
     registration_token: str | None,
+    ca: Path | None,
     allow_reboot: bool,
     unsandboxed_jobs: bool,
 ) -> None:
@@ -284,6 +326,7 @@ def agent(
         raise click.BadParameter(f"{gateway!r} is not an http:// or https:// URL", param_hint="--gateway")
     settings = load_settings(
         public_url=gateway.rstrip("/") if gateway else None,
+        ca=ca,
         resource_id=resource_id,
         token=token,
         join_token=join_token,
@@ -345,8 +388,15 @@ async def join_cluster(settings: Settings, join_token: str, hostname: str | None
     try:
         credentials = load_or_make(path, hostname, socket.gethostname())
         joined = await join(
-            path, settings.gateway_url, join_token, credentials, registration_token=settings.registration_token
+            path,
+            settings.gateway_url,
+            join_token,
+            credentials,
+            registration_token=settings.registration_token,
+            tls=gateway_context(settings),
         )
+    except GatewayUntrusted as error:
+        raise click.ClickException(str(error)) from None
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     except JoinRefused as refused:
@@ -359,9 +409,11 @@ async def join_cluster(settings: Settings, join_token: str, hostname: str | None
 
 async def check_agent_token(settings: Settings) -> None:
     """Refuse to start with a token the gateway does not know, rather than heartbeat unheard."""
-    client = DataClient(lambda: settings.gateway_url, settings.token or "")
+    client = DataClient(lambda: settings.gateway_url, settings.token or "", tls=gateway_context(settings))
     try:
         identity = await client.whoami()
+    except GatewayUntrusted as error:
+        raise click.ClickException(str(error)) from None
     except DataClientError as error:
         log.warning("could not check this agent's token (%s); files cannot be staged until it can", error)
         return

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from services.resource_manager import records as resources
 from services.security import new_agent_credentials
 from services.settings import Settings
 from services.store.port import DocumentStore
+from services.tls import pinned_context
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,15 @@ class LocalAgentService:
             resource_id=resource_id,
             token=token,
             gateway_url=self._gateway_url,
+            gateway_tls=self._gateway_tls(),
         )
         await self._agent.start()
+
+    def _gateway_tls(self) -> ssl.SSLContext | None:
+        """An https:// gateway of this process is trusted by its own certificate, unless SKYBUS_CA
+        says what to trust."""
+        cert = self._settings.tls_cert
+        return pinned_context(cert) if cert is not None and self._settings.ca is None else None
 
     async def stop(self) -> None:
         if self._agent:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from broker import codec
 from broker.envelope import Envelope
+from broker.topology import Topology
 
 _SIGNING_CONTEXT = b"skybus agent signing key v1\x00"
 
@@ -63,6 +64,16 @@ def _public_key(verify_key_hex: str) -> Ed25519PublicKey:
 def signed_by(envelope: Envelope, verify_key_hex: str) -> bool:
     """Whether the host whose verify key this is signed ``envelope`` (every field but the signature)."""
     return signature_is_valid(verify_key_hex, codec.signed_bytes(envelope), envelope.signature)
+
+
+def routed_from_its_host(envelope: Envelope) -> bool:
+    """Whether an agent event came under the one key its host's broker user may publish it under,
+    ``<resource_id>.<type>``: with the signature, the event's sender, its signer and the host it names
+    are one. An envelope no bus delivered (a handler called directly) has no key to check."""
+    if envelope.routing_key is None:
+        return True
+    rid = envelope.resource_id
+    return rid is not None and envelope.routing_key == Topology.agent_routing_key(rid, envelope.type)
 
 
 def new_agent_credentials() -> tuple[str, str, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         "(http://user:pass@host:15672): the resource manager gives each agent a broker user of its own; "
         "unset, agents use the AMQP URL they are given",
     )
+    amqp_ca: Path | None = Field(
+        default=None, description="with an amqps:// URL: the CA file of RabbitMQ's certificate (default: system)"
+    )
     mongo_url: str | None = None
     mongo_database: str = "skybus"
     data_dir: Path = Path("./data")
@@ -30,6 +33,13 @@ class Settings(BaseSettings):
     port: int = 8080
     public_url: str | None = Field(default=None, description="how agents reach the gateway; default http://host:port")
     access_log: bool = Field(default=True, description="a line per HTTP request on the gateway (skybus.access, INFO)")
+    tls_cert: Path | None = Field(
+        default=None, description="the gateway serves HTTPS with this certificate (PEM, intermediates after it)"
+    )
+    tls_key: Path | None = Field(default=None, description="the private key of tls_cert (PEM)")
+    ca: Path | None = Field(
+        default=None, description="the CA file an agent verifies the gateway's certificate with (default: system)"
+    )
     metrics_port: int | None = Field(
         default=None, description="a manager run alone serves Prometheus /metrics on this port (0: any); off if unset"
     )
@@ -99,6 +109,14 @@ class Settings(BaseSettings):
     allow_reboot: bool = Field(default=False, description="the agent may reboot its host when an admin asks")
     reboot_command: str = Field(default="systemctl reboot", description="how the agent reboots its host")
     container_tool: str = Field(default="bwrap", description="bubblewrap, which makes the agent's containers")
+    container_uid: int = Field(
+        default=65534, description="the unprivileged host uid (and gid) that is root in a container's user namespace"
+    )
+    privileged_containers: bool = Field(
+        default=False,
+        description="containers run as the host's root with no user namespace (capabilities still dropped): "
+        "an operator's choice, for images that need real root",
+    )
 
     # The agent's own identity (``skybus agent``).
     resource_id: str | None = None
@@ -108,10 +126,19 @@ class Settings(BaseSettings):
         default=None, description="with join_token: the token of this hostname's registration, to adopt it"
     )
 
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both SKYBUS_TLS_CERT and SKYBUS_TLS_KEY (--tls-cert and --tls-key), or neither")
+        if self.amqp_ca is not None and not (self.amqp_url or "").startswith("amqps://"):
+            raise ValueError("SKYBUS_AMQP_CA is for an amqps:// SKYBUS_AMQP_URL: a plain amqp:// one is not encrypted")
+        return self
+
     @property
     def embedded_bus(self) -> bool:
         return not self.amqp_url
 
     @property
     def gateway_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"

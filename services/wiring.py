@@ -9,6 +9,7 @@ from broker.topology import Topology
 from schemas.registry import all_message_types
 from services.security import broker_password, broker_username
 from services.settings import Settings
+from services.tls import amqp_context
 
 
 def make_topology(settings: Settings) -> Topology:
@@ -22,7 +23,14 @@ def make_bus(settings: Settings, *, sender: str, confined: bool = False) -> Mess
     if settings.amqp_url:
         from broker.amqp import AmqpBus
 
-        return AmqpBus(settings.amqp_url, all_message_types(), topology, sender=sender, confined=confined)
+        return AmqpBus(
+            settings.amqp_url,
+            all_message_types(),
+            topology,
+            sender=sender,
+            confined=confined,
+            ssl_context=amqp_context(settings),
+        )
     from broker.memory import MemoryBus
 
     return MemoryBus(all_message_types(), topology, sender=sender)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from services.agent.supervisor import JobOptions
 from services.agent.tasks import TaskRunner
 from services.security import signing_key
 from services.settings import Settings
+from services.tls import gateway_context
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,9 @@ class Agent:
         allow_reboot: bool = False,
         reboot_command: str = DEFAULT_REBOOT_COMMAND,
         container_tool: str = "bwrap",
+        container_uid: int | None = 65534,
         job_options: JobOptions | None = None,
+        gateway_tls: ssl.SSLContext | None = None,
     ) -> None:
         self._bus = bus
         self._topology = topology
@@ -65,7 +69,7 @@ class Agent:
         self._workdir_retention = workdir_retention
         self._subscriptions: list[Subscription] = []
         self._heartbeats: asyncio.Task[None] | None = None
-        self._data = DataClient(gateway_url, token)
+        self._data = DataClient(gateway_url, token, tls=gateway_tls)
         self.tasks = TaskRunner(
             state_dir, self.say, self._data, kill_grace=kill_grace, max_parallel=max_parallel_tasks, options=job_options
         )
@@ -75,7 +79,9 @@ class Agent:
         self.router.add(StageInFiles, self.tasks.stage_in_files)
         self.router.add(StageOutFile, self.tasks.stage_out_file)
         self.router.add(WatchOutput, self.tasks.output.watch_output)
-        containers = Containers(state_dir / "containers", self._data, tool=container_tool, kill_grace=kill_grace)
+        containers = Containers(
+            state_dir / "containers", self._data, tool=container_tool, kill_grace=kill_grace, uid=container_uid
+        )
         self.node = NodeQueries(
             resource_id, self.signed, containers, allow_reboot=allow_reboot, reboot_command=reboot_command
         )
@@ -142,9 +148,11 @@ def agent_from_settings(
     resource_id: str,
     token: str,
     gateway_url: Callable[[], str],
+    gateway_tls: ssl.SSLContext | None = None,
 ) -> Agent:
     """The agent of resource ``resource_id`` as the settings configure it (``skybus agent`` and the
-    local agent of ``skybus up``)."""
+    local agent of ``skybus up``). ``gateway_tls`` overrides what verifies an https:// gateway
+    (default: ``SKYBUS_CA``, else the system's trust store)."""
     return Agent(
         bus,
         topology,
@@ -158,6 +166,8 @@ def agent_from_settings(
         allow_reboot=settings.allow_reboot,
         reboot_command=settings.reboot_command,
         container_tool=settings.container_tool,
+        container_uid=None if settings.privileged_containers else settings.container_uid,
         workdir_retention=settings.workdir_retention,
         job_options=JobOptions.from_settings(settings, resource_id),
+        gateway_tls=gateway_tls or gateway_context(settings),
     )

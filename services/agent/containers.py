@@ -1,5 +1,11 @@
 """Containers on this host (seed 003), made with bubblewrap; their jobs started in them with nsenter.
 
+A job (a process started in a container) runs in a user namespace of its own whose root is an
+unprivileged uid on the host (``SKYBUS_CONTAINER_UID``, 65534), with every capability dropped: the
+container's mounts belong to the host's namespace, so it can neither remount a ``:ro`` bind nor
+touch what the host's root owns (:mod:`services.agent.userns_enter`). An operator may run them as
+the host's root instead (``SKYBUS_PRIVILEGED_CONTAINERS``), still without capabilities.
+
 A container is a bwrap sandbox with its own PID, UTS (hostname), IPC and mount namespaces, and its
 own network namespace (a loopback only) unless ``hostNetworking``. Its root is a tarball from the
 content manager extracted under the agent's state dir and bound read-write, or the host's system
@@ -66,6 +72,7 @@ from services.agent.sandbox import (
     live_groups,
     members,
     nsenter_argv,
+    own_tree,
     process_view,
     read_info,
     wait_ready,
@@ -92,10 +99,14 @@ class Containers:
         tool: str = "bwrap",
         kill_grace: float = 5.0,
         start_timeout: float = 10.0,
+        uid: int | None = 65534,
     ) -> None:
+        """``uid``: the unprivileged host uid that is root in each container process's user namespace;
+        None runs them as the host's root, capabilities dropped (``SKYBUS_PRIVILEGED_CONTAINERS``)."""
         self.dir = state_dir.absolute()  # bwrap and the detached shells must not depend on a cwd
         self._data = data
         self._tool = tool
+        self._uid = uid
         self._kill_grace = kill_grace
         self._start_timeout = start_timeout
         self._changing = asyncio.Lock()  # creations and deletions, one at a time
@@ -189,6 +200,8 @@ class Containers:
         try:
             await self._data.download(rootfs_id, tarball)
             await asyncio.to_thread(extract_rootfs, tarball, root)
+            if self._uid is not None:  # its files are its (user namespace's) root's
+                await asyncio.to_thread(own_tree, root, self._uid)
         except DataClientError as error:
             raise PoolError(502, f"flist: {flist!r} could not be fetched from the gateway: {error}") from None
         except (tarfile.TarError, OSError) as error:
@@ -233,10 +246,11 @@ class Containers:
         if process.pwd and not await asyncio.to_thread(os.path.isdir, root + process.pwd):
             raise PoolError(400, f"{prefix}pwd: {process.pwd!r} is not a directory in container {record['id']}")
         # Capabilities are dropped by the container's own setpriv (nsenter changes root before it
-        # execs): a root filesystem without one (a minimal tarball) runs its processes with them.
+        # execs): a root filesystem without one (a minimal tarball) runs its processes with them,
+        # which in a user namespace (the default) are that namespace's only: no mount, no host file.
         setpriv = executable_in(root, "setpriv", DEFAULT_PATH)
         if setpriv is None:
-            log.warning("container %s has no setpriv: its process keeps root's capabilities", record["id"])
+            log.warning("container %s has no setpriv: its process keeps its namespace's capabilities", record["id"])
         job_id = str(uuid.uuid4())
         env[JOB_ENV] = job_id
         jobs = self.dir / record["id"] / "jobs"
@@ -248,6 +262,7 @@ class Containers:
             pwd=process.pwd,
             command=[program, *process.args],
             setpriv=setpriv,
+            userns_uid=self._uid,
         )
         pgid = await launch_detached(argv, jobs / f"{job_id}.log", env)
         _write_json(jobs / f"{job_id}.json", {"id": job_id, "startTime": started, "pgid": pgid, "name": program})

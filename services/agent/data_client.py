@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
@@ -13,12 +14,23 @@ class DataClientError(Exception):
     pass
 
 
+class GatewayUntrusted(Exception):
+    """The gateway's TLS certificate does not verify: no retry can help, its operator must give the
+    right CA (``--ca``/``SKYBUS_CA``) or URL."""
+
+
+def untrusted(url: str, error: aiohttp.ClientSSLError) -> GatewayUntrusted:
+    return GatewayUntrusted(f"cannot verify the gateway at {url}: {error} (give its CA with --ca or SKYBUS_CA)")
+
+
 class DataClient:
     """Downloads and uploads with this host's own token; the gateway lets it touch only its jobs' files."""
 
-    def __init__(self, gateway_url: Callable[[], str], token: str) -> None:
+    def __init__(self, gateway_url: Callable[[], str], token: str, *, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: what an https:// gateway is verified with (default: the system's trust store)."""
         # A callable: under ``skybus up --port 0`` the URL is known only once the gateway listens.
         self._gateway_url = gateway_url
+        self._tls = tls
         self._headers = {"Authorization": f"Bearer {token}"}
         self._session: aiohttp.ClientSession | None = None
 
@@ -28,7 +40,9 @@ class DataClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
+                connector=aiohttp.TCPConnector(ssl=self._tls or True),
             )
         return self._session
 
@@ -61,7 +75,8 @@ class DataClient:
     async def whoami(self) -> dict[str, object] | None:
         """Whom the gateway takes this token for; None if it does not know it (HTTP 401).
 
-        Raises :class:`DataClientError` when the gateway cannot be asked."""
+        Raises :class:`DataClientError` when the gateway cannot be asked, :class:`GatewayUntrusted`
+        when its certificate does not verify."""
         try:
             async with self._client().get(f"{self._base()}/api/whoami") as response:
                 if response.status == 401:
@@ -69,6 +84,8 @@ class DataClient:
                 if response.status != 200:
                     raise DataClientError(f"whoami failed: {response.status} {await response.text()}")
                 return await response.json()
+        except aiohttp.ClientSSLError as error:
+            raise untrusted(self._base(), error) from error
         except aiohttp.ClientError as error:
             raise DataClientError(f"cannot reach the gateway at {self._base()}: {error!r}") from error
 

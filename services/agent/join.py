@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import aiohttp
 
+from services.agent.data_client import untrusted
 from services.files import private_dir, write_private
 from services.security import new_token
 
@@ -76,17 +78,23 @@ def load_or_make(path: Path, hostname: str | None, default_hostname: str) -> Joi
 
 
 async def call_join(
-    gateway_url: str, join_token: str, credentials: JoinCredentials, registration_token: str | None = None
+    gateway_url: str,
+    join_token: str,
+    credentials: JoinCredentials,
+    registration_token: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> str:
     """``POST /api/join`` once; the id the gateway answers with. ``registration_token`` (the token
-    ``POST /api/resources`` gave a registration of this hostname) proves this agent may adopt it."""
+    ``POST /api/resources`` gave a registration of this hostname) proves this agent may adopt it;
+    ``tls`` verifies an https:// gateway (default: the system's store). A certificate that does not
+    verify raises :class:`~services.agent.data_client.GatewayUntrusted`: waiting cannot fix it."""
     body = {"id": credentials.resource_id, "hostname": credentials.hostname, "token": credentials.token}
     if registration_token is not None:
         body["registration_token"] = registration_token
     headers = {"Authorization": f"Bearer {join_token}"}
     timeout = aiohttp.ClientTimeout(total=30)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=tls or True)) as session:
             async with session.post(f"{gateway_url.rstrip('/')}/api/join", json=body, headers=headers) as response:
                 answer = await response.json(content_type=None)
                 if response.status == 201:
@@ -95,6 +103,8 @@ async def call_join(
                 if response.status >= 500:
                     raise GatewayUnreachable(f"{response.status}: {error}")
                 raise JoinRefused(response.status, error)
+    except aiohttp.ClientSSLError as error:
+        raise untrusted(gateway_url, error) from error
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         raise GatewayUnreachable(f"cannot reach the gateway at {gateway_url}: {error!r}") from error
 
@@ -106,6 +116,7 @@ async def join(
     credentials: JoinCredentials,
     *,
     registration_token: str | None = None,
+    tls: ssl.SSLContext | None = None,
     first_delay: float = 1.0,
 ) -> JoinCredentials:
     """Join with ``credentials`` and save what the gateway said. A first join waits out an
@@ -114,7 +125,7 @@ async def join(
     delay = first_delay
     while True:
         try:
-            resource_id = await call_join(gateway_url, join_token, credentials, registration_token)
+            resource_id = await call_join(gateway_url, join_token, credentials, registration_token, tls)
         except GatewayUnreachable as error:
             if credentials.joined:
                 log.warning("could not join again (%s): going on as resource %s", error, credentials.resource_id)

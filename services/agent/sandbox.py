@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import select
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -59,12 +60,15 @@ def bwrap_argv(tool: str, spec: ContainerSpec, root: Path | None, info_fd: int) 
         argv.append("--unshare-net")
     if root is None:
         argv += host_system_binds()
-        argv += ["--tmpfs", "/tmp", "--tmpfs", "/run", "--dir", "/root"]
+        argv += ["--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/run", "--dir", "/root"]
     else:
         argv += ["--bind", str(root), "/"]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     for mount in spec.filesystems:
         source, target, read_only = parse_mount(mount)
+        # bwrap makes a missing parent of a bind 0700: root's alone, not the user namespace root's.
+        for parent in reversed(Path(target).parents[:-1]):
+            argv += ["--perms", "0755", "--dir", str(parent)]
         argv += ["--ro-bind" if read_only else "--bind", source, target]
     return [*argv, "--chdir", "/", "--info-fd", str(info_fd), "--", *KEEPALIVE]
 
@@ -74,18 +78,33 @@ DROP_CAPABILITIES = ["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-
 remount a ``:ro`` bind read-write nor mount, load modules or change the host."""
 
 
+USERNS_ENTER = Path(__file__).with_name("userns_enter.py")
+
+
 def nsenter_argv(
-    init_pid: int, *, host_networking: bool, pwd: str, command: list[str], setpriv: str | None = "setpriv"
+    init_pid: int,
+    *,
+    host_networking: bool,
+    pwd: str,
+    command: list[str],
+    setpriv: str | None = "setpriv",
+    userns_uid: int | None = None,
 ) -> list[str]:
     """Run ``command`` in every namespace of the container whose pid 1 is ``init_pid``, in ``pwd``,
     with every capability dropped by ``setpriv`` (its path inside the container), unless None.
+    With ``userns_uid``, also in a user namespace of its own whose root is that unprivileged uid on
+    the host (:mod:`services.agent.userns_enter`, which nsenter cannot do); else as the host's root.
 
     The working directory is opened through ``/proc/<pid>/root`` before nsenter changes root: a
     plain path would be opened on the host's side of the chroot.
     """
-    namespaces = ["--pid", "--mount", "--uts", "--ipc", *([] if host_networking else ["--net"])]
     workdir = f"/proc/{init_pid}/root{pwd or '/'}"
     confined = command if setpriv is None else [setpriv, *DROP_CAPABILITIES, *command]
+    if userns_uid is not None:
+        net = [] if host_networking else ["--net"]
+        helper = [sys.executable, "-I", str(USERNS_ENTER), str(init_pid), str(userns_uid), *net, workdir]
+        return [*helper, "--", *confined]
+    namespaces = ["--pid", "--mount", "--uts", "--ipc", *([] if host_networking else ["--net"])]
     return ["nsenter", f"--target={init_pid}", *namespaces, "--root", f"--wd={workdir}", "--", *confined]
 
 
@@ -232,6 +251,15 @@ def executable_in(root: str, name: str, path: str = DEFAULT_PATH) -> str | None:
 
 
 # Root filesystems.
+
+
+def own_tree(root: Path, uid: int) -> None:
+    """Give ``root`` and everything under it (links themselves, not their targets) to ``uid``: the
+    files of a container whose processes are root in a user namespace mapped to ``uid``."""
+    os.lchown(root, uid, uid)
+    for directory, names, files in os.walk(root):
+        for name in (*names, *files):
+            os.lchown(os.path.join(directory, name), uid, uid)
 
 
 def extract_rootfs(tarball: Path, root: Path) -> None:

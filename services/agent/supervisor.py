@@ -280,7 +280,12 @@ class Supervisors:
         self._root = os.geteuid() == 0
         self._by_home: dict[str, Supervisor] = {}
         self.scratch.mkdir(parents=True, exist_ok=True)
-        self.scratch.chmod(0o711)  # a root agent's sandboxes run as another uid and must reach their home
+        # A root agent's sandboxes run as another uid and must reach their home; the umask (0077) made
+        # a new /dev/shm/skybus-<uid> 0700 too, which no sandbox can traverse.
+        shared = self.scratch.parent if self.scratch.parent.name == f"skybus-{os.getuid()}" else None
+        for directory in (shared, self.scratch):
+            if directory is not None:
+                directory.chmod(0o711)
         self.launcher = self.scratch / "launcher.py"
         source = LAUNCHER_SOURCE.read_bytes()
         if not self.launcher.exists() or self.launcher.read_bytes() != source:

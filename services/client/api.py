@@ -16,7 +16,8 @@ from typing import IO, Any
 
 import aiohttp
 
-from services.client.config import ClientConfig
+from services.client.config import CA_ENV, ClientConfig
+from services.tls import client_context
 
 CHUNK = 256 * 1024
 LONG_POLL_SLACK = 30.0
@@ -50,7 +51,12 @@ class Api:
 
     async def __aenter__(self) -> Api:
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60 + LONG_POLL_SLACK)
-        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.config.token}"}, timeout=timeout)
+        tls = client_context(Path(self.config.ca)) if self.config.ca else True  # True: the system's trust store
+        self._session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self.config.token}"},
+            timeout=timeout,
+            connector=aiohttp.TCPConnector(ssl=tls),
+        )
         return self
 
     async def __aexit__(
@@ -69,6 +75,9 @@ class Api:
         """Network failures as one line that names the gateway."""
         try:
             yield
+        except aiohttp.ClientSSLError as error:
+            hint = "" if self.config.ca else f" (give its CA with `skybus login --ca FILE` or {CA_ENV})"
+            raise ApiFailure(f"cannot verify skybus at {self.config.url}: {error}{hint}") from None
         except aiohttp.ClientError as error:
             raise ApiFailure(f"cannot reach skybus at {self.config.url}: {error or type(error).__name__}") from None
         except TimeoutError:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from services.client.api import Api
 from services.client.base import host_id, json_option, with_api
-from services.client.config import ClientConfig, normal_url, save_config
+from services.client.config import CA_ENV, ClientConfig, normal_url, save_config
 from services.client.render import emit, field, when
 from services.client.run import writer
 
@@ -18,11 +20,17 @@ from services.client.run import writer
 @click.command()
 @click.argument("url")
 @click.option("--token", help="an API token (asked for when not given; `skybus token create` makes one)")
-def login(url: str, token: str | None) -> None:
-    """Check URL and a token, then remember both for the other commands."""
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="[SKYBUS_CA] verify an https:// gateway with this CA file, not the system's trust store",
+)
+def login(url: str, token: str | None, ca: Path | None) -> None:
+    """Check URL and a token (and the gateway's certificate), then remember them for the other commands."""
     if token is None:
         token = click.prompt("API token", hide_input=True)
-    config = ClientConfig(url=normal_url(url), token=token.strip())
+    ca_file = str(ca.resolve()) if ca is not None else os.environ.get(CA_ENV)
+    config = ClientConfig(url=normal_url(url), token=token.strip(), ca=ca_file)
 
     async def whoami(api: Api) -> dict[str, Any]:
         found: dict[str, Any] = await api.call("GET", "/api/whoami")

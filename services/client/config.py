@@ -1,5 +1,6 @@
-"""Where the client finds its gateway and token: ``SKYBUS_URL``/``SKYBUS_API_TOKEN``, else the file
-``skybus login`` wrote (``$XDG_CONFIG_HOME/skybus/config.toml``, readable by its owner only).
+"""Where the client finds its gateway, token and CA: ``SKYBUS_URL``/``SKYBUS_API_TOKEN``/``SKYBUS_CA``,
+else the file ``skybus login`` wrote (``$XDG_CONFIG_HOME/skybus/config.toml``, readable by its owner
+only). Without a CA an https:// gateway is verified against the system's trust store.
 
 The agent's ``SKYBUS_TOKEN`` is a host's credential and is never read here.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 URL_ENV = "SKYBUS_URL"
 TOKEN_ENV = "SKYBUS_API_TOKEN"
+CA_ENV = "SKYBUS_CA"
 
 
 class NotConfigured(Exception):
@@ -24,6 +26,7 @@ class NotConfigured(Exception):
 class ClientConfig:
     url: str
     token: str
+    ca: str | None = None  # a CA file (absolute path) that verifies an https:// gateway
 
 
 def config_path() -> Path:
@@ -53,7 +56,8 @@ def load_config() -> ClientConfig:
         raise NotConfigured(
             f"no gateway configured: run `skybus login URL` or set {URL_ENV} and {TOKEN_ENV} (looked in {path})"
         )
-    return ClientConfig(url=normal_url(url), token=token)
+    ca = os.environ.get(CA_ENV) or stored.get("ca")
+    return ClientConfig(url=normal_url(url), token=token, ca=ca)
 
 
 def normal_url(url: str) -> str:
@@ -69,6 +73,8 @@ def save_config(config: ClientConfig) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # A JSON string is a valid TOML basic string for every value we write (URLs and tokens).
     text = f"url = {json.dumps(config.url)}\ntoken = {json.dumps(config.token)}\n"
+    if config.ca is not None:
+        text += f"ca = {json.dumps(config.ca)}\n"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
         os.fchmod(file.fileno(), 0o600)

@@ -36,6 +36,7 @@ from services.gateway.ui_routes import install_ui
 from services.settings import Settings
 from services.store.factory import open_blob_store
 from services.store.port import BlobStore, DocumentStore
+from services.tls import server_context
 from services.tokens import join_tokens_collection, tokens_collection
 from services.version import VERSION
 
@@ -136,11 +137,17 @@ class GatewayService:
             **server_options(self._settings),
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
+        tls = self._settings.tls_cert and self._settings.tls_key
+        context = server_context(self._settings.tls_cert, self._settings.tls_key) if tls else None
+        site = web.TCPSite(self._runner, self._settings.host, self._settings.port, ssl_context=context)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._settings.port
-        log.info("gateway listening on http://%s:%s", self._settings.host, self.port)
+        log.info("gateway listening on %s://%s:%s", self.scheme, self._settings.host, self.port)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._settings.tls_cert else "http"
 
     async def stop(self) -> None:
         if self._runner:
@@ -153,4 +160,4 @@ class GatewayService:
         host = self._settings.host
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port or self._settings.port}"
+        return f"{self.scheme}://{host}:{self.port or self._settings.port}"

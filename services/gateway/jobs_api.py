@@ -215,7 +215,7 @@ async def get_job_info(request: web.Request) -> web.Response:
 
 def parse_time(name: str, text: str) -> float:
     try:
-        return float(text)
+        return representable_time(name, float(text))
     except ValueError:
         pass
     try:
@@ -223,6 +223,15 @@ def parse_time(name: str, text: str) -> float:
     except ValueError:
         raise ApiError(400, f"{name} must be an ISO 8601 time or epoch seconds, not {text!r}") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def representable_time(name: str, seconds: float) -> float:
+    """``seconds`` since the epoch, if it is a date (years 1 to 9999) that answers can show; else 400."""
+    try:
+        datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise ApiError(400, f"{name}: {seconds!r} seconds since 1970 is no date (years 1 to 9999)") from None
+    return seconds
 
 
 @routes.get("/api/job/list_jobs")

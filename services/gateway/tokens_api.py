@@ -15,7 +15,7 @@ from services.gateway.auth import forget
 from services.gateway.bodies import parse_body
 from services.gateway.context import JOIN_TOKENS, TOKENS, require_admin
 from services.gateway.errors import ApiError
-from services.gateway.jobs_api import parse_time
+from services.gateway.jobs_api import parse_time, representable_time
 from services.gateway.openapi import documented
 from services.gateway.params import TokenListQuery
 from services.gateway.resources_api import iso
@@ -51,7 +51,7 @@ def expiry(body: CreateTokenBody, now: float) -> float | None:
             seconds = parse_duration(str(body.expires_in))
         except ValueError as error:
             raise ApiError(400, f"expires_in: {error}") from None
-        return now + seconds
+        return representable_time("expires_in", now + seconds)
     if body.expires_at is not None:
         moment = parse_time("expires_at", str(body.expires_at))
         if moment <= now:

@@ -55,7 +55,7 @@ from schemas.resources import HostChanged, HostDeleted
 from services.job_manager import domain
 from services.job_manager.hosts import Host, HostView
 from services.job_manager.repository import each
-from services.security import signed_by
+from services.security import routed_from_its_host, signed_by
 from services.store.port import Collection, DuplicateKey, NotFound, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -599,12 +599,18 @@ class JobManager:
         return job if job is not None and domain.attempt_of(job) == attempt else None
 
     async def _verify(self, envelope: Envelope) -> None:
-        """Drop (and count) an event not signed by the host it names. A host this view does not know
+        """Drop (and count) an event not signed by the host it names, or not published under that
+        host's routing key for it. A host this view does not know
         yet, or whose key changed (a joining agent adopted it), is read again, at most every few seconds."""
         rid = envelope.resource_id
         if not rid or not envelope.signature:
             self.rejected_events["unsigned"] += 1
             raise Drop(f"unsigned agent event {envelope.type} {envelope.message_id}")
+        if not routed_from_its_host(envelope):
+            self.rejected_events["wrong routing key"] += 1
+            key = envelope.routing_key
+            log.warning("rejected agent event %s claiming host %s under key %s", envelope.type, rid, key)
+            raise Drop(f"agent event {envelope.type} of host {rid} came under key {envelope.routing_key}")
         host = self.hosts.get(rid)
         if host is not None and signed_by(envelope, host.verify_key):
             return

@@ -35,7 +35,7 @@ from schemas.resources import (
 from services.resource_manager import domain
 from services.resource_manager.broker_users import BrokerUsers
 from services.resource_manager.repository import responding_hosts
-from services.security import signed_by
+from services.security import routed_from_its_host, signed_by
 from services.store.port import Collection, DuplicateKey, NotFound, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -315,6 +315,16 @@ class ResourceManager:
         if not envelope.resource_id or not envelope.signature:
             self.rejected_events["unsigned"] += 1
             raise Drop(f"unsigned agent event {envelope.type} {envelope.message_id}")
+        if not routed_from_its_host(envelope):
+            self.rejected_events["wrong routing key"] += 1
+            log.warning(
+                "agent event %s claiming resource %s came under key %s",
+                envelope.type,
+                envelope.resource_id,
+                envelope.routing_key,
+                extra={"resource_id": envelope.resource_id, "message_id": envelope.message_id},
+            )
+            raise Drop(f"agent event {envelope.type} of {envelope.resource_id} came under key {envelope.routing_key}")
         resource = await self._resource(envelope.resource_id, max_age=max_age)
         if resource is not None and not signed_by(envelope, resource["verify_key"]):
             resource = await self._resource(envelope.resource_id, fresh=True)  # adopted since it was read?

@@ -186,6 +186,34 @@ class BusContract:
         assert one_word.numbers() == [0, 99]
         assert any_words.numbers() == [3, 4, 99]
 
+    async def test_a_handler_sees_the_key_a_message_came_under(self, bus: MessageBus, topology: Topology) -> None:
+        """The key is the delivery's, not anything in the body: what a manager checks an agent event's
+        sender against (``services.security.routed_from_its_host``)."""
+        recorder = Recorder()
+        await bus.subscribe(self.spec(topology, "keys", Binding(topology.agent_events, "*.ping")), recorder)
+        await bus.publish(topology.agent_events, ping(1), "host-a.ping")
+        await eventually(lambda: bool(recorder.seen), "the ping")
+        assert recorder.seen[0].routing_key == "host-a.ping"
+
+    @pytest.mark.parametrize("kind", [QueueKind.SHARED, QueueKind.AGENT])
+    async def test_a_retried_message_keeps_the_key_it_came_under(
+        self, bus: MessageBus, topology: Topology, kind: QueueKind
+    ) -> None:
+        """A classic queue's retry is republished by the consumer (through the default exchange, under
+        the queue's name): the handler still sees the key the sender used."""
+        keys: list[str | None] = []
+
+        async def fail_once(envelope: Envelope) -> None:
+            keys.append(envelope.routing_key)
+            if len(keys) == 1:
+                raise RuntimeError("once")
+
+        spec = self.spec(topology, "retried", Binding(topology.agent_events, "*.ping"), kind=kind)
+        await bus.subscribe(spec, fail_once)
+        await bus.publish(topology.agent_events, ping(1), "host-a.ping")
+        await eventually(lambda: len(keys) == 2, "the retry")
+        assert keys == ["host-a.ping", "host-a.ping"]
+
     async def test_fan_out_to_every_bound_queue(self, bus: MessageBus, topology: Topology) -> None:
         recorders = [Recorder() for _ in range(3)]
         for i, recorder in enumerate(recorders):

@@ -116,7 +116,7 @@ class Skybus(SkybusProcess):
 
     async def start(self) -> Skybus:
         await super().start()
-        self.url = (await self.wait_for_line(r"skybus is up at (http://\S+)")).group(1)
+        self.url = (await self.wait_for_line(r"skybus is up at (https?://\S+)")).group(1)
         self.local_resource_id = (await self.wait_for_line(r"this host is resource (\S+)")).group(1)
         await self.wait_for_line(r"^Try:")
         token = [m.group(1) for line in self.lines if (m := re.match(r"^SKYBUS_TOKEN=(\S+)$", line))]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 
-from services.agent.supervisor import Home, Supervisor
+from services.agent.supervisor import Home, JobOptions, Supervisor, Supervisors
 
 
 async def test_concurrent_lists_share_one_request_and_all_get_the_answer(tmp_path) -> None:
@@ -33,3 +35,16 @@ async def test_concurrent_lists_share_one_request_and_all_get_the_answer(tmp_pat
     finally:
         await supervisor.close()
         server.close()
+
+
+def test_a_new_default_scratch_dir_is_traversable_by_sandboxes_whatever_the_umask(tmp_path) -> None:
+    """``skybus`` runs under umask 0077: a fresh ``/dev/shm/skybus-<uid>`` came out 0700, and every
+    sandboxed job (another uid) failed to reach its home under it."""
+    scratch = tmp_path / f"skybus-{os.getuid()}" / "agent-x"
+    previous = os.umask(0o077)
+    try:
+        Supervisors(tmp_path / "state", JobOptions(scratch_dir=scratch))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(scratch.parent.stat().st_mode) == 0o711
+    assert stat.S_IMODE(scratch.stat().st_mode) == 0o711
