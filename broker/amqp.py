@@ -129,6 +129,9 @@ class AmqpBus:
         self.topology = topology or Topology()
         self.publish_timeout = publish_timeout
         self.sender = sender
+        # A confined bus (an agent under its own broker user) names that user on what it publishes; the
+        # broker refuses a message whose user_id is not the connection's user, so consumers may trust it.
+        self.user_id = URL(url).user if confined else None
         self._publisher: AbstractRobustConnection | None = None
         self._consumer: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
@@ -394,6 +397,7 @@ class AmqpBus:
             correlation_id=correlation_id,
             reply_to=reply_to,
             app_id=self.sender or None,
+            user_id=self.user_id,
         )
 
     async def _send(

@@ -195,6 +195,7 @@ class BatchPublisher:
                     delivery_mode=_PERSISTENT,
                     message_type=types.pop() if len(types) == 1 else None,
                     app_id=self._sender or None,
+                    user_id=self._properties(batch.envelopes[0]).user_id,
                 )
             await self._send(key[0], key[1], body, properties, batch.deadline)
         except asyncio.CancelledError:

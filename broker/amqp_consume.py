@@ -109,7 +109,7 @@ class AmqpSubscription:
         HANDLING.set(message)
         attempts = self._attempts(message)
         envelope, verdict = await self._judge(
-            message.body, attempts, delivered_key(message), is_request=bool(message.reply_to)
+            message.body, attempts, delivered_key(message), message.user_id, is_request=bool(message.reply_to)
         )
         if verdict.action is Action.DEAD_LETTER:
             await self._give_up(message, verdict.reason)
@@ -165,7 +165,7 @@ class AmqpSubscription:
     async def _settle_item(self, message: AbstractIncomingMessage, body: bytes, attempts: int) -> bool:
         """Run the handler on one envelope of a batch and settle it alone: True once it needs nothing
         more from the batch's message than its ack."""
-        envelope, verdict = await self._judge(body, attempts, delivered_key(message), is_request=False)
+        envelope, verdict = await self._judge(body, attempts, delivered_key(message), message.user_id, is_request=False)
         try:
             if verdict.action is Action.DEAD_LETTER:
                 await self._bus._dead_letter(message, self._spec.name, verdict.reason, body=body, envelope=envelope)
@@ -177,7 +177,7 @@ class AmqpSubscription:
         return True
 
     async def _judge(
-        self, body: bytes, attempts: int, routing_key: str, *, is_request: bool
+        self, body: bytes, attempts: int, routing_key: str, publisher: str | None, *, is_request: bool
     ) -> tuple[Envelope | None, ack.Verdict]:
         """Decode and handle one envelope on its ``attempts``-th delivery under ``routing_key`` (which
         the handler sees as ``envelope.routing_key``); the policy says what next."""
@@ -185,7 +185,7 @@ class AmqpSubscription:
         reply: WireModel | Envelope | None = None
         error: Exception | None = None
         try:
-            envelope = codec.decode(body, self._bus.types).delivered_under(routing_key)
+            envelope = codec.decode(body, self._bus.types).delivered_under(routing_key, publisher=publisher)
             async with self._slots:
                 reply = await self._handler(envelope)
         except Exception as failure:  # the policy tells an expected outcome from a bug

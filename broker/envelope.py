@@ -28,6 +28,9 @@ class Envelope:
     against the bytes that were signed rather than a re-encoding. ``routing_key`` is the key the
     message was delivered under, set by the adapter that consumed it (never read from the body, so
     no sender sets it); None on an envelope no bus delivered (a handler called directly in a test).
+    ``publisher`` is the broker user that published it, as the broker validated it (RabbitMQ refuses
+    a ``user_id`` other than the connection's own user), set by the adapter that consumed it; None
+    when the publisher did not say, or on the in-process bus.
     """
 
     payload: WireModel
@@ -40,6 +43,7 @@ class Envelope:
     signature: bytes | None = None
     payload_bytes: bytes | None = field(default=None, compare=False, repr=False)
     routing_key: str | None = field(default=None, compare=False, repr=False)
+    publisher: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def type(self) -> str:
@@ -58,5 +62,5 @@ class Envelope:
     def with_signature(self, signature: bytes | None) -> Envelope:
         return replace(self, signature=signature)
 
-    def delivered_under(self, routing_key: str) -> Envelope:
-        return replace(self, routing_key=routing_key)
+    def delivered_under(self, routing_key: str, *, publisher: str | None = None) -> Envelope:
+        return replace(self, routing_key=routing_key, publisher=publisher)

@@ -19,7 +19,7 @@ import aio_pika
 import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
-from aiormq.exceptions import ChannelAccessRefused
+from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 from yarl import URL
 
 from broker import codec
@@ -29,7 +29,7 @@ from broker.topology import Topology
 from schemas.jobs import JobState, RunJob, SubmitTask, TaskCompleted
 from schemas.pool import NodeMemory, ReadMemory
 from schemas.registry import all_message_types
-from schemas.resources import DeleteResource, Heartbeat, RegisterResource
+from schemas.resources import DeleteResource, Heartbeat, HostFacts, RegisterResource
 from services.agent.agent import Agent
 from services.resource_manager.broker_users import BrokerUsers
 from services.resource_manager.handlers import ResourceManager
@@ -203,6 +203,21 @@ async def test_cannot_send_a_task_to_another_agent(fleet: Fleet) -> None:
     assert "amq.default" in await refused(fleet, publishing("", queue_of_b, submit))
 
 
+async def test_cannot_publish_as_another_broker_user(fleet: Fleet) -> None:
+    """RabbitMQ validates ``user_id``: A cannot name B's broker user on what it publishes (which the
+    resource manager takes as proof of a heartbeat's host), even under a routing key of its own."""
+    facts = HostFacts(hostname="a", os_family="linux", arch="x86_64", os_info="Debian 12")
+    beat = Envelope(Heartbeat(facts=facts), sender=f"agent:{fleet.a}", resource_id=fleet.a)
+    key = fleet.topology.agent_routing_key(fleet.a, beat.type)
+
+    async def publish_as_b(channel: AbstractChannel) -> None:
+        exchange = await channel.get_exchange(fleet.topology.agent_events, ensure=False)
+        await exchange.publish(aio_pika.Message(codec.encode(beat), user_id=broker_username(fleet.b)), routing_key=key)
+
+    with pytest.raises(ChannelPreconditionFailed, match="user_id"):
+        await as_agent_a(fleet, publish_as_b)
+
+
 async def test_does_its_own_work(fleet: Fleet, tmp_path: Path) -> None:
     """A's agent, on its own confined bus: consumes its queues, heartbeats under its id, and answers a
     live query end to end (asked with the reply over agent-events, as the gateway asks)."""
@@ -231,6 +246,7 @@ async def test_does_its_own_work(fleet: Fleet, tmp_path: Path) -> None:
         beat = await asyncio.wait_for(beats.get(), 10)
         assert isinstance(beat.payload, Heartbeat) and beat.resource_id == fleet.a
         assert signed_by(beat, verify_key(fleet.a_token))
+        assert beat.publisher == broker_username(fleet.a)  # the broker's validated user id reaches the consumer
 
         query = Envelope(ReadMemory(deadline=time.time() + 10), sender="gateway", resource_id=fleet.a)
         answer = await fleet.services.request(

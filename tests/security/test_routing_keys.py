@@ -23,6 +23,7 @@ from services.resource_manager.handlers import ResourceManager
 from services.resource_manager.repository import resources_collection
 from services.security import broker_password_hash, hash_token, new_token, signing_key, verify_key
 from services.store.sqlite import SqliteDocumentStore
+from tests.delivery import deliver
 from tests.security.test_broker_permissions import Fleet
 from tests.security.test_broker_permissions import fleet as fleet  # a fixture
 
@@ -59,7 +60,7 @@ async def test_another_hosts_signed_event_under_the_agents_own_key_is_dropped(
                 verify_key=verify_key(token),
                 broker_password_hash=broker_password_hash(token),
             )
-            await manager.register_resource(Envelope(registration, sender="gateway"))
+            await deliver(manager.register_resource, Envelope(registration, sender="gateway"))
         await fleet.services.subscribe(fleet.topology.resource_manager_heartbeats(), manager.heartbeat_router())
 
         replayed = heartbeat(victim, victim_token)  # as the victim signed it

@@ -99,24 +99,24 @@ def forgotten(manager: JobManager) -> list[str]:
 async def test_deleting_a_job_forgets_its_stdout_and_stderr_once_and_keeps_its_outputs(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager, output_files=["*.csv"])
-    await manager.task_completed(from_host(completed(stderr_id="err-1")))
-    await manager.file_staged_out(from_host(FileStagedOut(job_id="job-1", files={"a.csv": "d-1"})))
-    assert await manager.delete_job(Envelope(DeleteJob(job_id="job-1"))) == Accepted(id="job-1")
+    await deliver(manager.task_completed, from_host(completed(stderr_id="err-1")))
+    await deliver(manager.file_staged_out, from_host(FileStagedOut(job_id="job-1", files={"a.csv": "d-1"})))
+    assert await deliver(manager.delete_job, Envelope(DeleteJob(job_id="job-1"))) == Accepted(id="job-1")
     assert sorted(forgotten(manager)) == ["err-1", "out-1"]  # a.csv's d-1 is the user's: it stays
-    again = await manager.delete_job(Envelope(DeleteJob(job_id="job-1")))
+    again = await deliver(manager.delete_job, Envelope(DeleteJob(job_id="job-1")))
     assert isinstance(again, Rejected) and again.status == 410 and len(forgotten(manager)) == 2
 
 
 async def test_the_log_of_a_job_deleted_while_it_ran_is_forgotten_when_it_comes(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager, output_files=["x"])
-    await manager.delete_job(Envelope(DeleteJob(job_id="job-1")))
+    await deliver(manager.delete_job, Envelope(DeleteJob(job_id="job-1")))
     late = completed(outcome=JobState.CANCELLED, exit_code=-15, stderr_id="err-1")
-    await manager.task_completed(from_host(late))  # the command ran to its end: its files are asked for
+    await deliver(manager.task_completed, from_host(late))  # the command ran to its end: its files are asked for
     assert forgotten(manager) == []
-    await manager.file_staged_out(from_host(FileStagedOut(job_id="job-1", files={"x": "d-1"})))
-    await manager.file_staged_out(from_host(FileStagedOut(job_id="job-1", files={"x": "d-1"})))  # redelivered
-    await manager.task_completed(from_host(late))
+    await deliver(manager.file_staged_out, from_host(FileStagedOut(job_id="job-1", files={"x": "d-1"})))
+    await deliver(manager.file_staged_out, from_host(FileStagedOut(job_id="job-1", files={"x": "d-1"})))  # redelivered
+    await deliver(manager.task_completed, from_host(late))
     assert sorted(forgotten(manager)) == ["err-1", "out-1"]
     job = await state(manager)
     assert job["deleted"] is True and job["outputs"] == {"x": "d-1"}
@@ -125,7 +125,7 @@ async def test_the_log_of_a_job_deleted_while_it_ran_is_forgotten_when_it_comes(
 async def test_a_job_whose_ttl_ran_out_forgets_its_log(manager: JobManager) -> None:
     await add_host(manager, HOST_A)
     await run(manager, ttl=10)
-    await manager.task_completed(from_host(completed()))
+    await deliver(manager.task_completed, from_host(completed()))
     manager.clock.now += 11
     await manager.sweep()
     await manager.sweep()

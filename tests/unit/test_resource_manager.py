@@ -22,7 +22,7 @@ from schemas.resources import (
 )
 from services.resource_manager.handlers import ResourceManager
 from services.resource_manager.repository import resources_collection
-from services.security import hash_token, new_agent_credentials, signing_key
+from services.security import broker_username, hash_token, new_agent_credentials, signing_key
 from services.store.sqlite import SqliteDocumentStore
 from tests.delivery import deliver
 
@@ -179,6 +179,31 @@ async def test_forged_events_are_dropped_and_counted(manager: ResourceManager, f
     for rid in (resource_id, victim_id):
         assert (await manager.resources.get(rid))["responding"] is False
     assert manager.bus.published == []
+
+
+@pytest.mark.parametrize("publisher", ["its own broker user", "its own broker user, unsigned", "another", "none"])
+async def test_a_heartbeat_is_proven_by_its_hosts_broker_user_or_else_by_its_signature(
+    manager: ResourceManager, publisher: str
+) -> None:
+    """The broker's validated user id vouches for a heartbeat of the host whose broker user it is, so
+    its signature is not checked (here it would not verify); any other publisher needs the signature."""
+    resource_id, _ = await registered(manager)
+    other_id, _ = await registered(manager, "web-2")
+    beat = Envelope(Heartbeat(facts=FACTS), resource_id=resource_id)
+    if publisher != "its own broker user, unsigned":
+        beat = signed(beat, "not-the-token")
+    who = {"another": broker_username(other_id), "none": None}.get(publisher, broker_username(resource_id))
+    key = manager.topology.agent_routing_key(resource_id, Heartbeat.message_type)
+    event = beat.delivered_under(key, publisher=who)
+    if publisher == "its own broker user":
+        await deliver(manager.heartbeat, event)
+        assert (await manager.resources.get(resource_id))["responding"] is True
+        assert manager.proofs == {"broker user": 1} and not manager.rejected_events
+        return
+    with pytest.raises(Drop):
+        await deliver(manager.heartbeat, event)
+    assert sum(manager.rejected_events.values()) == 1 and not manager.proofs
+    assert (await manager.resources.get(resource_id))["responding"] is False
 
 
 async def test_replayed_heartbeat_is_dropped(manager: ResourceManager) -> None:
