@@ -422,7 +422,7 @@ class TaskRunner:
     async def _store_output(self, job_id: str, path: Path, stream: str) -> str | None:
         """A stream's whole raw output as a data file of the job's user, streamed from its file;
         None when it is empty (no upload, no message) or could not be stored (logged)."""
-        if (await asyncio.to_thread(path.stat)).st_size == 0:
+        if path.stat().st_size == 0:  # a stat of the job's own file: no thread hop for it
             return None
         try:
             return await self._data.upload(_file_chunks(path), name=f"{stream}-{job_id}", job_id=job_id)
