@@ -389,15 +389,16 @@ class TaskRunner:
         answer_id, answer, stream_ids = None, None, (None, None)
         if ended is not None and stdout.exists() and stderr.exists():
             answer = _small_answer(exit_code, stdout, stderr)
-            uploads = [self._store_output(job_id, stdout, "stdout"), self._store_output(job_id, stderr, "stderr")]
-            if answer is None:  # too big to travel in a message: stage it out over HTTP
-                uploads.append(self._store_answer(job_id, exit_code, stdout, stderr))
-            stored = await asyncio.gather(*uploads)
-            stream_ids = stored[0], stored[1]
-            if answer is None:
-                answer_id, failure = stored[2]
-                if failure is not None:
-                    error = error or f"answer not stored: {failure}"
+            if answer is None or stdout.stat().st_size or stderr.stat().st_size:  # else nothing to upload
+                uploads = [self._store_output(job_id, stdout, "stdout"), self._store_output(job_id, stderr, "stderr")]
+                if answer is None:  # too big to travel in a message: stage it out over HTTP
+                    uploads.append(self._store_answer(job_id, exit_code, stdout, stderr))
+                stored = await asyncio.gather(*uploads)
+                stream_ids = stored[0], stored[1]
+                if answer is None:
+                    answer_id, failure = stored[2]
+                    if failure is not None:
+                        error = error or f"answer not stored: {failure}"
             if outcome is JobState.FAILED and error is None and "as" in self.options.limits and answer:
                 error = _memory_error(answer, self.options.limits["as"])
         finished = self.ledger.finished(
@@ -422,7 +423,7 @@ class TaskRunner:
     async def _store_output(self, job_id: str, path: Path, stream: str) -> str | None:
         """A stream's whole raw output as a data file of the job's user, streamed from its file;
         None when it is empty (no upload, no message) or could not be stored (logged)."""
-        if path.stat().st_size == 0:  # a stat of the job's own file: no thread hop for it
+        if os.stat(path).st_size == 0:  # a stat of the job's own file (tmpfs): no thread hop for it
             return None
         try:
             return await self._data.upload(_file_chunks(path), name=f"{stream}-{job_id}", job_id=job_id)

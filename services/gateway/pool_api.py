@@ -152,11 +152,7 @@ def trusted(reply: Envelope, query: Envelope, node: ResourceRecord) -> WireModel
         if isinstance(reply.payload, Rejected):
             return reply.payload
         raise ApiError(502, f"node {node.id} answered without its signature: the answer is refused")
-    if (
-        reply.resource_id != node.id
-        or reply.causation_id != query.message_id
-        or not signed_by(reply, node.verify_key)
-    ):
+    if reply.resource_id != node.id or reply.causation_id != query.message_id or not signed_by(reply, node.verify_key):
         raise ApiError(502, f"an answer for node {node.id} failed its signature check and is refused")
     return reply.payload
 
