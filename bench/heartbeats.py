@@ -44,7 +44,7 @@ from schemas.resources import Heartbeat, HostFacts  # noqa: E402
 from services.security import broker_password, broker_username, signing_key  # noqa: E402
 from tests.e2e.fleet import MANAGERS, Fleet  # noqa: E402
 from tests.e2e.harness import SkybusProcess, eventually  # noqa: E402
-from tests.rabbit import admin_url, fresh_vhost  # noqa: E402
+from tests.rabbit import admin_url, fresh_vhost, management  # noqa: E402
 
 FACTS = HostFacts(hostname="sim", os_family="linux", arch="x86_64", os_info="Debian 12")
 
@@ -112,9 +112,10 @@ class Simulated:
         return envelope.with_signature(self.key.sign(codec.signed_bytes(envelope)))
 
 
-async def register(fleet: Fleet, count: int) -> list[Simulated]:
+async def register(fleet: Fleet, count: int, agents: list[Simulated]) -> list[Simulated]:
+    """Register ``count`` agents, each appended to ``agents`` as soon as it is (so a failure leaves
+    the ones made there, for the clean-up)."""
     headers = {"Authorization": f"Bearer {fleet.token}"}
-    agents: list[Simulated] = []
     semaphore = asyncio.Semaphore(32)
     async with aiohttp.ClientSession(headers=headers) as session:
 
@@ -187,6 +188,7 @@ async def main() -> None:
         topology = Topology(fleet.env["SKYBUS_NAMESPACE"])
         bus = AmqpBus(vhost.url, all_message_types(), topology, sender="bench")
         connections: list[aiormq.abc.AbstractConnection] = []
+        agents: list[Simulated] = []
         try:
             maker = await SkybusProcess(["token", "create", "--user", "admin", "--admin"], fleet.env).start()
             assert await maker.wait() == 0, maker.log
@@ -203,7 +205,7 @@ async def main() -> None:
             await eventually(up, timeout=30)
             await bus.start()
             started = time.monotonic()
-            agents = await register(fleet, args.agents)
+            await register(fleet, args.agents, agents)
             print(f"{len(agents)} agents registered in {time.monotonic() - started:.1f} s")
             started = time.monotonic()
             for agent in agents:  # each agent's own durable queue, as a real agent declares it
@@ -242,6 +244,9 @@ async def main() -> None:
             await asyncio.gather(*(connection.close() for connection in connections), return_exceptions=True)
             await bus.close()
             await fleet.stop()
+            if not args.shared_user:  # at once: a vhost holding thousands of users' permissions is slow to delete
+                users = [broker_username(agent.resource_id) for agent in agents]
+                management("POST", "/api/users/bulk-delete", {"users": users}, timeout=300)
             shutil.rmtree(data, ignore_errors=True)
 
 
