@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from schemas.content import BlobRef
 from services.gateway.content_views import upload_file_name
@@ -129,7 +130,7 @@ async def read_multipart(
                 upload.fields[part.name] = await _read_text(part)
             else:
                 await _drain(part)
-    except ValueError as error:
+    except (ValueError, HttpProcessingError) as error:  # aiohttp's parser raises both (a part's bad headers)
         await release(blobs, upload.blob)
         raise ApiError(400, f"Malformed multipart body: {error}") from None
     except ConnectionError:

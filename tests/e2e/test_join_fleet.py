@@ -59,8 +59,14 @@ async def test_a_joined_host_takes_jobs_once_authorized_and_keeps_its_id(fleet: 
 
         await eventually(joined, timeout=30)
         resource_id = found["id"]
-        saved = json.loads((fleet.data_dir / "agent-join" / "credentials.json").read_text())
-        assert saved["resource_id"] == resource_id and saved["joined"] is True
+        credentials = fleet.data_dir / "agent-join" / "credentials.json"
+
+        async def saved_as_joined() -> bool:  # the agent saves it once the join's answer is back
+            return credentials.exists() and json.loads(credentials.read_text()).get("joined") is True
+
+        await eventually(saved_as_joined, timeout=10)
+        saved = json.loads(credentials.read_text())
+        assert saved["resource_id"] == resource_id
 
         async def view() -> dict:
             status, body = await fleet.call("GET", f"/api/resources/{resource_id}")

@@ -78,3 +78,14 @@ async def test_bad_gzip_on_seed_004_is_a_400_in_its_array_shape(secure: Secure) 
     body = await response.json()
     assert response.status == 400, body
     assert isinstance(body, list) and body[0]["status"] == 400 and "Content-Encoding" in body[0]["message"]
+
+
+async def test_a_multipart_part_with_garbage_for_headers_is_a_400(secure: Secure) -> None:
+    """Found by the schemathesis run: aiohttp's multipart reader raises InvalidHeader, not ValueError."""
+    boundary = "da8190ec92ef5d9cdf6cfc12f69fde15"
+    garbage = "\r\n".join([f"--{boundary}", "\U000fafbb,\U0001618b\u00f8--" + boundary + "--", ""]).encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    status, body = await secure.call("POST", "/api/data/", data=garbage, headers=headers)
+    assert status == 400 and "multipart" in body["error"], body
+    status, body = await secure.call("POST", "/resources", data=garbage, headers=headers)  # seed 004's shape
+    assert status == 400 and isinstance(body, list) and "multipart" in body[0]["message"], body

@@ -6,6 +6,7 @@ Real bubblewrap and real processes; the tests that need bubblewrap are skipped w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -193,7 +194,8 @@ async def test_a_job_whose_sandbox_was_killed_is_lost(tmp_path, said, data, opti
         await asyncio.sleep(0.02)
     await first.stop()
     for launcher in launchers(options):
-        launcher.send_signal(signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):  # one may exit between being listed and killed
+            launcher.send_signal(signal.SIGKILL)
     second = TaskRunner(tmp_path / "agent", said, data, options=options)  # type: ignore[arg-type]
     await second.recover()
     done = await completed(said, "doomed")
