@@ -127,6 +127,11 @@ def listen_options(command: Any) -> Any:
     return command
 
 
+def listen_settings(*, no_access_log: bool, **given: Path | str | int | None) -> dict[str, Any]:
+    """What :func:`listen_options` gave (host, port, data dir, TLS files, access log), as settings."""
+    return {**given, "access_log": False if no_access_log else None}
+
+
 async def _run(settings: Settings, sender: str, build: Any, *, on_ready: Any = None) -> None:
     private_dir(settings.data_dir)
     store = await open_document_store(settings)
@@ -151,25 +156,9 @@ def reboot_option(command: Any) -> Any:
 @main.command()
 @listen_options
 @reboot_option
-def up(
-    host: str | None,
-    port: int | None,
-    data_dir: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    no_access_log: bool,
-    allow_reboot: bool,
-) -> None:
+def up(allow_reboot: bool, **listen: Any) -> None:
     """Run the gateway, every manager and a local agent in one process."""
-    settings = load_settings(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        allow_reboot=allow_reboot or None,
-        access_log=False if no_access_log else None,
-    )
+    settings = load_settings(allow_reboot=allow_reboot or None, **listen_settings(**listen))
 
     def build(settings: Settings, bus: MessageBus, store: DocumentStore) -> list[Service]:
         topology = make_topology(settings)
@@ -216,23 +205,9 @@ def up(
 
 @main.command()
 @listen_options
-def gateway(
-    host: str | None,
-    port: int | None,
-    data_dir: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    no_access_log: bool,
-) -> None:
+def gateway(**listen: Any) -> None:
     """Run the REST gateway."""
-    settings = load_settings(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        access_log=False if no_access_log else None,
-    )
+    settings = load_settings(**listen_settings(**listen))
     serve(settings, _run(settings, "gateway", lambda s, bus, store: [GatewayService(s, bus, store, make_topology(s))]))
 
 

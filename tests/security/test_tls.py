@@ -32,7 +32,7 @@ from schemas.resources import AuthorizeResource
 from services.settings import Settings
 from services.wiring import make_bus
 from tests.e2e.harness import Skybus, SkybusProcess, eventually, skybus_env
-from tests.rabbit import rabbitmqctl, unreachable_reason
+from tests.rabbit import rabbitmqctl, unavailable, unreachable_reason
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ async def test_half_a_tls_configuration_is_a_usage_error(tmp_path: Path, pki: Pk
 @pytest.mark.amqp
 async def test_an_agent_joins_an_https_gateway_only_with_its_ca(tmp_path: Path, pki: Pki, amqp_url: str) -> None:
     if reason := unreachable_reason(amqp_url):
-        pytest.skip(reason)
+        unavailable(reason)
     fleet = {"SKYBUS_AMQP_URL": amqp_url, "SKYBUS_NAMESPACE": f"tls-{uuid.uuid4().hex[:8]}"}
     data = tmp_path / "data"
     skybus = await Skybus(data, "--tls-cert", str(pki.cert), "--tls-key", str(pki.key), **fleet).start()
@@ -179,7 +179,7 @@ def amqps_listener(amqp_url: str) -> Iterator[tuple[str, Pki]]:
     """A TLS listener on the running RabbitMQ (its own port, 127.0.0.1), removed after the test;
     yields ``amqp_url`` as an ``amqps://`` URL to it, and the PKI that signed it."""
     if reason := unreachable_reason(amqp_url):
-        pytest.skip(reason)
+        unavailable(reason)
     # The broker runs as its own user: it must read the files.
     directory = Path(tempfile.mkdtemp(prefix="skybus-amqps-"))
     try:
